@@ -1,0 +1,121 @@
+"""The Python API: every command-line feature as one call, for notebooks and scripts.
+
+Each function takes ``db``: a catalog path or URL (None means ``$DSAUDIT_DB`` or
+``./dsaudit.db``), or an `Engine` from `catalog.db.open_catalog` to reuse one. Results are the
+frozen dataclasses of `catalog.model`, usable after the call returns.
+
+    from catalog import api
+    api.ingest("cat.db", "mnist", "v1", {"train": (x_train, y_train), "test": (x_test, y_test)})
+    report = api.exact_overlap("cat.db", ["mnist@v1"])
+    report.pair("mnist@v1:test", "mnist@v1:train").rate
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection, Engine
+
+from catalog import queries
+from catalog.db import open_catalog, writing
+from catalog.ingest import IngestResult, ProgressCallback
+from catalog.ingest import ingest as _ingest
+from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
+from catalog.model import Listing, OverlapReport
+from catalog.sql import SqlResult
+from catalog.sql import run_sql as _run_sql
+
+__all__ = [
+    "ProgressCallback",
+    "exact_overlap",
+    "ingest",
+    "list_catalog",
+    "plan",
+    "run_sql",
+]
+
+ArraySplits = Mapping[str, np.ndarray | tuple[np.ndarray, np.ndarray | None]]
+
+
+@contextmanager
+def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
+    if isinstance(db, Engine):
+        yield db
+        return
+    engine = open_catalog(db, create=create)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _reading(db: str | Engine | None) -> Iterator[Connection]:
+    with _engine(db, create=False) as engine, engine.connect() as conn, conn.begin():
+        # One read transaction: every query of a report sees the same snapshot.
+        yield conn
+
+
+def plan(
+    sources: Sequence[str | Path],
+    splits: Sequence[str | SplitSpec] = (),
+    *,
+    allow_pickle: bool = False,
+) -> list[SplitInput]:
+    """Which arrays of which files become which splits (reads only headers).
+
+    Args:
+        sources: .npz, .npy or pickle files.
+        splits: ``"NAME=ARRAY[:LABELS]"`` strings or `SplitSpec`s; empty means recognise
+            splits by array names (``x_train``/``y_train``, ``train_dataset``...).
+        allow_pickle: accept pickles (they can run arbitrary code when loaded).
+    """
+    specs = [parse_split_spec(s) if isinstance(s, str) else s for s in splits]
+    return plan_arrays([Path(s) for s in sources], specs, allow_pickle=allow_pickle)
+
+
+def ingest(
+    db: str | Engine | None,
+    dataset: str,
+    version: str,
+    splits: Sequence[SplitInput] | ArraySplits,
+    *,
+    note: str | None = None,
+    parent: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Add ``dataset@version`` in one transaction: all of it becomes visible, or none.
+
+    Args:
+        db: catalog path, URL or engine; created if missing.
+        splits: from `plan`, or arrays in memory: ``{"train": (images, labels), "test": images}``
+            with images shaped (N, H, W) or (N, H, W, C).
+    """
+    planned = from_memory(splits) if isinstance(splits, Mapping) else list(splits)
+    with _engine(db, create=True) as engine, writing(engine) as conn:
+        return _ingest(
+            conn, dataset, version, planned, note=note, parent=parent, on_progress=on_progress
+        )
+
+
+def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing:
+    """Datasets, versions and splits with item and distinct-image counts."""
+    with _reading(db) as conn:
+        return queries.list_catalog(conn, dataset)
+
+
+def exact_overlap(
+    db: str | Engine | None, refs: Sequence[str], *, limit: int = 20
+) -> OverlapReport:
+    """Exact overlap of every ordered pair of the refs' splits; see `queries.exact_overlap`."""
+    with _reading(db) as conn:
+        return queries.exact_overlap(conn, refs, limit=limit)
+
+
+def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
+    """One statement on a read-only connection (enforced by the connection, not by parsing)."""
+    url = db.url.render_as_string(hide_password=False) if isinstance(db, Engine) else db
+    return _run_sql(url, statement, max_rows=max_rows)

@@ -1,0 +1,187 @@
+"""Opening a catalog: URL resolution, engine set-up, SQLite pragmas, migrate-on-open, read-only.
+
+A catalog is any SQLAlchemy URL; a plain path means a SQLite file. `open_catalog` builds an
+engine, attaches the SQLite pragmas to *that* engine, and brings the schema to Alembic's head
+(creating it on first use). A catalog written by a newer dsaudit is refused rather than touched.
+
+The caller owns transactions: library functions take a `Connection` and never commit; wrap
+writes in `writing(engine)` so that a version becomes visible whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+import migrations
+from catalog.errors import BusyError, NotFoundError, SchemaError
+
+DEFAULT_CATALOG = "dsaudit.db"
+ENV_VAR = "DSAUDIT_DB"
+BUSY_TIMEOUT_S = 30.0
+"""How long a writer waits for another writer's lock before giving up with "catalog busy"."""
+
+
+def resolve_url(db: str | None = None) -> str:
+    """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
+    value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+def describe(url: str) -> str:
+    """The catalog as a person would name it: a file path for SQLite, else the URL sans password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return parsed.database
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+def _attach_sqlite_pragmas(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN until the first DML statement, which
+    # breaks atomic DDL+DML and read consistency; take control of BEGIN ourselves (the recipe
+    # from SQLAlchemy's SQLite dialect documentation).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later upgrades to
+        # a writer fails at once with SQLITE_BUSY instead of waiting for the other writer.
+        write = conn.get_execution_options().get("dsaudit_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _build_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        _attach_sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
+    """Open (and create or upgrade) the catalog named by ``db`` (a URL or a path).
+
+    Args:
+        db: a SQLAlchemy URL or a file path; None means ``$DSAUDIT_DB`` or ``./dsaudit.db``.
+        create: when False, a missing SQLite file is an error instead of a new empty catalog.
+
+    Raises:
+        NotFoundError: ``create`` is False and the SQLite file does not exist.
+        SchemaError: the file is not a catalog, or a newer dsaudit wrote it.
+    """
+    url = resolve_url(db)
+    path = _sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise NotFoundError(
+                f"{path}: no catalog here; run `dsaudit ingest` or `dsaudit demo` first, "
+                "or choose another with --db / DSAUDIT_DB"
+            )
+        if path.is_dir():
+            raise SchemaError(f"{path}: is a directory, not a catalog file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = _build_engine(url)
+    try:
+        migrate(engine)
+    except DatabaseError as exc:
+        engine.dispose()
+        raise SchemaError(
+            f"{describe(url)}: cannot be opened as a catalog ({_reason(exc)})"
+        ) from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _reason(exc: DatabaseError) -> str:
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the catalog's schema to this release's head; refuse a schema from the future."""
+    config = _alembic_config()
+    script = ScriptDirectory.from_config(config)
+    heads = set(script.get_heads())
+    known = {rev.revision for rev in script.walk_revisions()}
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+        if current == heads:
+            return
+        unknown = current - known
+        if unknown:
+            raise SchemaError(
+                f"{describe(str(engine.url))}: written by a newer dsaudit (schema revision "
+                f"{', '.join(sorted(unknown))}); upgrade dsaudit to open it"
+            )
+        if not current and inspect(conn).get_table_names():
+            raise SchemaError(
+                f"{describe(str(engine.url))}: is a database but not a dsaudit catalog "
+                "(it has tables and no dsaudit schema version)"
+            )
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The catalog's current Alembic revision (None for an empty database)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one write transaction: committed on success, rolled back on error.
+
+    On SQLite the write lock is taken at BEGIN (waiting up to `BUSY_TIMEOUT_S` for another
+    writer), so a long ingest never fails halfway because someone else started writing.
+    """
+    with engine.connect() as conn:
+        conn = conn.execution_options(dsaudit_write=True)
+        try:
+            with conn.begin():
+                yield conn
+        except OperationalError as exc:
+            if "database is locked" in str(exc.orig):
+                raise BusyError(
+                    f"{describe(str(engine.url))}: catalog busy: another process has been "
+                    f"writing for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
+                ) from None
+            raise

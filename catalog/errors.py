@@ -1,0 +1,41 @@
+"""Errors meant for people.
+
+Every problem caused by the user's input (a bad file, an unknown dataset, a catalog from a newer
+release) is raised as a `CatalogError` subclass whose message is one finished sentence naming the
+file or thing and the problem. The command line prints it as ``Error: <message>`` and exits 2;
+anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class CatalogError(Exception):
+    """Base class of every user-facing error."""
+
+
+class UsageError(CatalogError):
+    """Arguments that contradict each other or make no sense together."""
+
+
+class InputError(CatalogError):
+    """A source file or argument cannot be ingested as given."""
+
+
+class NotFoundError(CatalogError):
+    """A dataset, version, split or image named by the user does not exist."""
+
+
+class VersionExistsError(CatalogError):
+    """A dataset version is immutable: it can be ingested once."""
+
+
+class SchemaError(CatalogError):
+    """The catalog cannot be opened by this release (newer schema, not a catalog...)."""
+
+
+class BusyError(CatalogError):
+    """Another process holds the catalog's write lock for longer than we wait."""
+
+
+class QueryError(CatalogError):
+    """A user-written SQL statement failed or tried to write."""

@@ -1,0 +1,322 @@
+"""Ingest: one dataset version from planned splits into the catalog, chunk by chunk.
+
+For each chunk: canonicalise, digest, flag low-information images, look the digests up, insert
+the images the catalog has not seen (Core executemany), then the items. Everything happens on the
+caller's connection inside the caller's transaction, so a version is visible completely or not
+at all: run it inside `catalog.db.writing(engine)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Insert, Table, func, insert, select
+
+from catalog import __version__
+from catalog.errors import InputError, NotFoundError, VersionExistsError
+from catalog.loaders import ImageArray, SplitInput
+from catalog.pixels import (
+    canonical,
+    digests,
+    low_information,
+    needs_observed_range,
+    to_unit,
+    value_range,
+)
+from catalog.schema import Dataset, Image, Item, Source, Split, Version
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``on_progress(task, advance, total)``: ``advance`` more units of ``task`` (of ``total``) done."""
+
+CHUNK_BYTES = 32 * 1024 * 1024
+"""Raw pixel bytes per chunk: the ingest's memory is a small multiple of this."""
+LOOKUP_BATCH = 5000
+"""Digests per ``IN (...)`` lookup; below SQLite's bound-parameter limit."""
+
+_NAME_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class SplitIngested:
+    """What one split added: its items, and how many of its images the catalog had not seen."""
+
+    name: str
+    items: int
+    new_images: int
+    low_info_items: int
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome of `ingest`."""
+
+    dataset: str
+    version: str
+    version_id: int
+    parent: str | None
+    splits: tuple[SplitIngested, ...]
+    seconds: float
+
+    @property
+    def items(self) -> int:
+        return sum(s.items for s in self.splits)
+
+    @property
+    def new_images(self) -> int:
+        return sum(s.new_images for s in self.splits)
+
+
+def chunk_rows(images: ImageArray, budget: int = CHUNK_BYTES) -> int:
+    """How many images of this array fit the chunk budget (at least one)."""
+    row_bytes = int(np.prod(images.shape[1:], dtype=np.int64)) * images.dtype.itemsize
+    return max(1, budget // max(1, row_bytes))
+
+
+def _insert_ignore(conn: Connection, table: Table) -> Insert:
+    """INSERT that skips rows whose unique key exists (safe when two ingests race)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not value or len(value) > _NAME_LIMIT or any(c in value for c in "@:/\n\t"):
+        raise InputError(
+            f"{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', '/' "
+            "or whitespace controls"
+        )
+
+
+def _dataset_id(conn: Connection, name: str) -> int:
+    table = Dataset.__table__
+    conn.execute(_insert_ignore(conn, table), [{"name": name}])
+    return conn.execute(select(table.c.id).where(table.c.name == name)).scalar_one()
+
+
+def _parent_id(conn: Connection, dataset_id: int, dataset: str, parent: str | None) -> int | None:
+    versions = Version.__table__
+    if parent is not None:
+        found = conn.execute(
+            select(versions.c.id).where(
+                versions.c.dataset_id == dataset_id, versions.c.tag == parent
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            raise NotFoundError(f"parent version {dataset}@{parent} does not exist")
+        return found
+    return conn.execute(
+        select(versions.c.id)
+        .where(versions.c.dataset_id == dataset_id)
+        .order_by(versions.c.created_at.desc(), versions.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def observed_range(images: ImageArray, rows: int) -> tuple[float, float]:
+    """(min, max) over every finite pixel of the array, read chunk by chunk."""
+    low, high = np.inf, -np.inf
+    for chunk in images.chunks(rows):
+        finite = chunk[np.isfinite(chunk)] if chunk.dtype.kind == "f" else chunk
+        if finite.size:
+            low = min(low, float(finite.min()))
+            high = max(high, float(finite.max()))
+    return (low, high) if low <= high else (0.0, 1.0)
+
+
+def image_ids(conn: Connection, wanted: Sequence[bytes]) -> dict[bytes, int]:
+    """Image ids of the digests already in the catalog (absent digests are left out)."""
+    images = Image.__table__
+    found: dict[bytes, int] = {}
+    for start in range(0, len(wanted), LOOKUP_BATCH):
+        batch = list(wanted[start : start + LOOKUP_BATCH])
+        rows = conn.execute(select(images.c.digest, images.c.id).where(images.c.digest.in_(batch)))
+        found.update({bytes(digest): image_id for digest, image_id in rows})
+    return found
+
+
+def ingest(
+    conn: Connection,
+    dataset: str,
+    version: str,
+    splits: Sequence[SplitInput],
+    *,
+    note: str | None = None,
+    parent: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> IngestResult:
+    """Add ``dataset@version`` with ``splits`` to the catalog, on the caller's transaction.
+
+    Args:
+        conn: a connection inside a write transaction (`catalog.db.writing`).
+        dataset: the dataset's name; created on first use.
+        version: the new version's tag; a version is immutable, so it must not exist yet.
+        splits: from `catalog.loaders.plan_arrays` (or another loader).
+        note: free text kept on the version.
+        parent: the tag of the version this one derives from; default the dataset's latest.
+        on_progress: called as images are processed, see `ProgressCallback`.
+        chunk_bytes: raw pixel bytes per chunk (memory bound).
+
+    Raises:
+        VersionExistsError: ``dataset@version`` is already in the catalog.
+        InputError, NotFoundError: bad names or a missing parent.
+    """
+    started = time.perf_counter()
+    _check_name("dataset", dataset)
+    _check_name("version", version)
+    if not splits:
+        raise InputError(f"{dataset}@{version}: no splits to ingest")
+    for split in splits:
+        _check_name("split", split.name)
+    report = on_progress or (lambda _task, _advance, _total: None)
+
+    versions = Version.__table__
+    dataset_id = _dataset_id(conn, dataset)
+    exists = conn.execute(
+        select(func.count()).where(versions.c.dataset_id == dataset_id, versions.c.tag == version)
+    ).scalar_one()
+    if exists:
+        raise VersionExistsError(
+            f"{dataset}@{version} is already in the catalog; versions are immutable, so "
+            "ingest under a new version tag"
+        )
+    parent_id = _parent_id(conn, dataset_id, dataset, parent)
+    parent_tag = (
+        conn.execute(select(versions.c.tag).where(versions.c.id == parent_id)).scalar_one()
+        if parent_id is not None
+        else None
+    )
+    version_id = conn.execute(
+        insert(versions).returning(versions.c.id),
+        {
+            "dataset_id": dataset_id,
+            "tag": version,
+            "created_at": datetime.now(UTC),
+            "parent_id": parent_id,
+            "note": note,
+            "tool_version": __version__,
+        },
+    ).scalar_one()
+
+    source_ids: dict[str, int] = {}
+    for split in splits:
+        if split.source.path not in source_ids:
+            source_ids[split.source.path] = conn.execute(
+                insert(Source.__table__).returning(Source.__table__.c.id),
+                {
+                    "version_id": version_id,
+                    "path": split.source.path,
+                    "sha256": split.source.sha256,
+                    "size": split.source.size,
+                    "format": split.source.format,
+                },
+            ).scalar_one()
+
+    done = [
+        _ingest_split(conn, version_id, split, source_ids[split.source.path], report, chunk_bytes)
+        for split in splits
+    ]
+    return IngestResult(
+        dataset=dataset,
+        version=version,
+        version_id=version_id,
+        parent=parent_tag,
+        splits=tuple(done),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _ingest_split(
+    conn: Connection,
+    version_id: int,
+    split: SplitInput,
+    source_id: int,
+    report: ProgressCallback,
+    chunk_bytes: int,
+) -> SplitIngested:
+    splits = Split.__table__
+    split_id = conn.execute(
+        insert(splits).returning(splits.c.id), {"version_id": version_id, "name": split.name}
+    ).scalar_one()
+    rows = chunk_rows(split.images, chunk_bytes)
+    total = split.images.shape[0]
+    task = f"{split.name} ({split.source.path.rsplit('/', 1)[-1]}:{split.key})"
+    scale: tuple[float, float] = value_range(split.images.dtype)
+    if needs_observed_range(split.images.dtype):
+        scale = value_range(split.images.dtype, observed_range(split.images, rows))
+
+    position = 0
+    new_images = low_items = 0
+    for chunk in split.images.chunks(rows):
+        canon = canonical(chunk)
+        chunk_digests = digests(canon)
+        low = low_information(to_unit(canon, scale))
+        ids, added = _resolve_images(conn, canon, chunk_digests, low)
+        new_images += added
+        low_items += int(low.sum())
+        labels = (
+            split.labels[position : position + len(canon)] if split.labels is not None else None
+        )
+        conn.execute(
+            insert(Item.__table__),
+            [
+                {
+                    "split_id": split_id,
+                    "position": position + offset,
+                    "image_id": ids[digest],
+                    "label": None if labels is None else str(labels[offset]),
+                    "source_id": source_id,
+                    "source_key": split.key,
+                    "source_row": position + offset,
+                }
+                for offset, digest in enumerate(chunk_digests)
+            ],
+        )
+        position += len(canon)
+        report(task, len(canon), total)
+    return SplitIngested(
+        name=split.name, items=position, new_images=new_images, low_info_items=low_items
+    )
+
+
+def _resolve_images(
+    conn: Connection, canon: np.ndarray, chunk_digests: list[bytes], low: np.ndarray
+) -> tuple[dict[bytes, int], int]:
+    """Ids for every digest of the chunk, inserting the images the catalog lacks.
+
+    Returns:
+        (digest -> image id, number of image rows this call inserted)
+    """
+    first: dict[bytes, int] = {}
+    for index, digest in enumerate(chunk_digests):
+        first.setdefault(digest, index)
+    ids = image_ids(conn, list(first))
+    missing = [d for d in first if d not in ids]
+    if not missing:
+        return ids, 0
+    height, width = canon.shape[1], canon.shape[2]
+    channels = canon.shape[3] if canon.ndim == 4 else 1
+    dtype = canon.dtype.name
+    rows: list[dict[str, Any]] = [
+        {
+            "digest": digest,
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "dtype": dtype,
+            "low_info": bool(low[first[digest]]),
+        }
+        for digest in missing
+    ]
+    conn.execute(_insert_ignore(conn, Image.__table__), rows)
+    ids.update(image_ids(conn, missing))
+    return ids, len(missing)

@@ -1,0 +1,540 @@
+"""numpy sources: ``.npz`` archives, ``.npy`` files and (only when allowed) pickled dicts.
+
+``.npy`` files are memory-mapped and ``.npz`` members are streamed out of the zip one chunk at a
+time (compressed or not), so memory is bounded by the chunk. Pickles can run arbitrary code when
+loaded, so they are refused unless the caller passes ``allow_pickle=True``.
+
+Which array is which split: an ``.npz`` (or pickled dict) array with three or more dimensions is a
+split candidate, named by stripping common affixes (``x_train``, ``train_images``,
+``train_dataset`` -> ``train``) and paired with its label twin (``y_train``, ``train_labels``).
+``--split NAME=ARRAY[:LABELS]`` states it explicitly; ARRAY is a key inside a source, or a
+``.npy`` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+
+from catalog.errors import InputError
+from catalog.pixels import check_images
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_HINT = (
+    "unpickling can run arbitrary code, so dsaudit refuses it; pass --allow-pickle only for "
+    "a file you trust, or convert it with numpy.savez"
+)
+
+_IMAGE_PREFIXES = ("x_", "X_", "images_")
+_IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
+_LABEL_PATTERNS = (
+    "{}_labels",
+    "y_{}",
+    "Y_{}",
+    "{}_y",
+    "{}_Y",
+    "{}_label",
+    "{}_targets",
+    "labels_{}",
+)
+_SPLIT_WORDS = {"train", "training", "valid", "validation", "val", "dev", "test", "testing"}
+
+
+class ImageArray(Protocol):
+    """An (N, H, W[, C]) image array read lazily, chunk by chunk."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """Consecutive slices of at most ``rows`` images, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file an ingest read, recorded for provenance."""
+
+    path: str
+    format: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInput:
+    """One split to ingest: its images, labels (strings) and where they came from."""
+
+    name: str
+    images: ImageArray
+    labels: np.ndarray | None
+    source: SourceFile
+    key: str
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """``NAME=ARRAY[:LABELS]`` from the command line."""
+
+    name: str
+    images: str
+    labels: str | None
+
+
+class MemoryArray:
+    """An in-memory or memory-mapped array; slicing a memmap reads only that slice."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, self._array.shape[0], rows):
+            yield np.asarray(self._array[start : start + rows])
+
+
+class NpzMember:
+    """One array inside an ``.npz``, streamed out of the zip without loading it whole."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as stream:
+            self._shape, fortran, self._dtype = _read_npy_header(stream, f"{path}:{key}")
+        if fortran and len(self._shape) > 1:
+            raise InputError(
+                f"{path}: array '{key}' is stored in Fortran order, which cannot be streamed; "
+                "save it with numpy.ascontiguousarray first"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        row_shape = self._shape[1:]
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self._dtype.itemsize
+        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as stream:
+            _read_npy_header(stream, f"{self.path}:{self.key}")
+            for start in range(0, self._shape[0], rows):
+                count = min(rows, self._shape[0] - start)
+                data = stream.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise InputError(f"{self.path}: array '{self.key}' is truncated")
+                yield np.frombuffer(data, dtype=self._dtype).reshape((count, *row_shape))
+
+
+def _read_npy_header(stream: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise InputError(f"{where}: not a readable .npy array ({exc})") from None
+    return tuple(shape), bool(fortran), dtype
+
+
+def parse_split_spec(text: str) -> SplitSpec:
+    """Parse ``NAME=ARRAY[:LABELS]``."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not rest:
+        raise InputError(
+            f"--split {text!r}: expected NAME=ARRAY[:LABELS], e.g. train=x_train:y_train"
+        )
+    images, _, labels = rest.partition(":")
+    if not images:
+        raise InputError(f"--split {text!r}: the image array is missing after '='")
+    return SplitSpec(name=name, images=images, labels=labels or None)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _source_file(path: Path, fmt: str) -> SourceFile:
+    return SourceFile(
+        path=str(path), format=fmt, size=path.stat().st_size, sha256=file_digest(path)
+    )
+
+
+def _sniff(path: Path) -> str:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; array sources are .npz, .npy or pickle files")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(ZIP_MAGIC):
+        return "npz"
+    if head[:1] == b"\x80" or path.suffix.lower() in (".pickle", ".pkl"):
+        return "pickle"
+    raise InputError(f"{path}: not a .npy, .npz or pickle file (unrecognised content)")
+
+
+class _Container:
+    """The named arrays of one .npz or pickled dict, opened lazily."""
+
+    def __init__(self, path: Path, fmt: str, allow_pickle: bool) -> None:
+        self.path = path
+        self.format = fmt
+        self.arrays: dict[str, ImageArray | np.ndarray] = {}
+        self.shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        if fmt == "npz":
+            self._open_npz(allow_pickle)
+        else:
+            self._open_pickle(allow_pickle)
+
+    def _open_npz(self, allow_pickle: bool) -> None:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+                for key in names:
+                    with archive.open(f"{key}.npy") as stream:
+                        shape, _fortran, dtype = _read_npy_header(stream, f"{self.path}:{key}")
+                    self.shapes[key] = (shape, dtype)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(f"{self.path}: not a readable .npz archive ({exc})") from None
+        for key, (_shape, dtype) in self.shapes.items():
+            if dtype.hasobject and not allow_pickle:
+                raise InputError(
+                    f"{self.path}: array '{key}' holds Python objects (a pickle); {PICKLE_HINT}"
+                )
+
+    def _open_pickle(self, allow_pickle: bool) -> None:
+        if not allow_pickle:
+            raise InputError(f"{self.path}: is a pickle file; {PICKLE_HINT}")
+        try:
+            with self.path.open("rb") as handle:
+                data = pickle.load(handle)  # noqa: S301 - the user asked for it explicitly
+        except Exception as exc:  # any unpickling failure is the file's fault
+            raise InputError(
+                f"{self.path}: cannot be unpickled ({type(exc).__name__}: {exc})"
+            ) from None
+        if not isinstance(data, Mapping):
+            raise InputError(
+                f"{self.path}: the pickle holds a {type(data).__name__}, expected a dict of arrays"
+            )
+        for key, value in data.items():
+            if isinstance(key, str) and isinstance(value, np.ndarray):
+                self.arrays[key] = value
+                self.shapes[key] = (tuple(value.shape), value.dtype)
+
+    def image_array(self, key: str) -> ImageArray:
+        if self.format == "npz":
+            shape, dtype = self.shapes[key]
+            if dtype.hasobject:
+                with np.load(self.path, allow_pickle=True) as archive:
+                    return MemoryArray(archive[key])
+            return NpzMember(self.path, key)
+        value = self.arrays[key]
+        assert isinstance(value, np.ndarray)
+        return MemoryArray(value)
+
+    def labels(self, key: str) -> np.ndarray:
+        if self.format == "npz":
+            with np.load(self.path, allow_pickle=self.shapes[key][1].hasobject) as archive:
+                return archive[key]
+        value = self.arrays[key]
+        assert isinstance(value, np.ndarray)
+        return value
+
+    def listing(self) -> str:
+        return ", ".join(
+            f"{key} {'x'.join(map(str, shape)) or 'scalar'} {dtype}"
+            for key, (shape, dtype) in self.shapes.items()
+        )
+
+
+def _split_name(key: str) -> str | None:
+    """The split an array key names (``x_train`` -> ``train``), or None if unrecognisable."""
+    for prefix in _IMAGE_PREFIXES:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return key[len(prefix) :]
+    for suffix in _IMAGE_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            return key[: -len(suffix)]
+    if key.lower() in _SPLIT_WORDS:
+        return key
+    return None
+
+
+def _label_key(container: _Container, split: str, images_key: str, n: int) -> str | None:
+    for pattern in _LABEL_PATTERNS:
+        key = pattern.format(split)
+        if key != images_key and key in container.shapes:
+            shape, _dtype = container.shapes[key]
+            if len(shape) == 1 and shape[0] == n:
+                return key
+    return None
+
+
+def _clean_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Labels as a 1-D array of strings; ints, bools and strings are accepted."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputError(
+            f"{where}: labels must be a 1-D array of {n} values (one per image), "
+            f"not shaped {labels.shape}"
+        )
+    kind = labels.dtype.kind
+    if kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise InputError(f"{where}: float labels must be whole numbers")
+        return labels.astype(np.int64).astype(str)
+    if kind in "iub":
+        return labels.astype(str)
+    if kind == "U":
+        return labels
+    if kind == "S":
+        return np.char.decode(labels, "utf-8", errors="replace")
+    if kind == "O" and all(isinstance(v, str | int | np.integer) for v in labels):
+        return labels.astype(str)
+    raise InputError(f"{where}: labels must be integers or strings, not {labels.dtype}")
+
+
+def _check(images: ImageArray, where: str) -> None:
+    # Check dimensions and dtype on an empty array of the same row shape: nothing is read.
+    probe = np.empty((0, *images.shape[1:]), dtype=images.dtype)
+    try:
+        check_images(probe, where)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if images.shape[0] == 0:
+        raise InputError(f"{where}: the array holds no images (shape {images.shape})")
+
+
+def _make_split(
+    name: str,
+    images: ImageArray,
+    labels: np.ndarray | None,
+    source: SourceFile,
+    key: str,
+    labels_where: str,
+) -> SplitInput:
+    where = f"{source.path}: array '{key}'" if source.format != "npy" else source.path
+    if len(images.shape) not in (3, 4):
+        raise InputError(
+            f"{where}: images must be shaped (N, H, W) or (N, H, W, C), not {images.shape}"
+        )
+    _check(images, where)
+    clean = _clean_labels(labels, images.shape[0], labels_where) if labels is not None else None
+    return SplitInput(name=name, images=images, labels=clean, source=source, key=key)
+
+
+def plan_arrays(
+    sources: Sequence[Path],
+    splits: Sequence[SplitSpec] = (),
+    *,
+    allow_pickle: bool = False,
+) -> list[SplitInput]:
+    """Decide which arrays of which files become which splits, reading only headers.
+
+    Args:
+        sources: .npz, .npy or pickle files (.npy files may also be named only in ``splits``).
+        splits: explicit ``NAME=ARRAY[:LABELS]`` choices; when empty, splits are recognised
+            from the array names of the .npz/pickle sources.
+        allow_pickle: accept pickle files and object arrays (they can run code when loaded).
+
+    Raises:
+        InputError: a file cannot be read, or which array is which split cannot be told.
+    """
+    containers: list[_Container] = []
+    npy_files: dict[Path, SourceFile] = {}
+    source_files: dict[Path, SourceFile] = {}
+    for raw in sources:
+        path = Path(raw)
+        fmt = _sniff(path)
+        if fmt == "npy":
+            npy_files[path.resolve()] = _source_file(path, "npy")
+            continue
+        container = _Container(path, fmt, allow_pickle)
+        containers.append(container)
+        source_files[path] = _source_file(path, fmt)
+    if splits:
+        result = [
+            _explicit(spec, containers, source_files, npy_files, allow_pickle) for spec in splits
+        ]
+    else:
+        if npy_files and not containers:
+            raise InputError(
+                f"{next(iter(npy_files))}: a .npy file holds one array; say which split it is "
+                "with --split NAME=FILE.npy[:LABELS.npy]"
+            )
+        if not containers:
+            raise InputError("no source files given: name .npz/.npy files or use --split")
+        result = [s for c in containers for s in _recognise(c, source_files[c.path])]
+    seen: dict[str, SplitInput] = {}
+    for split in result:
+        if split.name in seen:
+            raise InputError(
+                f"split '{split.name}' comes from both {seen[split.name].source.path}:"
+                f"{seen[split.name].key} and {split.source.path}:{split.key}; choose one with "
+                "--split NAME=ARRAY[:LABELS]"
+            )
+        seen[split.name] = split
+    return result
+
+
+def _recognise(container: _Container, source: SourceFile) -> list[SplitInput]:
+    candidates = [k for k, (shape, _dt) in container.shapes.items() if len(shape) >= 3]
+    if not candidates:
+        raise InputError(
+            f"{container.path}: no image arrays (3 or more dimensions) found; arrays: "
+            f"{container.listing() or 'none'}"
+        )
+    named = {key: _split_name(key) for key in candidates}
+    unknown = [key for key, name in named.items() if name is None]
+    if unknown:
+        raise InputError(
+            f"{container.path}: cannot tell which split array(s) {', '.join(unknown)} belong to; "
+            f"arrays: {container.listing()}; say it with --split NAME=ARRAY[:LABELS]"
+        )
+    result = []
+    for key, name in named.items():
+        assert name is not None
+        shape, _dtype = container.shapes[key]
+        label_key = _label_key(container, name, key, shape[0])
+        labels = container.labels(label_key) if label_key else None
+        result.append(
+            _make_split(
+                name,
+                container.image_array(key),
+                labels,
+                source,
+                key,
+                f"{container.path}: array '{label_key}'",
+            )
+        )
+    return result
+
+
+def _explicit(
+    spec: SplitSpec,
+    containers: list[_Container],
+    source_files: dict[Path, SourceFile],
+    npy_files: dict[Path, SourceFile],
+    allow_pickle: bool,
+) -> SplitInput:
+    holders = [c for c in containers if spec.images in c.shapes]
+    if len(holders) > 1:
+        raise InputError(
+            f"--split {spec.name}: array '{spec.images}' is in "
+            f"{' and '.join(str(c.path) for c in holders)}; ingest them as separate versions"
+        )
+    if holders:
+        container = holders[0]
+        labels = None
+        labels_where = f"{container.path}: array '{spec.labels}'"
+        if spec.labels is not None:
+            if spec.labels in container.shapes:
+                labels = container.labels(spec.labels)
+            else:
+                labels, labels_where = _npy_labels(
+                    Path(spec.labels), npy_files, allow_pickle, container
+                )
+        return _make_split(
+            spec.name,
+            container.image_array(spec.images),
+            labels,
+            source_files[container.path],
+            spec.images,
+            labels_where,
+        )
+    path = Path(spec.images)
+    if not path.exists():
+        known = "; ".join(f"{c.path}: {c.listing()}" for c in containers)
+        raise InputError(
+            f"--split {spec.name}: '{spec.images}' is neither an array in the sources nor a file"
+            + (f" (arrays: {known})" if known else "")
+        )
+    fmt = _sniff(path)
+    if fmt != "npy":
+        raise InputError(f"{path}: --split takes a .npy file or an array key, not a {fmt} file")
+    source = npy_files.setdefault(path.resolve(), _source_file(path, "npy"))
+    images = MemoryArray(_load_npy(path, allow_pickle))
+    labels = None
+    labels_where = str(spec.labels)
+    if spec.labels is not None:
+        labels, labels_where = _npy_labels(Path(spec.labels), npy_files, allow_pickle, None)
+    return _make_split(spec.name, images, labels, source, path.name, labels_where)
+
+
+def _npy_labels(
+    path: Path, npy_files: dict[Path, SourceFile], allow_pickle: bool, container: _Container | None
+) -> tuple[np.ndarray, str]:
+    if not path.exists():
+        where = f" nor an array in {container.path} ({container.listing()})" if container else ""
+        raise InputError(f"{path}: labels not found: no such file{where}")
+    if _sniff(path) != "npy":
+        raise InputError(f"{path}: labels must be a .npy file or an array key")
+    return np.asarray(_load_npy(path, allow_pickle)), str(path)
+
+
+def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=None if allow_pickle else "r", allow_pickle=allow_pickle)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "object" in str(exc).lower():
+            raise InputError(f"{path}: holds Python objects (a pickle); {PICKLE_HINT}") from None
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def from_memory(
+    splits: Mapping[str, np.ndarray | tuple[np.ndarray, np.ndarray | None]],
+    *,
+    name: str = "<memory>",
+) -> list[SplitInput]:
+    """Splits from arrays already in memory: ``{"train": (images, labels), "test": images}``."""
+    result = []
+    source = SourceFile(path=name, format="memory", size=0, sha256="")
+    for split, value in splits.items():
+        images, labels = value if isinstance(value, tuple) else (value, None)
+        images = np.asarray(images)
+        result.append(
+            _make_split(
+                split,
+                MemoryArray(images),
+                None if labels is None else np.asarray(labels),
+                source,
+                split,
+                f"{name}: labels of '{split}'",
+            )
+        )
+    return result

@@ -1,0 +1,147 @@
+"""The report model: frozen dataclasses that queries return and renderers draw.
+
+Queries build these; renderers (rich tables in ``cli/``, JSON here) read them. They hold raw
+numbers (counts, rates as fractions), never formatted text, and no live database objects, so
+they outlive the session that made them.
+
+`to_json` is the one place that names the JSON keys; the README documents them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+OVERLAP_SCHEMA = "dsaudit.overlap/1"
+LISTING_SCHEMA = "dsaudit.ls/1"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split of one version, with its sizes."""
+
+    dataset: str
+    version: str
+    split: str
+    split_id: int
+    items: int
+    images: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.dataset}@{self.version}:{self.split}"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    dataset: str
+    tag: str
+    created_at: datetime
+    parent: str | None
+    note: str | None
+    tool_version: str
+    splits: tuple[SplitInfo, ...]
+
+    @property
+    def items(self) -> int:
+        return sum(s.items for s in self.splits)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    versions: tuple[VersionInfo, ...]
+    images: int
+    """Distinct images over all versions."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    datasets: tuple[DatasetInfo, ...]
+
+
+@dataclass(frozen=True)
+class PairOverlap:
+    """Exact overlap of split ``a`` with ``b``: items of ``a`` whose image also occurs in ``b``."""
+
+    a: str
+    b: str
+    items: int
+    images: int
+    rate: float
+    """``items`` as a fraction of ``a``'s items ("3.3 % of test has a copy in train")."""
+
+
+@dataclass(frozen=True)
+class WithinSplit:
+    """Exact duplicates inside one split, and its low-information items."""
+
+    split: str
+    groups: int
+    """Images that occur at more than one position of the split."""
+    items_in_groups: int
+    redundant: int
+    """Copies beyond the first: the items that could be dropped."""
+    largest_group: int
+    low_info_items: int
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """Where one item sits and where it came from."""
+
+    split: str
+    position: int
+    label: str | None
+    source_path: str
+    source_key: str
+    source_row: int | None
+
+
+@dataclass(frozen=True)
+class LabelConflict:
+    """One image that carries more than one label among the audited splits."""
+
+    digest: str
+    labels: tuple[str, ...]
+    items: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True)
+class OverlapReport:
+    splits: tuple[SplitInfo, ...]
+    pairs: tuple[PairOverlap, ...]
+    within: tuple[WithinSplit, ...]
+    conflict_images: int
+    conflict_items: int
+    conflicts: tuple[LabelConflict, ...]
+    """The first conflicts in digest order, at most the query's ``limit``."""
+
+    def pair(self, a: str, b: str) -> PairOverlap:
+        for pair in self.pairs:
+            if pair.a == a and pair.b == b:
+                return pair
+        raise KeyError((a, b))
+
+
+def to_json(value: Any, schema: str | None = None) -> Any:
+    """A report as plain JSON data: dataclasses become objects, tuples lists, datetimes ISO text.
+
+    Args:
+        value: a report dataclass (or anything nested in one).
+        schema: when given, stored under the ``schema`` key of the top-level object.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data: dict[str, Any] = {} if schema is None else {"schema": schema}
+        for field in dataclasses.fields(value):
+            data[field.name] = to_json(getattr(value, field.name))
+        if isinstance(value, SplitInfo):
+            data["ref"] = value.ref
+        return data
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,130 @@
+"""The catalog's tables, as SQLAlchemy 2.0 typed models.
+
+The models are the one description of the schema: Alembic revisions in ``migrations/`` are written
+to match them, and a test checks that ``alembic upgrade head`` produces exactly this metadata.
+Bulk data (images, items) is written through Core ``insert()`` on ``Model.__table__``; the ORM
+classes are for reading metadata and for typing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only makes INTEGER (not BIGINT) primary keys aliases of the rowid, i.e. auto-assigned.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+IdPK = Annotated[int, mapped_column(BigId, primary_key=True)]
+Name = Annotated[str, mapped_column(String(200))]
+
+DIGEST_BYTES = 32
+"""Length of an image digest (blake2b-256), see `catalog.digest`."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Dataset(Base):
+    """A named collection of versions (``notmnist``)."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[IdPK]
+    name: Mapped[Name] = mapped_column(unique=True)
+
+
+class Version(Base):
+    """One immutable ingest of a dataset (``v1``); visible only once its transaction commits."""
+
+    __tablename__ = "version"
+    __table_args__ = (UniqueConstraint("dataset_id", "tag"),)
+
+    id: Mapped[IdPK]
+    dataset_id: Mapped[int] = mapped_column(BigId, ForeignKey("dataset.id"))
+    tag: Mapped[Name]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    parent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("version.id"))
+    note: Mapped[str | None] = mapped_column(Text)
+    tool_version: Mapped[str] = mapped_column(String(40))
+
+
+class Split(Base):
+    """A named part of a version (``train``, ``test``...)."""
+
+    __tablename__ = "split"
+    __table_args__ = (UniqueConstraint("version_id", "name"),)
+
+    id: Mapped[IdPK]
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("version.id"))
+    name: Mapped[Name]
+
+
+class Source(Base):
+    """A file read by an ingest, for provenance: where an item came from, and was it changed."""
+
+    __tablename__ = "source"
+
+    id: Mapped[IdPK]
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("version.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(20))
+
+
+class Image(Base):
+    """One distinct picture, content-addressed by its canonical digest."""
+
+    __tablename__ = "image"
+
+    id: Mapped[IdPK]
+    digest: Mapped[bytes] = mapped_column(LargeBinary(DIGEST_BYTES), unique=True)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    low_info: Mapped[bool] = mapped_column(Boolean)
+
+
+class Item(Base):
+    """One position of a split: which image sits there, its label, and where it was read from."""
+
+    __tablename__ = "item"
+    __table_args__ = (
+        Index(None, "image_id", "split_id"),
+        CheckConstraint("position >= 0", name="position_nonnegative"),
+        {"sqlite_with_rowid": False},
+    )
+
+    split_id: Mapped[int] = mapped_column(BigId, ForeignKey("split.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    source_id: Mapped[int] = mapped_column(BigId, ForeignKey("source.id"))
+    source_key: Mapped[str] = mapped_column(Text)
+    source_row: Mapped[int | None] = mapped_column(BigInteger)

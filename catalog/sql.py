@@ -1,0 +1,120 @@
+"""Read-only SQL for people: ``dsaudit sql "SELECT ..."``.
+
+Read-only is enforced by the connection, never by parsing the statement: on SQLite the file is
+opened with ``mode=ro`` and ``PRAGMA query_only``, and an authorizer refuses ATTACH and DETACH
+(an attached database would be writable) and every PRAGMA that is not a plain read of schema
+information. Extension loading stays disabled, and the driver runs one statement per call.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, StatementError
+
+from catalog.db import describe, open_catalog, resolve_url
+from catalog.errors import QueryError
+
+_READ_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "database_list",
+    "collation_list",
+    "function_list",
+    "compile_options",
+}
+"""Pragmas that only read, whatever their argument (usually a table name)."""
+_READ_SETTINGS = {
+    "read_uncommitted",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "journal_mode",
+    "page_size",
+    "page_count",
+    "freelist_count",
+    "encoding",
+    "foreign_keys",
+    "query_only",
+    "data_version",
+}
+"""Settings that may be read (``PRAGMA name``) but never set (``PRAGMA name = value``)."""
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    truncated: bool
+
+
+def _authorize(action: int, arg1: str | None, arg2: str | None, *_rest: Any) -> int:
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        # arg1 is the pragma's name, arg2 its argument or the value being set.
+        name = (arg1 or "").lower()
+        if name in _READ_PRAGMAS or (name in _READ_SETTINGS and arg2 is None):
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _sqlite_readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    conn.set_authorizer(_authorize)
+    return conn
+
+
+def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
+    """Run one statement on a read-only connection to the catalog.
+
+    Args:
+        db: the catalog URL or path (see `catalog.db.resolve_url`).
+        statement: one SQL statement; anything that would write fails.
+        max_rows: stop after this many rows (``truncated`` tells).
+
+    Raises:
+        QueryError: the statement failed, tried to write, or was several statements.
+    """
+    url = resolve_url(db)
+    # Opening normally first creates nothing (create=False) but upgrades an old schema.
+    open_catalog(url, create=False).dispose()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
+    else:
+        engine = create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    try:
+        with engine.connect() as conn:
+            result = conn.exec_driver_sql(statement)
+            if not result.returns_rows:
+                return SqlResult(columns=(), rows=(), truncated=False)
+            columns = tuple(result.keys())
+            fetched = result.fetchmany(max_rows + 1) if max_rows is not None else result.fetchall()
+            truncated = max_rows is not None and len(fetched) > max_rows
+            rows = tuple(tuple(_plain(v) for v in row) for row in fetched[: max_rows or None])
+            return SqlResult(columns=columns, rows=rows, truncated=truncated)
+    except (DBAPIError, StatementError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+        raise QueryError(f"{describe(url)}: SQL failed: {message}") from None
+    finally:
+        engine.dispose()
+
+
+def _plain(value: Any) -> Any:
+    """Bytes as hex so results print and serialise; everything else as the driver gave it."""
+    return value.hex() if isinstance(value, bytes | memoryview) else value

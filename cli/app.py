@@ -1,0 +1,269 @@
+"""The ``dsaudit`` command. Each command parses, calls one `catalog` function, and renders.
+
+Errors: the library raises `CatalogError` with a finished sentence; `_command` turns it into
+``Error: ...`` on stderr and exit code 2. Exit 1 is reserved for audit gates.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from catalog import __version__, api
+from catalog.errors import CatalogError, UsageError
+from catalog.model import LISTING_SCHEMA, OVERLAP_SCHEMA, to_json
+from cli import render
+
+app = typer.Typer(
+    name="dsaudit",
+    help=(
+        "Audit image datasets for leaks between splits and versions.\n\n"
+        "dsaudit keeps a catalog (a SQLite file by default) of every image of every dataset "
+        "version: its exact digest and provenance. Overlaps are SQL joins, not O(n^2) loops.\n\n"
+        "Start with `dsaudit demo`, then `dsaudit ingest` your own data."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _stdout() -> Console:
+    return Console(soft_wrap=False)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """Register a command whose `CatalogError`s become one line on stderr and exit code 2."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            try:
+                return function(*a, **kw)
+            except CatalogError as exc:
+                _stderr().print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+
+        app.command(*args, **kwargs)(wrapper)
+        return function
+
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dsaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="DSAUDIT_DB",
+            help="Catalog: a file path (SQLite) or a SQLAlchemy URL. Default ./dsaudit.db.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    ctx.obj = db
+
+
+@contextmanager
+def _progress() -> Iterator[api.ProgressCallback]:
+    """A rich progress display on stderr, fed by the library's ``on_progress`` callback."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_stderr(), transient=False) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(task: str, advance: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.advance(tasks[task], advance)
+
+        yield on_progress
+
+
+def _dump_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@_command()
+def ingest(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help="Dataset name, e.g. notmnist.")],
+    version: Annotated[str, typer.Argument(help="New version tag, e.g. v1 (immutable).")],
+    sources: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help=".npz, .npy or (with --allow-pickle) pickle files.", show_default=False
+        ),
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split",
+            "-s",
+            help="NAME=ARRAY[:LABELS]: which array (a key in a source, or a .npy file) is "
+            "which split. Repeatable. Without it, names like x_train/y_train are recognised.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(help="Accept pickle files and object arrays (they can run code: trust them)."),
+    ] = False,
+    note: Annotated[str | None, typer.Option(help="Free text kept on the version.")] = None,
+    parent: Annotated[
+        str | None,
+        typer.Option(help="Tag of the version this one derives from. Default: the latest."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Add a dataset version to the catalog from numpy files.
+
+    Each image is digested (exact content) and recorded with its label and provenance
+    (file, array, row). The version appears all at once when ingest finishes; an interrupted
+    ingest leaves the catalog as it was.
+
+    Example:
+
+        dsaudit ingest notmnist v1 notMNIST.npz
+
+        dsaudit ingest mnist v1 --split train=x_train.npy:y_train.npy --split test=x_test.npy
+    """
+    planned = api.plan(sources or [], split or [], allow_pickle=allow_pickle)
+    with _progress() as on_progress:
+        result = api.ingest(
+            ctx.obj, dataset, version, planned, note=note, parent=parent, on_progress=on_progress
+        )
+    if as_json:
+        _dump_json(to_json(result, schema="dsaudit.ingest/1"))
+    else:
+        _stdout().print(render.ingest_result(result))
+
+
+@_command("ls")
+def list_command(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Argument(help="Only this dataset.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List datasets, their versions and splits, with item and distinct-image counts.
+
+    Example:
+
+        dsaudit ls notmnist
+    """
+    listing = api.list_catalog(ctx.obj, dataset)
+    if as_json:
+        _dump_json(to_json(listing, schema=LISTING_SCHEMA))
+    else:
+        _stdout().print(render.listing(listing))
+
+
+@_command()
+def overlap(
+    ctx: typer.Context,
+    refs: Annotated[
+        list[str],
+        typer.Argument(
+            help="DATASET[@VERSION][:SPLIT]; several compare across versions and datasets."
+        ),
+    ],
+    limit: Annotated[int, typer.Option(help="Label conflicts listed in detail.", min=0)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
+) -> None:
+    """Exact leakage between splits: the leakage matrix, duplicates, label conflicts.
+
+    For every ordered pair of splits (A, B): how many items of A have an exact copy in B, and
+    that as a share of A ("3.3 % of test has a copy in train"). Inside each split: duplicate
+    groups and redundant copies. Across all: images that carry more than one label.
+
+    Example:
+
+        dsaudit overlap notmnist@v1
+
+        dsaudit overlap notmnist@v1 notmnist@v2:test
+    """
+    report = api.exact_overlap(ctx.obj, refs, limit=limit)
+    if as_json:
+        _dump_json(to_json(report, schema=OVERLAP_SCHEMA))
+    else:
+        _stdout().print(render.overlap(report))
+
+
+@_command()
+def sql(
+    ctx: typer.Context,
+    statement: Annotated[str, typer.Argument(help="One SQL statement; the catalog is read-only.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Rows as a JSON list of objects.")
+    ] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Rows as CSV with a header.")] = False,
+    max_rows: Annotated[
+        int | None, typer.Option(help="Stop after this many rows.", min=1, show_default=False)
+    ] = None,
+) -> None:
+    """Run read-only SQL on the catalog (views: v_item, v_split, v_exact_overlap).
+
+    The connection itself is read-only: statements that write, attach databases or change
+    settings fail.
+
+    Example:
+
+        dsaudit sql "SELECT split, COUNT(*) FROM v_item GROUP BY split"
+    """
+    if as_json and as_csv:
+        raise UsageError("choose one of --json and --csv")
+    result = api.run_sql(ctx.obj, statement, max_rows=max_rows)
+    if as_json:
+        _dump_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        _stdout().print(render.sql_table(result))
+
+
+def main() -> None:
+    """Entry point of the ``dsaudit`` script."""
+    app()
