@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -34,8 +35,12 @@ __all__ = [
     "ingest",
     "list_catalog",
     "plan",
+    "run_demo",
     "run_sql",
 ]
+
+if TYPE_CHECKING:
+    from catalog.demo import DemoRun
 
 ArraySplits = Mapping[str, np.ndarray | tuple[np.ndarray, np.ndarray | None]]
 
@@ -119,3 +124,12 @@ def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = N
     """One statement on a read-only connection (enforced by the connection, not by parsing)."""
     url = db.url.render_as_string(hide_password=False) if isinstance(db, Engine) else db
     return _run_sql(url, statement, max_rows=max_rows)
+
+
+def run_demo(
+    directory: str | Path, *, seed: int = 0, on_progress: ProgressCallback | None = None
+) -> DemoRun:
+    """Generate the demo dataset, ingest both versions into ``directory/demo.db``, audit it."""
+    from catalog.demo import run_demo as _run_demo  # Pillow only loads for the demo
+
+    return _run_demo(Path(directory), seed=seed, on_progress=on_progress)

@@ -39,6 +39,16 @@ LOOKUP_BATCH = 5000
 """Digests per ``IN (...)`` lookup; below SQLite's bound-parameter limit."""
 
 _NAME_LIMIT = 200
+_IMAGE_COLUMNS = ("digest", "height", "width", "channels", "dtype", "low_info")
+_ITEM_COLUMNS = (
+    "split_id",
+    "position",
+    "image_id",
+    "label",
+    "source_id",
+    "source_key",
+    "source_row",
+)
 
 
 @dataclass(frozen=True)
@@ -132,13 +142,47 @@ def observed_range(images: ImageArray, rows: int) -> tuple[float, float]:
     return (low, high) if low <= high else (0.0, 1.0)
 
 
+def _placeholder(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def bulk_insert(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    unique: str | None = None,
+) -> None:
+    """executemany of positional rows on the connection's DBAPI cursor (same transaction).
+
+    The hot tables get rows by the hundred thousand; Core's per-row parameter processing cost
+    more than SQLite's own inserts when measured (70k items: 1.0 s against 0.3 s), so these
+    bypass it. Column and table names come from the schema, never from input.
+
+    Args:
+        unique: a unique column; rows whose value exists already are skipped (ON CONFLICT DO
+            NOTHING, the same text on SQLite and PostgreSQL, and safe when two ingests race).
+    """
+    if not rows:
+        return
+    marks = ", ".join([_placeholder(conn)] * len(columns))
+    statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+    if unique is not None:
+        statement += f" ON CONFLICT ({unique}) DO NOTHING"
+    conn.exec_driver_sql(statement, list(rows))
+
+
 def image_ids(conn: Connection, wanted: Sequence[bytes]) -> dict[bytes, int]:
     """Image ids of the digests already in the catalog (absent digests are left out)."""
-    images = Image.__table__
     found: dict[bytes, int] = {}
+    mark = _placeholder(conn)
     for start in range(0, len(wanted), LOOKUP_BATCH):
-        batch = list(wanted[start : start + LOOKUP_BATCH])
-        rows = conn.execute(select(images.c.digest, images.c.id).where(images.c.digest.in_(batch)))
+        batch = tuple(wanted[start : start + LOOKUP_BATCH])
+        marks = ", ".join([mark] * len(batch))
+        rows = conn.exec_driver_sql(
+            f"SELECT digest, id FROM image WHERE digest IN ({marks})", batch
+        )
         found.update({bytes(digest): image_id for digest, image_id in rows})
     return found
 
@@ -263,22 +307,28 @@ def _ingest_split(
         ids, added = _resolve_images(conn, canon, chunk_digests, low)
         new_images += added
         low_items += int(low.sum())
-        labels = (
-            split.labels[position : position + len(canon)] if split.labels is not None else None
+        label_text = (
+            split.labels[position : position + len(canon)].tolist()
+            if split.labels is not None
+            else [None] * len(canon)
         )
-        conn.execute(
-            insert(Item.__table__),
+        bulk_insert(
+            conn,
+            Item.__table__,
+            _ITEM_COLUMNS,
             [
-                {
-                    "split_id": split_id,
-                    "position": position + offset,
-                    "image_id": ids[digest],
-                    "label": None if labels is None else str(labels[offset]),
-                    "source_id": source_id,
-                    "source_key": split.key,
-                    "source_row": position + offset,
-                }
-                for offset, digest in enumerate(chunk_digests)
+                (
+                    split_id,
+                    position + offset,
+                    ids[digest],
+                    label,
+                    source_id,
+                    split.key,
+                    position + offset,
+                )
+                for offset, (digest, label) in enumerate(
+                    zip(chunk_digests, label_text, strict=True)
+                )
             ],
         )
         position += len(canon)
@@ -306,17 +356,12 @@ def _resolve_images(
     height, width = canon.shape[1], canon.shape[2]
     channels = canon.shape[3] if canon.ndim == 4 else 1
     dtype = canon.dtype.name
-    rows: list[dict[str, Any]] = [
-        {
-            "digest": digest,
-            "height": height,
-            "width": width,
-            "channels": channels,
-            "dtype": dtype,
-            "low_info": bool(low[first[digest]]),
-        }
-        for digest in missing
-    ]
-    conn.execute(_insert_ignore(conn, Image.__table__), rows)
+    bulk_insert(
+        conn,
+        Image.__table__,
+        _IMAGE_COLUMNS,
+        [(d, height, width, channels, dtype, bool(low[first[d]])) for d in missing],
+        unique="digest",
+    )
     ids.update(image_ids(conn, missing))
     return ids, len(missing)

@@ -158,5 +158,5 @@ def low_information(unit: np.ndarray) -> np.ndarray:
     Returns:
         bool (n,): True where the pixels' standard deviation is below `LOW_INFO_STD`.
     """
-    flat = unit.reshape(unit.shape[0], -1)
+    flat = unit.reshape(unit.shape[0], int(np.prod(unit.shape[1:], dtype=np.int64)))
     return flat.std(axis=1) < LOW_INFO_STD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -12,6 +13,9 @@ from rich.text import Text
 from catalog.ingest import IngestResult
 from catalog.model import Listing, OverlapReport
 from catalog.sql import SqlResult
+
+if TYPE_CHECKING:
+    from catalog.demo import DemoRun
 
 
 def percent(rate: float) -> str:
@@ -84,9 +88,8 @@ def listing(data: Listing) -> RenderableType:
     return Group(*parts)
 
 
-def overlap(report: OverlapReport) -> RenderableType:
-    parts: list[RenderableType] = []
-    splits = _table(
+def split_summary(report: OverlapReport) -> RenderableType:
+    table = _table(
         "Splits",
         ("split", "left"),
         ("items", "right"),
@@ -95,10 +98,11 @@ def overlap(report: OverlapReport) -> RenderableType:
         ("redundant copies", "right"),
         ("low-info items", "right"),
     )
+    table.columns[0].no_wrap = True
     within = {w.split: w for w in report.within}
     for s in report.splits:
         w = within[s.ref]
-        splits.add_row(
+        table.add_row(
             s.ref,
             f"{s.items:,}",
             f"{s.images:,}",
@@ -106,13 +110,16 @@ def overlap(report: OverlapReport) -> RenderableType:
             f"{w.redundant:,}",
             f"{w.low_info_items:,}",
         )
-    parts.append(splits)
+    return table
 
+
+def leakage_matrix(report: OverlapReport) -> RenderableType:
     matrix = _table(
         "Exact leakage: items of ROW whose image also occurs in COLUMN (share of ROW)",
         ("", "left"),
         *[(s.ref, "right") for s in report.splits],
     )
+    matrix.columns[0].no_wrap = True
     for a in report.splits:
         cells = []
         for b in report.splits:
@@ -123,36 +130,58 @@ def overlap(report: OverlapReport) -> RenderableType:
             style = "bold red" if pair.items else "green"
             cells.append(Text(f"{pair.items:,} ({percent(pair.rate)})", style=style))
         matrix.add_row(a.ref, *cells)
-    parts.append(matrix)
+    return matrix
 
-    if report.conflict_images:
-        conflicts = _table(
-            f"Label conflicts: {report.conflict_images:,} images carry more than one label "
-            f"({report.conflict_items:,} items)",
-            ("image", "left"),
-            ("labels", "left"),
-            ("items (split#position label, source)", "left"),
-        )
-        for conflict in report.conflicts:
-            conflicts.add_row(
-                conflict.digest[:12],
-                ", ".join(conflict.labels),
-                "\n".join(
-                    f"{i.split}#{i.position} {i.label}  "
-                    f"{i.source_path.rsplit('/', 1)[-1]}:{i.source_key}"
-                    + (f"[{i.source_row}]" if i.source_row is not None else "")
-                    for i in conflict.items
-                ),
+
+def label_conflicts(report: OverlapReport) -> RenderableType:
+    if not report.conflict_images:
+        return Text("No label conflicts.", style="green")
+    table = _table(
+        f"Label conflicts: {report.conflict_images:,} images carry more than one label "
+        f"({report.conflict_items:,} items)",
+        ("image", "left"),
+        ("item", "left"),
+        ("label", "left"),
+        ("source", "left"),
+    )
+    table.columns[1].no_wrap = True
+    for conflict in report.conflicts:
+        for index, item in enumerate(conflict.items):
+            row = "" if item.source_row is None else f"[{item.source_row}]"
+            table.add_row(
+                conflict.digest[:12] if index == 0 else "",
+                f"{item.split}#{item.position}",
+                item.label or "",
+                f"{item.source_path.rsplit('/', 1)[-1]}:{item.source_key}{row}",
+                end_section=index == len(conflict.items) - 1,
             )
-        parts.append(conflicts)
-        shown = len(report.conflicts)
-        if shown < report.conflict_images:
-            parts.append(
-                Text(f"({report.conflict_images - shown:,} more conflicts; --limit shows more)")
-            )
-    else:
-        parts.append(Text("No label conflicts.", style="green"))
+    parts: list[RenderableType] = [table]
+    hidden = report.conflict_images - len(report.conflicts)
+    if hidden > 0:
+        parts.append(Text(f"({hidden:,} more conflicting images; --limit shows more)", style="dim"))
     return Group(*parts)
+
+
+def overlap(report: OverlapReport) -> RenderableType:
+    return Group(split_summary(report), leakage_matrix(report), label_conflicts(report))
+
+
+def demo_checks(run: DemoRun) -> RenderableType:
+    table = _table(
+        "Planted beside found",
+        ("finding", "left"),
+        ("planted", "right"),
+        ("found", "right"),
+        ("", "left"),
+    )
+    for check in run.checks:
+        table.add_row(
+            check.finding,
+            f"{check.planted:,}",
+            f"{check.found:,}",
+            Text("✓", style="green") if check.ok else Text("✗ MISSED", style="bold red"),
+        )
+    return table
 
 
 def sql_table(result: SqlResult) -> RenderableType:

@@ -1,0 +1,92 @@
+"""Exact-duplicate audit at notMNIST scale: dsaudit ingest + overlap against the usual loops.
+
+Generates 70k 28x28 float32 images (60k train / 10k test, 1 % of test copied from train),
+writes them as an .npz, and measures, median of --runs runs, in one process:
+
+- dsaudit: `dsaudit ingest` (digest + catalog insert, fresh SQLite file) and `overlap`;
+- baseline 1, the loop from the usual question, corrected
+  (`np.equal(test, train[i]).all(axis=(1, 2)).any()` for each train image), timed on a sample
+  and extrapolated to all of train;
+- baseline 2, `np.unique(axis=0)` over all rows (exact duplicates in memory, no catalog).
+
+Usage: python benchmarks/ingest_exact.py [--n-train 60000] [--n-test 10000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _make(n_train: int, n_test: int, directory: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    train = rng.random((n_train, 28, 28), dtype=np.float32) - 0.5
+    test = rng.random((n_test, 28, 28), dtype=np.float32) - 0.5
+    leaks = n_test // 100
+    test[:leaks] = train[rng.choice(n_train, leaks, replace=False)]
+    path = directory / "bench.npz"
+    np.savez(
+        path,
+        train_dataset=train,
+        train_labels=rng.integers(0, 10, n_train),
+        test_dataset=test,
+        test_labels=rng.integers(0, 10, n_test),
+    )
+    return path, train, test
+
+
+def _dsaudit(*args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=60_000)
+    parser.add_argument("--n-test", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--loop-sample", type=int, default=300)
+    options = parser.parse_args()
+    n = options.n_train + options.n_test
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        archive, train, test = _make(options.n_train, options.n_test, directory)
+        ingest_times, overlap_times, loop_times, unique_times = [], [], [], []
+        for run in range(options.runs):
+            db = directory / f"run{run}.db"
+            ingest_times.append(_dsaudit("--db", str(db), "ingest", "bench", "v1", str(archive)))
+            overlap_times.append(_dsaudit("--db", str(db), "overlap", "bench", "--json"))
+
+            started = time.perf_counter()
+            for i in range(options.loop_sample):
+                np.equal(test, train[i]).all(axis=(1, 2)).any()
+            per_image = (time.perf_counter() - started) / options.loop_sample
+            loop_times.append(per_image * options.n_train)
+
+            started = time.perf_counter()
+            rows = np.concatenate([train, test]).reshape(n, -1)
+            np.unique(rows, axis=0, return_inverse=True)
+            unique_times.append(time.perf_counter() - started)
+    ingest = statistics.median(ingest_times)
+    overlap = statistics.median(overlap_times)
+    loop = statistics.median(loop_times)
+    unique = statistics.median(unique_times)
+    print(f"images: {n:,} (28x28 float32), median of {options.runs} runs")
+    print(f"dsaudit ingest (process start to commit): {ingest:.2f} s = {n / ingest:,.0f} images/s")
+    print(f"dsaudit overlap --json (process start to output): {overlap:.2f} s")
+    print(f"baseline loop (train x test, extrapolated): {loop:.1f} s = {loop / ingest:.0f}x ingest")
+    print(f"baseline np.unique(axis=0), no catalog: {unique:.2f} s = {unique / ingest:.2f}x ingest")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Fixtures, layered: catalog_path (a migrated temp file) -> engine -> connection; a CLI runner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Connection, Engine
+from typer.testing import CliRunner
+
+from catalog.db import open_catalog
+
+
+@pytest.fixture
+def catalog_path(tmp_path: Path) -> Path:
+    """A new catalog file, built by running the migrations (never create_all)."""
+    path = tmp_path / "catalog.db"
+    open_catalog(str(path)).dispose()
+    return path
+
+
+@pytest.fixture
+def engine(catalog_path: Path) -> Iterator[Engine]:
+    engine = open_catalog(str(catalog_path))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        yield conn
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)

@@ -1,0 +1,266 @@
+"""The command line, through Typer's CliRunner against real temporary catalogs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catalog import api
+from cli.app import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def archive(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """notMNIST-style .npz: train has 3 copies of test images, one with another label."""
+    train = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    test[:3] = train[:3]
+    train_labels = rng.integers(0, 10, 300)
+    test_labels = rng.integers(0, 10, 50)
+    test_labels[:3] = train_labels[:3]
+    test_labels[0] = (train_labels[0] + 1) % 10
+    path = tmp_path / "letters.npz"
+    np.savez_compressed(
+        path,
+        train_dataset=train,
+        train_labels=train_labels,
+        test_dataset=test,
+        test_labels=test_labels,
+    )
+    return path
+
+
+def _run(runner: CliRunner, db: Path, *args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["--db", str(db), *args])
+
+
+def test_ingest_then_overlap_json(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
+    db = tmp_path / "c.db"
+    result = _run(runner, db, "ingest", "letters", "v1", str(archive))
+    assert result.exit_code == 0, result.output
+    assert "Ingested letters@v1" in result.stdout
+    result = _run(runner, db, "overlap", "letters", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["schema"] == "dsaudit.overlap/1"
+    pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
+    leak = pairs[("letters@v1:test", "letters@v1:train")]
+    assert leak["items"] == 3 and leak["rate"] == pytest.approx(3 / 50)
+    assert data["conflict_images"] == 1
+    assert [s["ref"] for s in data["splits"]] == ["letters@v1:train", "letters@v1:test"]
+    # The catalog agrees when read back through the library.
+    assert api.exact_overlap(str(db), ["letters@v1:test"]).splits[0].items == 50
+
+
+def test_overlap_table_shows_the_leak(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
+    db = tmp_path / "c.db"
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    result = _run(runner, db, "overlap", "letters@v1")
+    assert result.exit_code == 0, result.output
+    assert "3 (6.0 %)" in result.stdout
+    assert "Label conflicts: 1 images" in result.stdout
+
+
+def test_ls_lists_versions_and_counts(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
+    db = tmp_path / "c.db"
+    _run(runner, db, "ingest", "letters", "v1", str(archive), "--note", "first")
+    _run(runner, db, "ingest", "letters", "v2", str(archive))
+    result = _run(runner, db, "ls", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (dataset,) = data["datasets"]
+    assert [v["tag"] for v in dataset["versions"]] == ["v1", "v2"]
+    assert dataset["versions"][1]["parent"] == "v1"
+    assert dataset["versions"][0]["note"] == "first"
+    assert dataset["images"] == 347
+    table = _run(runner, db, "ls", "letters").stdout
+    assert "letters" in table and "first" in table and "300" in table
+
+
+def test_explicit_split_with_npy_files(runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    images = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", np.array(["cat", "dog"] * 10))
+    db = tmp_path / "c.db"
+    result = _run(
+        runner,
+        db,
+        "ingest",
+        "pets",
+        "v1",
+        "--split",
+        f"train={tmp_path / 'x.npy'}:{tmp_path / 'y.npy'}",
+    )
+    assert result.exit_code == 0, result.output
+    rows = api.run_sql(str(db), "SELECT label, COUNT(*) FROM v_item GROUP BY label").rows
+    assert dict(rows) == {"cat": 10, "dog": 10}
+
+
+def _assert_user_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("Error: "), result.stderr
+    text = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in text, (fragment, result.stderr)
+    assert "Traceback" not in result.output
+
+
+def _snapshot(db: Path) -> list[tuple]:
+    return list(api.run_sql(str(db), "SELECT * FROM v_item ORDER BY split_id, position").rows)
+
+
+def test_user_errors_are_one_line_exit_2_and_leave_the_catalog(
+    runner: CliRunner, tmp_path: Path, archive: Path
+) -> None:
+    db = tmp_path / "c.db"
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    before = _snapshot(db)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04 this is not a zip")
+    pickled = tmp_path / "notMNIST.pickle"
+    pickled.write_bytes(b"\x80\x04K\x01.")
+    ambiguous = tmp_path / "amb.npz"
+    np.savez(ambiguous, pixels=np.zeros((3, 4, 4)))
+
+    _assert_user_error(
+        _run(runner, db, "ingest", "letters", "v1", str(archive)), "letters@v1 is already"
+    )
+    _assert_user_error(_run(runner, db, "ingest", "letters", "v2", str(garbage)), "garbage.npz")
+    _assert_user_error(
+        _run(runner, db, "ingest", "letters", "v2", str(pickled)),
+        "notMNIST.pickle",
+        "--allow-pickle",
+    )
+    _assert_user_error(
+        _run(runner, db, "ingest", "letters", "v2", str(ambiguous)),
+        "amb.npz",
+        "pixels 3x4x4",
+        "--split",
+    )
+    _assert_user_error(
+        _run(runner, db, "ingest", "letters", "v2", str(tmp_path / "missing.npz")), "missing.npz"
+    )
+    _assert_user_error(_run(runner, db, "overlap", "nope"), "dataset 'nope'")
+    _assert_user_error(_run(runner, db, "overlap", "a@b@c"), "is not a ref")
+    _assert_user_error(_run(runner, db, "ingest", "letters", "v2", "--split", "oops"), "NAME=ARRAY")
+    assert _snapshot(db) == before
+    assert [v.tag for v in api.list_catalog(str(db)).datasets[0].versions] == ["v1"]
+
+
+def test_reading_a_missing_catalog_says_so(runner: CliRunner, tmp_path: Path) -> None:
+    db = tmp_path / "absent.db"
+    _assert_user_error(_run(runner, db, "ls"), "absent.db", "no catalog here")
+    assert not db.exists()
+
+
+def test_db_from_environment(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
+    db = tmp_path / "env.db"
+    result = runner.invoke(
+        app, ["ingest", "letters", "v1", str(archive)], env={"DSAUDIT_DB": str(db)}
+    )
+    assert result.exit_code == 0, result.output
+    assert db.exists()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO dataset (name) VALUES ('x')",
+        "UPDATE item SET label = 'x'",
+        "DELETE FROM item",
+        "DROP TABLE item",
+        "DROP VIEW v_item",
+        "CREATE TABLE t (x)",
+        "ATTACH DATABASE 'other.db' AS other",
+        "PRAGMA query_only = OFF",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA user_version = 7",
+        "SELECT 1; DELETE FROM item",
+        "SELECT load_extension('libevil')",
+        "VACUUM",
+        "REINDEX",
+    ],
+)
+def test_sql_cannot_change_anything(
+    runner: CliRunner, tmp_path: Path, archive: Path, statement: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "c.db"
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    before = _snapshot(db)
+    schema = api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows
+    result = _run(runner, db, "sql", statement)
+    _assert_user_error(result, "SQL failed")
+    assert _snapshot(db) == before
+    assert api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows == schema
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_sql_outputs(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
+    db = tmp_path / "c.db"
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    query = "SELECT split, COUNT(*) AS n FROM v_item GROUP BY split ORDER BY split"
+    table = _run(runner, db, "sql", query)
+    assert table.exit_code == 0 and "train" in table.stdout and "300" in table.stdout
+    as_json = json.loads(_run(runner, db, "sql", query, "--json").stdout)
+    assert as_json == [{"split": "test", "n": 50}, {"split": "train", "n": 300}]
+    rows = list(csv.reader(io.StringIO(_run(runner, db, "sql", query, "--csv").stdout)))
+    assert rows == [["split", "n"], ["test", "50"], ["train", "300"]]
+    overlap = json.loads(
+        _run(
+            runner,
+            db,
+            "sql",
+            "SELECT COUNT(*) AS n FROM v_exact_overlap WHERE split_a = 'test'",
+            "--json",
+        ).stdout
+    )
+    assert overlap == [{"n": 3}]
+    truncated = _run(runner, db, "sql", "SELECT * FROM v_item", "--max-rows", "2")
+    assert "first 2 rows" in truncated.stdout
+    _assert_user_error(_run(runner, db, "sql", query, "--json", "--csv"), "--json", "--csv")
+
+
+def _commands() -> list[str]:
+    return sorted(c.name or c.callback.__name__ for c in app.registered_commands)  # type: ignore[union-attr]
+
+
+def test_every_command_has_help_with_an_example(runner: CliRunner) -> None:
+    for name in _commands():
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example" in result.stdout, name
+    assert "Audit image datasets" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_readme_commands_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = "\n".join(re.findall(r"```bash\n(.*?)```", readme, flags=re.S))
+    used = set(re.findall(r"dsaudit (?:--db \S+ )?([a-z]+)", code))
+    assert {"demo", "ingest", "overlap", "sql", "ls"} <= used, used
+    assert used <= set(_commands()), used - set(_commands())
+    assert "bash .ci/run" in code
+
+
+def test_demo_finds_everything_it_planted(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "✗" not in result.stdout and "✓" in result.stdout
+    db = str(tmp_path / "demo" / "demo.db")
+    listing = api.list_catalog(db, "notmnist")
+    assert [v.tag for v in listing.datasets[0].versions] == ["v1", "v2"]
+    leak = api.exact_overlap(db, ["notmnist@v1"]).pair("notmnist@v1:test", "notmnist@v1:train")
+    assert leak.items == 15
+    # Running it again remakes the catalog rather than failing on existing versions.
+    again = runner.invoke(app, ["demo", str(tmp_path / "demo")])
+    assert again.exit_code == 0, again.output

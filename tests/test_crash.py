@@ -1,0 +1,81 @@
+"""A killed ingest (SIGKILL, no chance to clean up) leaves the catalog exactly as it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog import api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _state(db: Path) -> tuple:
+    with sqlite3.connect(db) as raw:
+        integrity = raw.execute("PRAGMA integrity_check").fetchall()
+        foreign = raw.execute("PRAGMA foreign_key_check").fetchall()
+        counts = tuple(
+            raw.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("dataset", "version", "split", "source", "image", "item")
+        )
+    return integrity, foreign, counts
+
+
+@pytest.fixture(scope="module")
+def big_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough images that an ingest runs for seconds: time to kill it midway."""
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("crash") / "big.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (150_000, 8, 8), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("wal_bytes", [256 * 1024, 4 * 1024 * 1024])
+def test_sigkill_mid_ingest_leaves_catalog_unchanged(
+    tmp_path: Path, big_archive: Path, wal_bytes: int
+) -> None:
+    db = tmp_path / "c.db"
+    api.ingest(str(db), "small", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    before = _state(db)
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "--db",
+        str(db),
+        "ingest",
+        "big",
+        "v1",
+        str(big_archive),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wal = Path(f"{db}-wal")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if wal.exists() and wal.stat().st_size >= wal_bytes:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the ingest finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    integrity, foreign, counts = _state(db)
+    assert integrity == [("ok",)]
+    assert foreign == []
+    assert (integrity, foreign, counts) == before
+    assert [d.name for d in api.list_catalog(str(db)).datasets] == ["small"]
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert api.exact_overlap(str(db), ["big"]).splits[0].items == 150_000

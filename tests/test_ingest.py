@@ -1,0 +1,231 @@
+"""Ingest and exact-overlap queries against real arrays, checked against a brute force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from catalog import api
+from catalog.db import open_catalog, writing
+from catalog.errors import InputError, NotFoundError, VersionExistsError
+from catalog.ingest import ingest
+from catalog.loaders import from_memory
+from catalog.queries import parse_ref
+from catalog.schema import Image, Item, Source, Version
+
+
+def _planted(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Three splits drawn from a small pool, so copies within and across splits abound."""
+    pool = rng.integers(0, 256, size=(400, 8, 8), dtype=np.uint8)
+    splits = {}
+    for name, n in (("train", 600), ("valid", 120), ("test", 150)):
+        picks = rng.integers(0, len(pool), size=n)
+        splits[name] = (pool[picks], rng.integers(0, 3, size=n))
+    return splits
+
+
+def _brute_force(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+    """Counts from np.unique over raw rows: the reference the SQL must agree with."""
+    names = list(splits)
+    rows = np.concatenate([splits[n][0].reshape(len(splits[n][0]), -1) for n in names])
+    owner = np.concatenate([np.full(len(splits[n][0]), i) for i, n in enumerate(names)])
+    labels = np.concatenate([splits[n][1] for n in names])
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    pairs = {}
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if i != j:
+                in_b = np.isin(inverse[owner == i], inverse[owner == j])
+                pairs[(a, b)] = int(in_b.sum())
+    within = {}
+    for i, a in enumerate(names):
+        _, counts = np.unique(inverse[owner == i], return_counts=True)
+        within[a] = (int((counts > 1).sum()), int((counts[counts > 1] - 1).sum()))
+    conflicts = sum(len(np.unique(labels[inverse == k])) > 1 for k in np.unique(inverse))
+    return {"pairs": pairs, "within": within, "conflicts": conflicts}
+
+
+def test_overlap_counts_equal_a_brute_force(tmp_path: Path, rng: np.random.Generator) -> None:
+    splits = _planted(rng)
+    expected = _brute_force(splits)
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "pool", "v1", splits)
+    report = api.exact_overlap(db, ["pool"])
+    for (a, b), count in expected["pairs"].items():  # type: ignore[attr-defined]
+        pair = report.pair(f"pool@v1:{a}", f"pool@v1:{b}")
+        assert pair.items == count, (a, b)
+        assert pair.rate == pytest.approx(count / len(splits[a][0]))
+    for within in report.within:
+        name = within.split.rsplit(":", 1)[1]
+        assert (within.groups, within.redundant) == expected["within"][name]  # type: ignore[index]
+    assert report.conflict_images == expected["conflicts"]
+
+
+def test_overlap_across_versions_and_datasets(tmp_path: Path, rng: np.random.Generator) -> None:
+    db = str(tmp_path / "c.db")
+    base = rng.integers(0, 256, size=(50, 6, 6), dtype=np.uint8)
+    api.ingest(db, "a", "v1", {"train": base[:40], "test": base[40:]})
+    # v2 moves five train images into test: a leak the new version introduces.
+    api.ingest(db, "a", "v2", {"train": base[5:40], "test": np.concatenate([base[40:], base[:5]])})
+    api.ingest(db, "b", "v1", {"all": base[::10]})
+    report = api.exact_overlap(db, ["a@v1:train", "a@v2:test", "b"])
+    assert report.pair("a@v2:test", "a@v1:train").items == 5
+    assert report.pair("a@v1:train", "a@v2:test").items == 5
+    assert report.pair("b@v1:all", "a@v1:train").items == 4
+    assert report.pair("a@v1:train", "b@v1:all").items == 4
+    assert api.exact_overlap(db, ["a@v2"]).pair("a@v2:test", "a@v2:train").items == 0
+    assert report.pair("a@v2:test", "b@v1:all").images == 2  # base[0] and base[40]
+
+
+def test_latest_version_is_the_default_and_parent_is_recorded(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": np.zeros((2, 3, 3), np.uint8)})
+    result = api.ingest(db, "d", "v2", {"train": np.ones((2, 3, 3), np.uint8)}, note="fix")
+    assert result.parent == "v1"
+    listing = api.list_catalog(db, "d")
+    (dataset,) = listing.datasets
+    assert [v.tag for v in dataset.versions] == ["v1", "v2"]
+    assert dataset.versions[1].parent == "v1" and dataset.versions[1].note == "fix"
+    assert api.exact_overlap(db, ["d"]).splits[0].version == "v2"
+
+
+def test_an_image_already_catalogued_is_not_added_again(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    images = rng.integers(0, 256, size=(100, 5, 5), dtype=np.uint8)
+    first = api.ingest(db, "d", "v1", {"train": images})
+    second = api.ingest(db, "d", "v2", {"train": np.concatenate([images, images[:1] + 1])})
+    assert first.new_images == 100
+    assert second.new_images == 1
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Image.__table__)).scalar() == 101
+    engine.dispose()
+
+
+def test_items_keep_label_and_provenance(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4), y_train=[7, 8, 9])
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", api.plan([path]))
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Item.label, Item.source_key, Item.source_row, Source.path, Source.sha256)
+            .join(Source, Source.id == Item.source_id)
+            .order_by(Item.position)
+        ).all()
+    engine.dispose()
+    assert [r.label for r in rows] == ["7", "8", "9"]
+    assert {(r.source_key, r.path) for r in rows} == {("x_train", str(path))}
+    assert [r.source_row for r in rows] == [0, 1, 2]
+    assert len(rows[0].sha256) == 64
+
+
+def _catalog_counts(db: str) -> dict[str, int]:
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        counts = {
+            name: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {name}").scalar_one()
+            for name in ("dataset", "version", "split", "source", "image", "item")
+        }
+    engine.dispose()
+    return counts
+
+
+def test_existing_version_is_refused_and_catalog_unchanged(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": np.zeros((2, 3, 3), np.uint8)})
+    before = _catalog_counts(db)
+    with pytest.raises(VersionExistsError, match="d@v1 is already in the catalog"):
+        api.ingest(db, "d", "v1", {"train": np.ones((2, 3, 3), np.uint8)})
+    assert _catalog_counts(db) == before
+
+
+def test_a_failure_midway_rolls_the_whole_version_back(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": rng.integers(0, 256, (10, 4, 4), dtype=np.uint8)})
+    before = _catalog_counts(db)
+
+    def explode(task: str, advance: int, total: int) -> None:
+        if task.startswith("test"):
+            raise RuntimeError("power cut")
+
+    good = rng.integers(0, 256, (20, 4, 4), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="power cut"):
+        api.ingest(db, "d", "v2", {"train": good, "test": good[:3]}, on_progress=explode)
+    assert _catalog_counts(db) == before
+    api.ingest(db, "d", "v2", {"train": good, "test": good[:3]})
+
+
+def test_labels_of_the_wrong_length_are_refused() -> None:
+    with pytest.raises(InputError, match="labels must be a 1-D array of 4 values"):
+        from_memory({"train": (np.zeros((4, 2, 2), np.uint8), np.zeros(3))})
+
+
+@pytest.mark.parametrize("name", ["", "a@b", "a:b", "x" * 201])
+def test_bad_names_are_refused(engine, name: str) -> None:  # type: ignore[no-untyped-def]
+    with writing(engine) as conn, pytest.raises(InputError, match="name"):
+        ingest(conn, name, "v1", from_memory({"train": np.zeros((1, 2, 2), np.uint8)}))
+
+
+def test_unknown_refs_name_what_exists(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": np.zeros((1, 2, 2), np.uint8)})
+    with pytest.raises(NotFoundError, match=r"dataset 'x' is not in the catalog \(datasets: d\)"):
+        api.exact_overlap(db, ["x"])
+    with pytest.raises(NotFoundError, match=r"versions: v1"):
+        api.exact_overlap(db, ["d@v9"])
+    with pytest.raises(NotFoundError, match=r"splits: train"):
+        api.exact_overlap(db, ["d@v1:test"])
+
+
+def test_parse_ref() -> None:
+    ref = parse_ref("notmnist@v2:test")
+    assert (ref.dataset, ref.version, ref.split) == ("notmnist", "v2", "test")
+    assert parse_ref("notmnist:test").version is None
+    assert str(parse_ref("n@v1")) == "n@v1"
+    with pytest.raises(InputError, match="is not a ref"):
+        parse_ref("a@b@c")
+
+
+def test_mixed_image_shapes_and_dtypes_in_one_catalog(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    gray = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    api.ingest(
+        db,
+        "mixed",
+        "v1",
+        {
+            "gray": gray,
+            "rgb": rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8),
+            "float": rng.random((5, 8, 8), dtype=np.float32),
+            "bool": rng.random((5, 8, 8)) > 0.5,
+            "gray1": gray[..., None],
+        },
+    )
+    report = api.exact_overlap(db, ["mixed"])
+    # (N, H, W, 1) is canonicalised to (N, H, W): the same pictures.
+    assert report.pair("mixed@v1:gray1", "mixed@v1:gray").items == 5
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        shapes = set(conn.execute(select(Image.channels, Image.dtype).distinct()).all())
+        versions = conn.execute(select(func.count()).select_from(Version.__table__)).scalar()
+    engine.dispose()
+    assert shapes == {(1, "uint8"), (3, "uint8"), (1, "float32"), (1, "bool")}
+    assert versions == 1
+
+
+def test_low_information_images_are_flagged(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    images = rng.integers(0, 256, (6, 10, 10), dtype=np.uint8)
+    images[0] = 0
+    images[1] = 255
+    images[2] = rng.integers(2, 5, (10, 10), dtype=np.uint8)
+    result = api.ingest(db, "d", "v1", {"train": images})
+    assert result.splits[0].low_info_items == 3
+    (within,) = api.exact_overlap(db, ["d"]).within
+    assert within.low_info_items == 3

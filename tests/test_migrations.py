@@ -1,0 +1,99 @@
+"""The schema is owned by Alembic: migrations must build exactly the models, and run both ways."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from catalog.db import _alembic_config, open_catalog, schema_revision
+from catalog.errors import NotFoundError, SchemaError
+from catalog.schema import Base
+
+VIEWS = {"v_item", "v_split", "v_exact_overlap"}
+
+
+def test_upgrade_head_matches_the_models(catalog_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{catalog_path}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_views_exist_and_answer(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_view_names()) >= VIEWS
+        for view in VIEWS:
+            conn.exec_driver_sql(f"SELECT * FROM {view}").fetchall()
+
+
+def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
+    engine = open_catalog(str(tmp_path / "c.db"))
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "base")
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+        assert not inspect(conn).get_view_names()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    engine.dispose()
+
+
+def test_open_creates_and_reopen_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "c.db"
+    engine = open_catalog(str(path))
+    revision = schema_revision(engine)
+    engine.dispose()
+    assert path.exists() and revision is not None
+    assert schema_revision(open_catalog(str(path))) == revision
+
+
+def test_newer_schema_is_refused_and_left_alone(catalog_path: Path) -> None:
+    with sqlite3.connect(catalog_path) as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    before = catalog_path.read_bytes()
+    with pytest.raises(SchemaError, match="newer dsaudit.*9999_from_the_future"):
+        open_catalog(str(catalog_path))
+    assert catalog_path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(SchemaError, match="notes.db: cannot be opened as a catalog"):
+        open_catalog(str(path))
+    assert path.read_text().startswith("these are my notes")
+
+
+def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(SchemaError, match="not a dsaudit catalog"):
+        open_catalog(str(path))
+
+
+def test_missing_catalog_is_not_created_for_reading(tmp_path: Path) -> None:
+    path = tmp_path / "nope.db"
+    with pytest.raises(NotFoundError, match="no catalog here"):
+        open_catalog(str(path), create=False)
+    assert not path.exists()
+
+
+def test_sqlite_pragmas_are_set_on_the_catalog_engine(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
