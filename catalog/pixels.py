@@ -143,7 +143,9 @@ def to_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
         float32 (n, H, W, C), clipped to [0, 1]; NaN becomes 0.
     """
     low, high = value_range
-    unit = (images.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    # float64 and wide integers are scaled in float64: float32 would overflow past 3.4e38.
+    work = np.float64 if images.dtype.itemsize > 4 else np.float32
+    unit = ((images.astype(work) - work(low)) / work(high - low)).astype(np.float32, copy=False)
     np.nan_to_num(unit, copy=False, nan=0.0)
     np.clip(unit, 0.0, 1.0, out=unit)
     return unit if unit.ndim == 4 else unit[..., None]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ from catalog.errors import InputError
 from catalog.pixels import check_images
 
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_HINT = (
     "unpickling can run arbitrary code, so dsaudit refuses it; pass --allow-pickle only for "
     "a file you trust, or convert it with numpy.savez"
 )
+
+_CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+"""What reading a damaged zip member raises (bad CRC, bad deflate stream, short file)."""
 
 _IMAGE_PREFIXES = ("x_", "X_", "images_")
 _IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
@@ -140,7 +143,12 @@ class NpzMember:
             _read_npy_header(stream, f"{self.path}:{self.key}")
             for start in range(0, self._shape[0], rows):
                 count = min(rows, self._shape[0] - start)
-                data = stream.read(count * row_bytes)
+                try:
+                    data = stream.read(count * row_bytes)
+                except _CORRUPT_ZIP as exc:
+                    raise InputError(
+                        f"{self.path}: array '{self.key}' is corrupt ({type(exc).__name__}: {exc})"
+                    ) from None
                 if len(data) != count * row_bytes:
                     raise InputError(f"{self.path}: array '{self.key}' is truncated")
                 yield np.frombuffer(data, dtype=self._dtype).reshape((count, *row_shape))
@@ -157,7 +165,22 @@ def _read_npy_header(stream: IO[bytes], where: str) -> tuple[tuple[int, ...], bo
             raise ValueError(f"unsupported .npy format version {version}")
     except ValueError as exc:
         raise InputError(f"{where}: not a readable .npy array ({exc})") from None
+    _check_shape(tuple(shape), dtype, where)
     return tuple(shape), bool(fortran), dtype
+
+
+_MAX_ARRAY_BYTES = 1 << 50
+"""No real file holds a petabyte array: a header claiming more is corrupt."""
+
+
+def _check_shape(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    if any(int(d) < 0 for d in shape):
+        raise InputError(f"{where}: the .npy header declares an impossible shape {shape}")
+    size = 1
+    for dim in shape:
+        size *= int(dim)
+    if size * max(dtype.itemsize, 1) > _MAX_ARRAY_BYTES:
+        raise InputError(f"{where}: the .npy header declares an impossibly large shape {shape}")
 
 
 def parse_split_spec(text: str) -> SplitSpec:
@@ -198,7 +221,7 @@ def _sniff(path: Path) -> str:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if head.startswith(NPY_MAGIC):
         return "npy"
-    if head.startswith(ZIP_MAGIC):
+    if head.startswith(b"PK"):  # local file header, or the end record of an empty archive
         return "npz"
     if head[:1] == b"\x80" or path.suffix.lower() in (".pickle", ".pkl"):
         return "pickle"
@@ -266,8 +289,13 @@ class _Container:
 
     def labels(self, key: str) -> np.ndarray:
         if self.format == "npz":
-            with np.load(self.path, allow_pickle=self.shapes[key][1].hasobject) as archive:
-                return archive[key]
+            try:
+                with np.load(self.path, allow_pickle=self.shapes[key][1].hasobject) as archive:
+                    return archive[key]
+            except (*_CORRUPT_ZIP, ValueError) as exc:
+                raise InputError(
+                    f"{self.path}: array '{key}' is corrupt ({type(exc).__name__}: {exc})"
+                ) from None
         value = self.arrays[key]
         assert isinstance(value, np.ndarray)
         return value
@@ -293,12 +321,22 @@ def _split_name(key: str) -> str | None:
 
 
 def _label_key(container: _Container, split: str, images_key: str, n: int) -> str | None:
+    """The label twin of a split's image array (``y_train`` for ``x_train``), if any.
+
+    Raises:
+        InputError: the twin exists but cannot be one label per image.
+    """
     for pattern in _LABEL_PATTERNS:
         key = pattern.format(split)
-        if key != images_key and key in container.shapes:
-            shape, _dtype = container.shapes[key]
-            if len(shape) == 1 and shape[0] == n:
-                return key
+        if key == images_key or key not in container.shapes:
+            continue
+        shape, _dtype = container.shapes[key]
+        if shape in ((n,), (n, 1)):
+            return key
+        raise InputError(
+            f"{container.path}: array '{key}' shaped {shape} cannot label the {n} images of "
+            f"'{images_key}' (one label per image is needed); choose with --split"
+        )
     return None
 
 
@@ -313,8 +351,9 @@ def _clean_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
         )
     kind = labels.dtype.kind
     if kind == "f":
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise InputError(f"{where}: float labels must be whole numbers")
+        exact = np.isfinite(labels) & (labels == np.round(labels)) & (np.abs(labels) <= 2.0**53)
+        if not np.all(exact):
+            raise InputError(f"{where}: float labels must be whole numbers (within ±2^53)")
         return labels.astype(np.int64).astype(str)
     if kind in "iub":
         return labels.astype(str)
@@ -329,11 +368,10 @@ def _clean_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
 
 def _check(images: ImageArray, where: str) -> None:
     # Check dimensions and dtype on an empty array of the same row shape: nothing is read.
-    probe = np.empty((0, *images.shape[1:]), dtype=images.dtype)
     try:
-        check_images(probe, where)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+        check_images(np.empty((0, *images.shape[1:]), dtype=images.dtype), where)
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise InputError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     if images.shape[0] == 0:
         raise InputError(f"{where}: the array holds no images (shape {images.shape})")
 
@@ -512,7 +550,7 @@ def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
         if "allow_pickle" in str(exc) or "object" in str(exc).lower():
             raise InputError(f"{path}: holds Python objects (a pickle); {PICKLE_HINT}") from None
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, OverflowError, MemoryError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
 
 
