@@ -6,7 +6,7 @@ frozen dataclasses of `catalog.model`, usable after the call returns.
 
     from catalog import api
     api.ingest("cat.db", "mnist", "v1", {"train": (x_train, y_train), "test": (x_test, y_test)})
-    report = api.exact_overlap("cat.db", ["mnist@v1"])
+    report = api.overlap("cat.db", ["mnist@v1"])
     report.pair("mnist@v1:test", "mnist@v1:train").rate
 """
 
@@ -25,15 +25,18 @@ from catalog.db import open_catalog, writing
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
-from catalog.model import Listing, OverlapReport
+from catalog.model import DupsReport, Listing, OverlapReport, RecipeInfo
+from catalog.recipes import DEFAULT_RECIPES
 from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
 
 __all__ = [
     "ProgressCallback",
-    "exact_overlap",
+    "duplicate_groups",
     "ingest",
     "list_catalog",
+    "list_recipes",
+    "overlap",
     "plan",
     "run_demo",
     "run_sql",
@@ -91,6 +94,7 @@ def ingest(
     note: str | None = None,
     parent: str | None = None,
     on_progress: ProgressCallback | None = None,
+    near: bool = True,
 ) -> IngestResult:
     """Add ``dataset@version`` in one transaction: all of it becomes visible, or none.
 
@@ -98,11 +102,19 @@ def ingest(
         db: catalog path, URL or engine; created if missing.
         splits: from `plan`, or arrays in memory: ``{"train": (images, labels), "test": images}``
             with images shaped (N, H, W) or (N, H, W, C).
+        near: sign new images under the default recipes and find their near pairs.
     """
     planned = from_memory(splits) if isinstance(splits, Mapping) else list(splits)
     with _engine(db, create=True) as engine, writing(engine) as conn:
         return _ingest(
-            conn, dataset, version, planned, note=note, parent=parent, on_progress=on_progress
+            conn,
+            dataset,
+            version,
+            planned,
+            note=note,
+            parent=parent,
+            on_progress=on_progress,
+            recipes=DEFAULT_RECIPES if near else (),
         )
 
 
@@ -112,12 +124,39 @@ def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing
         return queries.list_catalog(conn, dataset)
 
 
-def exact_overlap(
-    db: str | Engine | None, refs: Sequence[str], *, limit: int = 20
+def overlap(
+    db: str | Engine | None,
+    refs: Sequence[str],
+    *,
+    limit: int = 20,
+    recipes: Sequence[str] | None = None,
+    threshold: float | None = None,
 ) -> OverlapReport:
-    """Exact overlap of every ordered pair of the refs' splits; see `queries.exact_overlap`."""
+    """Exact and near overlap of every ordered pair of the refs' splits; see `queries.overlap`."""
     with _reading(db) as conn:
-        return queries.exact_overlap(conn, refs, limit=limit)
+        return queries.overlap(conn, refs, limit=limit, recipes=recipes, threshold=threshold)
+
+
+def duplicate_groups(
+    db: str | Engine | None,
+    refs: Sequence[str],
+    *,
+    recipe: str | None = None,
+    threshold: float | None = None,
+    exact_only: bool = False,
+    limit: int = 20,
+) -> DupsReport:
+    """Duplicate groups inside splits (exact copies and near pairs joined)."""
+    with _reading(db) as conn:
+        return queries.duplicate_groups(
+            conn, refs, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
+        )
+
+
+def list_recipes(db: str | Engine | None) -> tuple[RecipeInfo, ...]:
+    """The catalog's near-duplicate recipes, with what their thresholds mean."""
+    with _reading(db) as conn:
+        return queries.list_recipes(conn)
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:

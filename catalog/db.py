@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
@@ -185,3 +185,42 @@ def writing(engine: Engine) -> Iterator[Connection]:
                     f"writing for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
                 ) from None
             raise
+
+
+def placeholder(conn: Connection) -> str:
+    """The DBAPI's positional parameter marker: ``?`` (sqlite3) or ``%s`` (psycopg)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def bulk_insert(
+    conn: Connection,
+    table: Table | str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    unique: str | None = None,
+) -> None:
+    """executemany of positional rows (tuples or lists) on the connection's own DBAPI cursor.
+
+    The same connection, so the same transaction as everything else the caller does.
+
+    The hot tables get rows by the hundred thousand; Core's per-row parameter processing cost
+    more than SQLite's own inserts when measured (70k items: 1.0 s against 0.3 s), so these
+    bypass it. Column and table names come from the schema, never from input.
+
+    Args:
+        unique: a unique column; rows whose value exists already are skipped (ON CONFLICT DO
+            NOTHING, the same text on SQLite and PostgreSQL, and safe when two ingests race).
+    """
+    if not rows:
+        return
+    marks = ", ".join([placeholder(conn)] * len(columns))
+    name = table if isinstance(table, str) else table.name
+    statement = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
+    if unique is not None:
+        statement += f" ON CONFLICT ({unique}) DO NOTHING"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(statement, rows)
+    finally:
+        cursor.close()

@@ -16,6 +16,8 @@ from typing import Any
 
 OVERLAP_SCHEMA = "dsaudit.overlap/1"
 LISTING_SCHEMA = "dsaudit.ls/1"
+DUPS_SCHEMA = "dsaudit.dups/1"
+RECIPES_SCHEMA = "dsaudit.recipes/1"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,24 @@ class LabelConflict:
 
 
 @dataclass(frozen=True)
+class NearTier:
+    """Near overlap under one recipe: items of ``a`` with no exact copy in ``b`` but a near copy
+    there (verified distance <= ``threshold``)."""
+
+    recipe: str
+    threshold: float
+    pairs: tuple[PairOverlap, ...]
+    conflict_images: int
+    """Images whose near copies (among the audited splits) carry another label."""
+
+    def pair(self, a: str, b: str) -> PairOverlap:
+        for pair in self.pairs:
+            if pair.a == a and pair.b == b:
+                return pair
+        raise KeyError((a, b))
+
+
+@dataclass(frozen=True)
 class OverlapReport:
     splits: tuple[SplitInfo, ...]
     pairs: tuple[PairOverlap, ...]
@@ -118,12 +138,61 @@ class OverlapReport:
     conflict_items: int
     conflicts: tuple[LabelConflict, ...]
     """The first conflicts in digest order, at most the query's ``limit``."""
+    near: tuple[NearTier, ...] = ()
 
     def pair(self, a: str, b: str) -> PairOverlap:
         for pair in self.pairs:
             if pair.a == a and pair.b == b:
                 return pair
         raise KeyError((a, b))
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """A recipe stored in the catalog, and what its threshold means."""
+
+    name: str
+    family: str
+    fingerprint: str
+    radius: float
+    default_threshold: float
+    bands: int
+    rows: int
+    images: int
+    """Images signed under it."""
+    pairs: int
+    """Pairs stored (distance <= radius)."""
+    candidate_probability: tuple[tuple[float, float], ...]
+    """(distance, probability that a pair at that distance shares a band key and is found)."""
+    params: str
+    """The full parameters, canonical JSON."""
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    image_digest: str
+    items: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images of one split joined by exact copies or near pairs (a connected component)."""
+
+    split: str
+    images: int
+    items: int
+    max_distance: float
+    """The largest verified distance between two members; above the threshold means chaining."""
+    members: tuple[GroupMember, ...]
+
+
+@dataclass(frozen=True)
+class DupsReport:
+    recipe: str | None
+    threshold: float | None
+    groups_total: int
+    groups: tuple[DuplicateGroup, ...]
+    """The largest groups first, at most the query's ``limit``."""
 
 
 def to_json(value: Any, schema: str | None = None) -> Any:

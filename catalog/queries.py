@@ -11,21 +11,27 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import Connection, bindparam, func, select, text
 
 from catalog.errors import InputError, NotFoundError
 from catalog.model import (
     DatasetInfo,
+    DuplicateGroup,
+    DupsReport,
+    GroupMember,
     ItemRef,
     LabelConflict,
     Listing,
+    NearTier,
     OverlapReport,
     PairOverlap,
+    RecipeInfo,
     SplitInfo,
     VersionInfo,
     WithinSplit,
 )
-from catalog.schema import Dataset, Image, Item, Source, Split, Version
+from catalog.schema import Dataset, Image, Item, RecipeRecord, Source, Split, Version
 
 _REF = re.compile(r"^(?P<dataset>[^@:]+)(?:@(?P<version>[^@:]+))?(?::(?P<split>[^@:]+))?$")
 
@@ -238,14 +244,25 @@ _CONFLICTS_SQL = text(
 ).bindparams(bindparam("splits", expanding=True))
 
 
-def exact_overlap(conn: Connection, refs: Sequence[Ref | str], *, limit: int = 20) -> OverlapReport:
-    """Exact overlap between every ordered pair of the refs' splits, duplicates inside each
-    split, low-information items, and images carrying more than one label.
+def overlap(
+    conn: Connection,
+    refs: Sequence[Ref | str],
+    *,
+    limit: int = 20,
+    recipes: Sequence[str] | None = None,
+    threshold: float | None = None,
+) -> OverlapReport:
+    """Overlap between every ordered pair of the refs' splits (exact, and near under each
+    recipe), duplicates inside each split, low-information items, conflicting labels.
 
     Args:
         conn: any connection to the catalog.
         refs: one or more refs; several may name other versions or datasets.
         limit: how many label conflicts to return in detail (the counts are always complete).
+        recipes: near-duplicate recipes to report; None means every recipe in the catalog,
+            an empty sequence exact findings only.
+        threshold: distance for the near tier; needs exactly one recipe; default each
+            recipe's own default threshold.
     """
     splits = resolve_all(conn, refs)
     ids = [s.split_id for s in splits]
@@ -296,6 +313,10 @@ def exact_overlap(conn: Connection, refs: Sequence[Ref | str], *, limit: int = 2
         conflict_images=len(conflicting),
         conflict_items=conflict_items,
         conflicts=_conflict_details(conn, detail_ids, by_id, limit),
+        near=tuple(
+            _near_tier(conn, splits, recipe_id, name, t)
+            for recipe_id, name, t in select_recipes(conn, recipes, threshold)
+        ),
     )
 
 
@@ -339,3 +360,306 @@ def _conflict_details(
         labels = tuple(sorted({i.label for i in items if i.label is not None}))
         conflicts.append(LabelConflict(digest=digest.hex(), labels=labels, items=tuple(items)))
     return tuple(conflicts)
+
+
+def select_recipes(
+    conn: Connection, names: Sequence[str] | None, threshold: float | None
+) -> list[tuple[int, str, float]]:
+    """(id, name, threshold) of the recipes a query should use.
+
+    Raises:
+        NotFoundError: a named recipe is not in the catalog.
+        InputError: ``threshold`` with several recipes, or above a recipe's stored radius.
+    """
+    table = RecipeRecord.__table__
+    rows = conn.execute(
+        select(table.c.id, table.c.name, table.c.radius, table.c.default_threshold).order_by(
+            table.c.id
+        )
+    ).all()
+    if names is not None:
+        known = {r.name: r for r in rows}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise NotFoundError(
+                f"recipe '{missing[0]}' is not in the catalog "
+                f"(recipes: {', '.join(known) or 'none yet'})"
+            )
+        rows = [known[n] for n in names]
+    if threshold is not None:
+        if len(rows) != 1:
+            raise InputError(
+                "--threshold applies to one recipe: name it with --recipe "
+                f"({', '.join(r.name for r in rows)})"
+            )
+        if not 0 <= threshold <= rows[0].radius:
+            raise InputError(
+                f"--threshold {threshold} is outside 0..{rows[0].radius}, the radius within "
+                f"which {rows[0].name} stored its pairs"
+            )
+    return [(r.id, r.name, r.default_threshold if threshold is None else threshold) for r in rows]
+
+
+# Both directions of every pair within the threshold.
+_NEAR_CTE = """
+    near AS (
+        SELECT image_a AS x, image_b AS y FROM pair WHERE recipe_id = :recipe AND distance <= :t
+        UNION ALL
+        SELECT image_b, image_a FROM pair WHERE recipe_id = :recipe AND distance <= :t
+    )
+"""
+
+_NEAR_PAIRS_SQL = text(
+    f"""
+    WITH {_NEAR_CTE},
+    present AS (
+        SELECT DISTINCT i.image_id, i.split_id FROM item i
+        JOIN (SELECT DISTINCT y FROM near) ny ON ny.y = i.image_id
+        WHERE i.split_id IN :splits
+    )
+    SELECT a.split_id, p.split_id, COUNT(DISTINCT a.position), COUNT(DISTINCT a.image_id)
+    FROM item a
+    JOIN near n ON n.x = a.image_id
+    JOIN present p ON p.image_id = n.y AND p.split_id <> a.split_id
+    WHERE a.split_id IN :splits
+      AND NOT EXISTS (
+          SELECT 1 FROM item e WHERE e.image_id = a.image_id AND e.split_id = p.split_id
+      )
+    GROUP BY a.split_id, p.split_id
+    """
+).bindparams(bindparam("splits", expanding=True))
+
+_NEAR_CONFLICTS_SQL = text(
+    f"""
+    WITH {_NEAR_CTE}
+    SELECT COUNT(DISTINCT a.image_id)
+    FROM item a
+    JOIN near n ON n.x = a.image_id
+    JOIN item b ON b.image_id = n.y
+    WHERE a.split_id IN :splits AND b.split_id IN :splits
+      AND a.label IS NOT NULL AND b.label IS NOT NULL AND a.label <> b.label
+    """
+).bindparams(bindparam("splits", expanding=True))
+
+
+def _near_tier(
+    conn: Connection, splits: Sequence[SplitInfo], recipe_id: int, name: str, threshold: float
+) -> NearTier:
+    ids = [s.split_id for s in splits]
+    params = {"splits": ids, "recipe": recipe_id, "t": threshold}
+    counts = {
+        (a, b): (items, images) for a, b, items, images in conn.execute(_NEAR_PAIRS_SQL, params)
+    }
+    pairs = []
+    for sa in splits:
+        for sb in splits:
+            if sa.split_id == sb.split_id:
+                continue
+            items, images = counts.get((sa.split_id, sb.split_id), (0, 0))
+            rate = items / sa.items if sa.items else 0.0
+            pairs.append(PairOverlap(a=sa.ref, b=sb.ref, items=items, images=images, rate=rate))
+    conflicts = conn.execute(_NEAR_CONFLICTS_SQL, params).scalar_one()
+    return NearTier(recipe=name, threshold=threshold, pairs=tuple(pairs), conflict_images=conflicts)
+
+
+def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
+    """The recipes in the catalog, with counts and what their thresholds mean."""
+    from catalog.recipes import get_recipe
+
+    table = RecipeRecord.__table__
+    rows = conn.execute(select(table).order_by(table.c.id)).all()
+    signed = dict(
+        conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM signature GROUP BY recipe_id").all()
+    )
+    paired = dict(
+        conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM pair GROUP BY recipe_id").all()
+    )
+    out = []
+    for row in rows:
+        try:
+            recipe = get_recipe(row.name)
+        except ValueError:
+            recipe = None
+        probability: tuple[tuple[float, float], ...] = ()
+        bands = rows_per_band = 0
+        if recipe is not None and recipe.fingerprint() == row.fingerprint:
+            bands, rows_per_band = recipe.bands, recipe.rows
+            t = row.default_threshold
+            probability = tuple(
+                (d, float(recipe.candidate_probability(d)))
+                for d in sorted({0.0, t / 2, t, row.radius, min(1.0, 2 * t), min(1.0, 3 * t)})
+            )
+        out.append(
+            RecipeInfo(
+                name=row.name,
+                family=row.family,
+                fingerprint=row.fingerprint,
+                radius=row.radius,
+                default_threshold=row.default_threshold,
+                bands=bands,
+                rows=rows_per_band,
+                images=signed.get(row.id, 0),
+                pairs=paired.get(row.id, 0),
+                candidate_probability=probability,
+                params=row.params,
+            )
+        )
+    return tuple(out)
+
+
+def _components(edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Connected-component label of each node (sorted int64 ids) under ``edges`` (m, 2)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    index = np.searchsorted(nodes, edges) if edges.size else np.empty((0, 2), np.int64)
+    graph = coo_matrix(
+        (np.ones(len(index)), (index[:, 0], index[:, 1])), shape=(nodes.size, nodes.size)
+    )
+    return connected_components(graph, directed=False)[1]
+
+
+def duplicate_groups(
+    conn: Connection,
+    refs: Sequence[Ref | str],
+    *,
+    recipe: str | None = None,
+    threshold: float | None = None,
+    exact_only: bool = False,
+    limit: int = 20,
+) -> DupsReport:
+    """Duplicate groups inside each split: images joined by exact copies or near pairs.
+
+    A group is a connected component, so a chain a~b~c is one group even when a and c are
+    further apart than the threshold: ``max_distance`` shows it.
+
+    Args:
+        recipe: the recipe whose pairs join images; default the catalog's first recipe.
+        threshold: default the recipe's default threshold.
+        exact_only: only exact copies (one image at several positions).
+        limit: groups returned in detail, largest first (the total is always counted).
+    """
+    from catalog.recipes import get_recipe
+
+    splits = resolve_all(conn, refs)
+    chosen: tuple[int, str, float] | None = None
+    if not exact_only:
+        candidates = select_recipes(conn, [recipe] if recipe else None, threshold)
+        chosen = candidates[0] if candidates else None
+    groups: list[tuple[SplitInfo, np.ndarray, int]] = []
+    for split in splits:
+        exact = np.array(
+            conn.exec_driver_sql(
+                "SELECT image_id FROM item WHERE split_id = ? GROUP BY image_id HAVING COUNT(*) > 1"
+                if conn.dialect.paramstyle == "qmark"
+                else "SELECT image_id FROM item WHERE split_id = %s GROUP BY image_id "
+                "HAVING COUNT(*) > 1",
+                (split.split_id,),
+            )
+            .scalars()
+            .all(),
+            dtype=np.int64,
+        )
+        edges = np.empty((0, 2), np.int64)
+        if chosen is not None:
+            edges = np.array(
+                conn.execute(
+                    text(
+                        """
+                        SELECT p.image_a, p.image_b FROM pair p
+                        WHERE p.recipe_id = :recipe AND p.distance <= :t
+                          AND EXISTS (SELECT 1 FROM item i
+                                      WHERE i.image_id = p.image_a AND i.split_id = :split)
+                          AND EXISTS (SELECT 1 FROM item i
+                                      WHERE i.image_id = p.image_b AND i.split_id = :split)
+                        """
+                    ),
+                    {"recipe": chosen[0], "t": chosen[2], "split": split.split_id},
+                ).all(),
+                dtype=np.int64,
+            ).reshape(-1, 2)
+        nodes = np.unique(np.concatenate([exact, edges.reshape(-1)]))
+        if nodes.size == 0:
+            continue
+        labels = _components(edges, nodes)
+        for component in np.unique(labels):
+            members = nodes[labels == component]
+            if members.size > 1 or np.isin(members, exact).any():
+                groups.append((split, members, int(component)))
+    details = []
+    item, image, source = Item.__table__, Image.__table__, Source.__table__
+    resolved = get_recipe(chosen[1]) if chosen is not None else None
+    sized = []
+    for split, members, _component in groups:
+        count = conn.execute(
+            select(func.count()).where(
+                item.c.split_id == split.split_id, item.c.image_id.in_(members.tolist())
+            )
+        ).scalar_one()
+        sized.append((count, split, members))
+    sized.sort(key=lambda g: (-g[0], -g[2].size, g[1].split_id, int(g[2][0])))
+    for count, split, members in sized[:limit]:
+        rows = conn.execute(
+            select(
+                image.c.id,
+                image.c.digest,
+                item.c.position,
+                item.c.label,
+                source.c.path,
+                item.c.source_key,
+                item.c.source_row,
+            )
+            .join(image, image.c.id == item.c.image_id)
+            .join(source, source.c.id == item.c.source_id)
+            .where(item.c.split_id == split.split_id, item.c.image_id.in_(members.tolist()))
+            .order_by(item.c.image_id, item.c.position)
+        ).all()
+        by_image: dict[int, list] = defaultdict(list)
+        digests: dict[int, str] = {}
+        for r in rows:
+            digests[r.id] = bytes(r.digest).hex()
+            by_image[r.id].append(
+                ItemRef(split.ref, r.position, r.label, r.path, r.source_key, r.source_row)
+            )
+        max_distance = 0.0
+        if chosen is not None and resolved is not None and members.size > 1:
+            max_distance = _diameter(conn, chosen[0], resolved, members)
+        details.append(
+            DuplicateGroup(
+                split=split.ref,
+                images=int(members.size),
+                items=int(count),
+                max_distance=max_distance,
+                members=tuple(
+                    GroupMember(digests[i], tuple(by_image[i])) for i in members.tolist()
+                ),
+            )
+        )
+    return DupsReport(
+        recipe=chosen[1] if chosen else None,
+        threshold=chosen[2] if chosen else None,
+        groups_total=len(groups),
+        groups=tuple(details),
+    )
+
+
+_DIAMETER_MEMBERS = 64
+
+
+def _diameter(conn: Connection, recipe_id: int, recipe: object, members: np.ndarray) -> float:
+    """The largest distance between two members, from their signatures (first 64 members)."""
+    from catalog.recipes import Recipe
+
+    assert isinstance(recipe, Recipe)
+    sample = members[:_DIAMETER_MEMBERS]
+    rows = conn.execute(
+        text(
+            "SELECT image_id, value FROM signature WHERE recipe_id = :r AND image_id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True)),
+        {"r": recipe_id, "ids": sample.tolist()},
+    ).all()
+    if len(rows) < 2:
+        return 0.0
+    signatures = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8).reshape(len(rows), -1)
+    left, right = np.triu_indices(len(rows), k=1)
+    return float(recipe.distances(signatures[left], signatures[right]).max())

@@ -16,11 +16,13 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -128,3 +130,63 @@ class Item(Base):
     source_id: Mapped[int] = mapped_column(BigId, ForeignKey("source.id"))
     source_key: Mapped[str] = mapped_column(Text)
     source_row: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RecipeRecord(Base):
+    """A near-duplicate recipe as stored: its parameters and the fingerprint that identifies them.
+
+    Signatures, band keys and pairs of different recipes are never compared; a recipe whose
+    parameters change gets a new name (``pixel-v2``), so stored values never change meaning.
+    """
+
+    __tablename__ = "recipe"
+
+    id: Mapped[IdPK]
+    name: Mapped[Name] = mapped_column(unique=True)
+    family: Mapped[str] = mapped_column(String(20))
+    params: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    radius: Mapped[float] = mapped_column(Float)
+    default_threshold: Mapped[float] = mapped_column(Float)
+
+
+class Signature(Base):
+    """An image's compact signature under a recipe, for exact verification of candidates."""
+
+    __tablename__ = "signature"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    recipe_id: Mapped[int] = mapped_column(BigId, ForeignKey("recipe.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BandKey(Base):
+    """One LSH band key of one image: images sharing (recipe, band, key) are candidates.
+
+    The primary key is the join's index: finding a bucket's members is a range scan.
+    """
+
+    __tablename__ = "band_key"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    recipe_id: Mapped[int] = mapped_column(BigId, ForeignKey("recipe.id"), primary_key=True)
+    band: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"), primary_key=True)
+
+
+class Pair(Base):
+    """Two images within a recipe's radius, with their verified distance (0-1)."""
+
+    __tablename__ = "pair"
+    __table_args__ = (
+        CheckConstraint("image_a < image_b", name="ordered"),
+        Index(None, "recipe_id", "image_b"),
+        {"sqlite_with_rowid": False},
+    )
+
+    recipe_id: Mapped[int] = mapped_column(BigId, ForeignKey("recipe.id"), primary_key=True)
+    image_a: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"), primary_key=True)
+    image_b: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"), primary_key=True)
+    distance: Mapped[float] = mapped_column(Float)

@@ -29,7 +29,7 @@ from rich.progress import (
 
 from catalog import __version__, api
 from catalog.errors import CatalogError, UsageError
-from catalog.model import LISTING_SCHEMA, OVERLAP_SCHEMA, to_json
+from catalog.model import DUPS_SCHEMA, LISTING_SCHEMA, OVERLAP_SCHEMA, RECIPES_SCHEMA, to_json
 from cli import render
 
 app = typer.Typer(
@@ -125,6 +125,31 @@ def _dump_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+RecipeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recipe",
+        "-r",
+        help="Near-duplicate recipe(s) to use (see `dsaudit recipes`). Default: all.",
+        show_default=False,
+    ),
+]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Near distance threshold (0-1) for the one --recipe; default the recipe's own.",
+        show_default=False,
+    ),
+]
+ExactOption = Annotated[bool, typer.Option("--exact", help="Exact copies only, no near tiers.")]
+
+
+def _recipes(names: list[str] | None, exact: bool) -> list[str] | None:
+    if exact and names:
+        raise UsageError("--exact and --recipe contradict each other; choose one")
+    return [] if exact else names
+
+
 @_command()
 def ingest(
     ctx: typer.Context,
@@ -155,13 +180,21 @@ def ingest(
         str | None,
         typer.Option(help="Tag of the version this one derives from. Default: the latest."),
     ] = None,
+    exact_only: Annotated[
+        bool,
+        typer.Option(
+            "--exact-only", help="Skip near-duplicate signatures (exact digests only; faster)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Add a dataset version to the catalog from numpy files.
 
     Each image is digested (exact content) and recorded with its label and provenance
-    (file, array, row). The version appears all at once when ingest finishes; an interrupted
-    ingest leaves the catalog as it was.
+    (file, array, row). New images get near-duplicate signatures and LSH band keys under every
+    recipe; their band keys are joined against the catalog and candidates verified exactly.
+    The version appears all at once when ingest finishes; an interrupted ingest leaves the
+    catalog as it was.
 
     Example:
 
@@ -172,7 +205,14 @@ def ingest(
     planned = api.plan(sources or [], split or [], allow_pickle=allow_pickle)
     with _progress() as on_progress:
         result = api.ingest(
-            ctx.obj, dataset, version, planned, note=note, parent=parent, on_progress=on_progress
+            ctx.obj,
+            dataset,
+            version,
+            planned,
+            note=note,
+            parent=parent,
+            on_progress=on_progress,
+            near=not exact_only,
         )
     if as_json:
         _dump_json(to_json(result, schema="dsaudit.ingest/1"))
@@ -209,13 +249,17 @@ def overlap(
         ),
     ],
     limit: Annotated[int, typer.Option(help="Label conflicts listed in detail.", min=0)] = 20,
+    recipe: RecipeOption = None,
+    threshold: ThresholdOption = None,
+    exact: ExactOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
 ) -> None:
-    """Exact leakage between splits: the leakage matrix, duplicates, label conflicts.
+    """Leakage between splits: exact and near leakage matrices, duplicates, label conflicts.
 
     For every ordered pair of splits (A, B): how many items of A have an exact copy in B, and
     that as a share of A ("3.3 % of test has a copy in train"). Inside each split: duplicate
-    groups and redundant copies. Across all: images that carry more than one label.
+    groups and redundant copies. Across all: images that carry more than one label. Near
+    tiers (one per recipe) count the items of A with no exact copy in B but a near copy there.
 
     Example:
 
@@ -223,11 +267,72 @@ def overlap(
 
         dsaudit overlap notmnist@v1 notmnist@v2:test
     """
-    report = api.exact_overlap(ctx.obj, refs, limit=limit)
+    report = api.overlap(
+        ctx.obj, refs, limit=limit, recipes=_recipes(recipe, exact), threshold=threshold
+    )
     if as_json:
         _dump_json(to_json(report, schema=OVERLAP_SCHEMA))
     else:
         _stdout().print(render.overlap(report))
+
+
+@_command()
+def dups(
+    ctx: typer.Context,
+    refs: Annotated[list[str], typer.Argument(help="DATASET[@VERSION][:SPLIT], one or more.")],
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", "-r", help="Recipe whose near pairs join images.", show_default=False
+        ),
+    ] = None,
+    threshold: ThresholdOption = None,
+    exact: ExactOption = False,
+    limit: Annotated[int, typer.Option(help="Groups listed in detail, largest first.", min=0)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
+) -> None:
+    """Duplicate groups inside each split: exact copies and near copies, joined.
+
+    A group is a connected component of exact copies and near pairs within the threshold, so
+    a chain of near copies is one group; "max distance" shows how far apart its ends are.
+
+    Example:
+
+        dsaudit dups notmnist@v1:train
+
+        dsaudit dups notmnist --recipe phash256-v1 --threshold 0.05
+    """
+    if exact and recipe:
+        raise UsageError("--exact and --recipe contradict each other; choose one")
+    report = api.duplicate_groups(
+        ctx.obj, refs, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit
+    )
+    if as_json:
+        _dump_json(to_json(report, schema=DUPS_SCHEMA))
+    else:
+        _stdout().print(render.dups(report))
+
+
+@_command("recipes")
+def recipes_command(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the near-duplicate recipes in the catalog and what their thresholds mean.
+
+    For each recipe: its family, LSH bands x rows, the radius within which pairs are stored,
+    the default threshold, and the probability that a pair at a given distance shares a band
+    key and so is found at all (the LSH S-curve).
+
+    Example:
+
+        dsaudit recipes
+    """
+    recipes = api.list_recipes(ctx.obj)
+    if as_json:
+        _dump_json({"schema": RECIPES_SCHEMA, "recipes": to_json(recipes)})
+    else:
+        _stdout().print(render.recipes(recipes))
 
 
 @_command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -11,7 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from catalog.ingest import IngestResult
-from catalog.model import Listing, OverlapReport
+from catalog.model import (
+    DupsReport,
+    Listing,
+    NearTier,
+    OverlapReport,
+    PairOverlap,
+    RecipeInfo,
+    SplitInfo,
+)
 from catalog.sql import SqlResult
 
 if TYPE_CHECKING:
@@ -48,12 +56,28 @@ def ingest_result(result: IngestResult) -> RenderableType:
             split.name, f"{split.items:,}", f"{split.new_images:,}", f"{split.low_info_items:,}"
         )
     rate = result.items / result.seconds if result.seconds > 0 else 0.0
-    footer = Text(
-        f"{result.items:,} items, {result.new_images:,} new images in {result.seconds:.1f} s "
-        f"({rate:,.0f} images/s)",
-        style="dim",
+    parts: list[RenderableType] = [table]
+    for near in result.near:
+        parts.append(
+            Text(
+                f"{near.recipe}: {near.images:,} images signed, {near.candidates:,} candidates "
+                f"from the band join, {near.pairs:,} near pairs stored ({near.seconds:.1f} s)"
+                + (
+                    f"; {near.capped_buckets:,} buckets over the cap (largest "
+                    f"{near.largest_bucket:,})"
+                    if near.capped_buckets
+                    else ""
+                )
+            )
+        )
+    parts.append(
+        Text(
+            f"{result.items:,} items, {result.new_images:,} new images in {result.seconds:.1f} s "
+            f"({rate:,.0f} images/s)",
+            style="dim",
+        )
     )
-    return Group(table, footer)
+    return Group(*parts)
 
 
 def listing(data: Listing) -> RenderableType:
@@ -113,24 +137,45 @@ def split_summary(report: OverlapReport) -> RenderableType:
     return table
 
 
-def leakage_matrix(report: OverlapReport) -> RenderableType:
-    matrix = _table(
-        "Exact leakage: items of ROW whose image also occurs in COLUMN (share of ROW)",
-        ("", "left"),
-        *[(s.ref, "right") for s in report.splits],
-    )
+def _matrix(
+    title: str, splits: Sequence[SplitInfo], pair: Callable[[str, str], PairOverlap]
+) -> Table:
+    matrix = _table(title, ("", "left"), *[(s.ref, "right") for s in splits])
     matrix.columns[0].no_wrap = True
-    for a in report.splits:
+    for a in splits:
         cells = []
-        for b in report.splits:
+        for b in splits:
             if a.split_id == b.split_id:
                 cells.append(Text("·", style="dim"))
                 continue
-            pair = report.pair(a.ref, b.ref)
-            style = "bold red" if pair.items else "green"
-            cells.append(Text(f"{pair.items:,} ({percent(pair.rate)})", style=style))
+            found = pair(a.ref, b.ref)
+            style = "bold red" if found.items else "green"
+            cells.append(Text(f"{found.items:,} ({percent(found.rate)})", style=style))
         matrix.add_row(a.ref, *cells)
     return matrix
+
+
+def leakage_matrix(report: OverlapReport) -> RenderableType:
+    return _matrix(
+        "Exact leakage: items of ROW whose image also occurs in COLUMN (share of ROW)",
+        report.splits,
+        report.pair,
+    )
+
+
+def near_matrix(report: OverlapReport, tier: NearTier) -> RenderableType:
+    table = _matrix(
+        f"Near leakage ({tier.recipe}, distance <= {tier.threshold:g}): items of ROW with no "
+        "exact copy in COLUMN but a near copy there",
+        report.splits,
+        tier.pair,
+    )
+    if tier.conflict_images:
+        table.caption = (
+            f"{tier.conflict_images:,} images have a near copy with another label "
+            f"(dsaudit dups shows them)"
+        )
+    return table
 
 
 def label_conflicts(report: OverlapReport) -> RenderableType:
@@ -163,7 +208,80 @@ def label_conflicts(report: OverlapReport) -> RenderableType:
 
 
 def overlap(report: OverlapReport) -> RenderableType:
-    return Group(split_summary(report), leakage_matrix(report), label_conflicts(report))
+    return Group(
+        split_summary(report),
+        leakage_matrix(report),
+        *[near_matrix(report, tier) for tier in report.near],
+        label_conflicts(report),
+    )
+
+
+def dups(report: DupsReport) -> RenderableType:
+    how = (
+        f"exact copies and {report.recipe} pairs within {report.threshold:g}"
+        if report.recipe
+        else "exact copies"
+    )
+    if not report.groups_total:
+        return Text(f"No duplicate groups ({how}).", style="green")
+    table = _table(
+        f"{report.groups_total:,} duplicate groups inside splits ({how}); largest first",
+        ("split", "left"),
+        ("images", "right"),
+        ("items", "right"),
+        ("max distance", "right"),
+        ("members (position label, source)", "left"),
+    )
+    table.columns[0].no_wrap = True
+    for group in report.groups:
+        shown = [
+            f"{ref.position} {ref.label or ''}  {ref.source_path.rsplit('/', 1)[-1]}:"
+            f"{ref.source_key}" + ("" if ref.source_row is None else f"[{ref.source_row}]")
+            for member in group.members[:6]
+            for ref in member.items[:3]
+        ]
+        if group.items > len(shown):
+            shown.append(f"... {group.items - len(shown):,} more")
+        far = report.threshold is not None and group.max_distance > report.threshold
+        table.add_row(
+            group.split,
+            f"{group.images:,}",
+            f"{group.items:,}",
+            Text(f"{group.max_distance:.3f}", style="yellow" if far else ""),
+            "\n".join(shown),
+            end_section=True,
+        )
+    parts: list[RenderableType] = [table]
+    if report.groups_total > len(report.groups):
+        parts.append(
+            Text(f"({report.groups_total - len(report.groups):,} more; --limit shows more)")
+        )
+    return Group(*parts)
+
+
+def recipes(data: Sequence[RecipeInfo]) -> RenderableType:
+    if not data:
+        return Text("No recipes yet: they are registered by the first ingest.")
+    parts: list[RenderableType] = []
+    for recipe in data:
+        table = _table(
+            f"{recipe.name} ({recipe.family}): bands x rows {recipe.bands} x {recipe.rows}, "
+            f"radius {recipe.radius:g}, default threshold {recipe.default_threshold:g}; "
+            f"{recipe.images:,} images signed, {recipe.pairs:,} pairs stored",
+            ("distance", "right"),
+            ("P(found by the band join)", "right"),
+            ("", "left"),
+        )
+        for distance, probability in recipe.candidate_probability:
+            note = ""
+            if distance == recipe.default_threshold:
+                note = "default threshold"
+            elif distance == recipe.radius:
+                note = "radius (pairs beyond are not stored)"
+            table.add_row(f"{distance:.3f}", f"{probability:.4f}", note)
+        table.caption = f"fingerprint {recipe.fingerprint[:16]}"
+        parts.append(table)
+    return Group(*parts)
 
 
 def demo_checks(run: DemoRun) -> RenderableType:
@@ -174,14 +292,17 @@ def demo_checks(run: DemoRun) -> RenderableType:
         ("found", "right"),
         ("", "left"),
     )
+    notes: list[str] = []
     for check in run.checks:
-        table.add_row(
-            check.finding,
-            f"{check.planted:,}",
-            f"{check.found:,}",
-            Text("✓", style="green") if check.ok else Text("✗ MISSED", style="bold red"),
-        )
-    return table
+        if check.planted == check.found:
+            mark = Text("✓", style="green")
+        elif check.known_limit:
+            notes.append(check.known_limit)
+            mark = Text(f"known limit [{len(notes)}]", style="yellow")
+        else:
+            mark = Text("✗ MISSED", style="bold red")
+        table.add_row(check.finding, f"{check.planted:,}", f"{check.found:,}", mark)
+    return Group(table, *[Text(f"[{i}] {note}", style="yellow") for i, note in enumerate(notes, 1)])
 
 
 def sql_table(result: SqlResult) -> RenderableType:

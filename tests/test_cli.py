@@ -58,7 +58,7 @@ def test_ingest_then_overlap_json(runner: CliRunner, tmp_path: Path, archive: Pa
     assert data["conflict_images"] == 1
     assert [s["ref"] for s in data["splits"]] == ["letters@v1:train", "letters@v1:test"]
     # The catalog agrees when read back through the library.
-    assert api.exact_overlap(str(db), ["letters@v1:test"]).splits[0].items == 50
+    assert api.overlap(str(db), ["letters@v1:test"]).splits[0].items == 50
 
 
 def test_overlap_table_shows_the_leak(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
@@ -259,7 +259,7 @@ def test_demo_finds_everything_it_planted(runner: CliRunner, tmp_path: Path) -> 
     db = str(tmp_path / "demo" / "demo.db")
     listing = api.list_catalog(db, "notmnist")
     assert [v.tag for v in listing.datasets[0].versions] == ["v1", "v2"]
-    leak = api.exact_overlap(db, ["notmnist@v1"]).pair("notmnist@v1:test", "notmnist@v1:train")
+    leak = api.overlap(db, ["notmnist@v1"]).pair("notmnist@v1:test", "notmnist@v1:train")
     assert leak.items == 15
     # Running it again remakes the catalog rather than failing on existing versions.
     again = runner.invoke(app, ["demo", str(tmp_path / "demo")])

@@ -54,7 +54,7 @@ def test_overlap_counts_equal_a_brute_force(tmp_path: Path, rng: np.random.Gener
     expected = _brute_force(splits)
     db = str(tmp_path / "c.db")
     api.ingest(db, "pool", "v1", splits)
-    report = api.exact_overlap(db, ["pool"])
+    report = api.overlap(db, ["pool"])
     for (a, b), count in expected["pairs"].items():  # type: ignore[attr-defined]
         pair = report.pair(f"pool@v1:{a}", f"pool@v1:{b}")
         assert pair.items == count, (a, b)
@@ -72,12 +72,12 @@ def test_overlap_across_versions_and_datasets(tmp_path: Path, rng: np.random.Gen
     # v2 moves five train images into test: a leak the new version introduces.
     api.ingest(db, "a", "v2", {"train": base[5:40], "test": np.concatenate([base[40:], base[:5]])})
     api.ingest(db, "b", "v1", {"all": base[::10]})
-    report = api.exact_overlap(db, ["a@v1:train", "a@v2:test", "b"])
+    report = api.overlap(db, ["a@v1:train", "a@v2:test", "b"])
     assert report.pair("a@v2:test", "a@v1:train").items == 5
     assert report.pair("a@v1:train", "a@v2:test").items == 5
     assert report.pair("b@v1:all", "a@v1:train").items == 4
     assert report.pair("a@v1:train", "b@v1:all").items == 4
-    assert api.exact_overlap(db, ["a@v2"]).pair("a@v2:test", "a@v2:train").items == 0
+    assert api.overlap(db, ["a@v2"]).pair("a@v2:test", "a@v2:train").items == 0
     assert report.pair("a@v2:test", "b@v1:all").images == 2  # base[0] and base[40]
 
 
@@ -90,7 +90,7 @@ def test_latest_version_is_the_default_and_parent_is_recorded(tmp_path: Path) ->
     (dataset,) = listing.datasets
     assert [v.tag for v in dataset.versions] == ["v1", "v2"]
     assert dataset.versions[1].parent == "v1" and dataset.versions[1].note == "fix"
-    assert api.exact_overlap(db, ["d"]).splits[0].version == "v2"
+    assert api.overlap(db, ["d"]).splits[0].version == "v2"
 
 
 def test_an_image_already_catalogued_is_not_added_again(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
@@ -176,11 +176,11 @@ def test_unknown_refs_name_what_exists(tmp_path: Path) -> None:
     db = str(tmp_path / "c.db")
     api.ingest(db, "d", "v1", {"train": np.zeros((1, 2, 2), np.uint8)})
     with pytest.raises(NotFoundError, match=r"dataset 'x' is not in the catalog \(datasets: d\)"):
-        api.exact_overlap(db, ["x"])
+        api.overlap(db, ["x"])
     with pytest.raises(NotFoundError, match=r"versions: v1"):
-        api.exact_overlap(db, ["d@v9"])
+        api.overlap(db, ["d@v9"])
     with pytest.raises(NotFoundError, match=r"splits: train"):
-        api.exact_overlap(db, ["d@v1:test"])
+        api.overlap(db, ["d@v1:test"])
 
 
 def test_parse_ref() -> None:
@@ -207,7 +207,7 @@ def test_mixed_image_shapes_and_dtypes_in_one_catalog(tmp_path: Path, rng) -> No
             "gray1": gray[..., None],
         },
     )
-    report = api.exact_overlap(db, ["mixed"])
+    report = api.overlap(db, ["mixed"])
     # (N, H, W, 1) is canonicalised to (N, H, W): the same pictures.
     assert report.pair("mixed@v1:gray1", "mixed@v1:gray").items == 5
     engine = open_catalog(db)
@@ -227,5 +227,5 @@ def test_low_information_images_are_flagged(tmp_path: Path, rng) -> None:  # typ
     images[2] = rng.integers(2, 5, (10, 10), dtype=np.uint8)
     result = api.ingest(db, "d", "v1", {"train": images})
     assert result.splits[0].low_info_items == 3
-    (within,) = api.exact_overlap(db, ["d"]).within
+    (within,) = api.overlap(db, ["d"]).within
     assert within.low_info_items == 3

@@ -1,0 +1,439 @@
+"""Near-duplicate recall, false pairs, candidates and speed of the built-in recipes.
+
+Renders ``--n`` distinct 28x28 gray letter images (A-J, Pillow's default font at random sizes,
+positions and stroke widths, plus random lines and noise; seeded), plants transformed copies of
+``--planted`` of them per transformation, and for each recipe in `catalog.recipes`:
+
+* computes signatures and band keys (median of ``--runs`` timings, images/s);
+* emulates the SQL band join in numpy (group by (band, key), all pairs per bucket);
+* verifies candidates with the exact distance at the recipe's default threshold;
+* compares with an exact brute force over all pairs (numpy, blocked matrix products) for recall
+  of the LSH stage and for false pairs among the distinct base images;
+* times both recipes on ``--throughput-n`` images (the 220k notMNIST size) once.
+
+Writes a markdown report (default ``benchmarks/RESULTS_near.md``).
+
+    python benchmarks/near_recall.py [--n 20000] [--planted 1000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+try:
+    import catalog.recipes  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import datasketch
+
+from catalog.recipes import DEFAULT_RECIPES, PIXEL, Recipe
+
+SIZE = 28
+LETTERS = "ABCDEFGHIJ"
+FAINT = 0.1
+"""Images whose `PixelRecipe.contrast` is below this are counted as faint (reported apart)."""
+
+
+def render_letters(n: int, seed: int) -> np.ndarray:
+    """Distinct letter-like images.
+
+    Returns:
+        float32 (n, 28, 28) in [0, 1]; exact duplicates are re-drawn, so all n are distinct.
+    """
+    rng = np.random.default_rng(seed)
+    fonts = {s: ImageFont.load_default(size=s) for s in range(12, 27)}
+    out = np.empty((n, SIZE, SIZE), np.float32)
+    seen: set[bytes] = set()
+    i = 0
+    while i < n:
+        im = Image.new("L", (SIZE, SIZE), 0)
+        draw = ImageDraw.Draw(im)
+        size = int(rng.integers(12, 27))
+        draw.text(
+            (int(rng.integers(-2, 12)), int(rng.integers(-5, 8))),
+            LETTERS[int(rng.integers(len(LETTERS)))],
+            font=fonts[size],
+            fill=int(rng.integers(150, 256)),
+            stroke_width=int(rng.integers(0, 3)),
+            stroke_fill=int(rng.integers(110, 256)),
+        )
+        for _ in range(int(rng.integers(1, 4))):
+            draw.line(
+                rng.integers(0, SIZE, 4).tolist(),
+                fill=int(rng.integers(60, 256)),
+                width=int(rng.integers(1, 3)),
+            )
+        img = np.asarray(im, np.float32) / 255
+        if rng.random() < 0.5:
+            img = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
+        img = np.clip(img, 0, 1)
+        key = np.rint(img * 255).astype(np.uint8).tobytes()
+        if key not in seen:
+            seen.add(key)
+            out[i] = img
+            i += 1
+    return out
+
+
+def _pil_map(x: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    return np.stack(
+        [
+            np.asarray(fn(Image.fromarray(np.rint(a * 255).astype(np.uint8))), np.float32) / 255
+            for a in x
+        ]
+    )
+
+
+def _jpeg75(im: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=75)
+    return Image.open(buf).convert("L")
+
+
+def _stroke(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A local edit: one short faint line added (RMS about 0.02-0.05)."""
+    out = x.copy()
+    for k in range(len(x)):
+        im = Image.new("L", (SIZE, SIZE), 0)
+        y0, x0 = rng.integers(2, SIZE - 2, 2)
+        dy, dx = rng.integers(-4, 5, 2)
+        ImageDraw.Draw(im).line(
+            [int(x0), int(y0), int(x0 + dx), int(y0 + dy)],
+            fill=int(rng.integers(100, 180)),
+            width=1,
+        )
+        out[k] = np.maximum(out[k], np.asarray(im, np.float32) / 255)
+    return out
+
+
+def transformations(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The planted transformations, each float32 (m, 28, 28)."""
+    rng = np.random.default_rng(seed)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    half = SIZE // 2
+    out = {
+        "noise sigma 0.02": np.clip(x + rng.normal(0, 0.02, x.shape), 0, 1),
+        "brightness +0.05": np.clip(x + 0.05, 0, 1),
+        "brightness -0.05": np.clip(x - 0.05, 0, 1),
+        "contrast x1.1": np.clip((x - mean) * 1.1 + mean, 0, 1),
+        "JPEG q75": _pil_map(x, _jpeg75),
+        "local stroke": _stroke(x, rng),
+        "2x down+up": _pil_map(
+            x,
+            lambda im: im.resize((half, half), Image.BILINEAR).resize((SIZE, SIZE), Image.BILINEAR),
+        ),
+        "1-pixel shift": np.roll(x, 1, axis=2),
+        "horizontal flip": x[:, :, ::-1],
+    }
+    return {name: v.astype(np.float32) for name, v in out.items()}
+
+
+def band_join(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Emulate ``SELECT DISTINCT a.image, b.image FROM band_key a JOIN band_key b USING (band,
+    key) WHERE a.image < b.image`` in numpy.
+
+    Args:
+        keys: int64 (n, bands).
+
+    Returns:
+        ``(pairs, largest_bucket)``: int64 (m,) unique pair codes ``i * n + j`` with i < j.
+    """
+    n = keys.shape[0]
+    codes: list[np.ndarray] = []
+    largest = 1
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        sorted_keys = keys[order, band]
+        new_run = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+        run = np.cumsum(new_run)
+        largest = max(largest, int(np.bincount(run).max()))
+        for gap in range(1, n):
+            same = run[:-gap] == run[gap:]
+            if not same.any():
+                break
+            a, b = order[:-gap][same], order[gap:][same]
+            codes.append(np.minimum(a, b) * n + np.maximum(a, b))
+    if not codes:
+        return np.zeros(0, np.int64), largest
+    return np.unique(np.concatenate(codes)), largest
+
+
+def brute_force_pairs(recipe: Recipe, sigs: np.ndarray, threshold: float) -> np.ndarray:
+    """All pairs within ``threshold``, exactly: blocked matrix products pick a superset, then
+    `Recipe.distances` decides.
+
+    Returns:
+        int64 unique pair codes ``i * n + j``, i < j.
+    """
+    n = sigs.shape[0]
+    if recipe.family == "pixel":
+        vec = sigs[:, 8:].reshape(n, 32, 32)[:, :SIZE, :SIZE].reshape(n, -1).astype(np.float32)
+        limit = (threshold * 255) ** 2 * SIZE * SIZE * 1.01 + 2.0  # float32 slack, then exact
+    else:
+        vec = np.unpackbits(sigs, axis=1).astype(np.float32) * 2 - 1
+        limit = None
+    sq = (vec * vec).sum(axis=1)
+    found: list[np.ndarray] = []
+    block = 2048
+    for start in range(0, n, block):
+        gram = vec[start : start + block] @ vec.T
+        rows = np.arange(start, min(n, start + block))
+        if limit is None:
+            mask = (256 - gram) / 2 <= threshold * 256 + 1e-9
+        else:
+            mask = sq[rows, None] + sq[None, :] - 2 * gram <= limit
+        mask &= np.arange(n)[None, :] > rows[:, None]
+        i, j = np.nonzero(mask)
+        found.append((i + start).astype(np.int64) * n + j)
+    codes = np.concatenate(found)
+    d = recipe.distances(sigs[codes // n], sigs[codes % n])
+    return codes[d <= threshold]
+
+
+@dataclass
+class RecipeResult:
+    name: str
+    threshold: float
+    seconds: list[float] = field(default_factory=list)
+    brute_seconds: float = 0.0
+    join_seconds: float = 0.0
+    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    bf_pairs: int = 0
+    lsh_pairs: int = 0
+    distinct_false: int = 0
+    distinct_false_lsh: int = 0
+    cand_mean: float = 0.0
+    cand_max: int = 0
+    candidates: int = 0
+    largest_bucket: int = 0
+    recall: float = 1.0
+    recall_clear: float = 1.0
+    clear_pairs: int = 0
+
+
+def run(n: int, planted: int, runs: int, seed: int) -> tuple[list[RecipeResult], dict[str, int]]:
+    base = render_letters(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    chosen = rng.choice(n, size=min(planted, n), replace=False)
+    copies = transformations(base[chosen], seed + 2)
+    images = np.concatenate([base] + list(copies.values()))[..., None]
+    origin = np.concatenate([np.arange(n)] + [chosen] * len(copies))
+    kind = np.concatenate([np.full(n, -1)] + [np.full(len(chosen), t) for t in range(len(copies))])
+    total = images.shape[0]
+    faint = PIXEL.contrast(PIXEL.signatures(images)) < FAINT
+    results = []
+    for recipe in DEFAULT_RECIPES:
+        res = RecipeResult(recipe.name, recipe.default_threshold)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sigs = recipe.signatures(images)
+            keys = recipe.band_keys(sigs)
+            res.seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cand, res.largest_bucket = band_join(keys)
+        dist = recipe.distances(sigs[cand // total], sigs[cand % total])
+        lsh = cand[dist <= recipe.default_threshold]
+        res.join_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        brute = brute_force_pairs(recipe, sigs, recipe.default_threshold)
+        res.brute_seconds = time.perf_counter() - t0
+        res.candidates = len(cand)
+        degree = np.bincount(np.concatenate([cand // total, cand % total]), minlength=total)
+        res.cand_mean, res.cand_max = float(degree.mean()), int(degree.max())
+        res.bf_pairs, res.lsh_pairs = len(brute), len(lsh)
+        hit = np.isin(brute, lsh)
+        res.recall = float(hit.mean()) if len(brute) else 1.0
+        i, j = brute // total, brute % total
+        clear = ~faint[i] & ~faint[j]
+        res.clear_pairs = int(clear.sum())
+        res.recall_clear = float(hit[clear].mean()) if clear.any() else 1.0
+        res.distinct_false = int(((kind[i] == -1) & (kind[j] == -1)).sum())
+        li, lj = lsh // total, lsh % total
+        res.distinct_false_lsh = int(((kind[li] == -1) & (kind[lj] == -1)).sum())
+        lsh_set = np.sort(lsh)
+        for t, name in enumerate(copies):
+            idx = np.flatnonzero(kind == t)
+            a, b = origin[idx], idx  # base index < copy index always
+            code = a * total + b
+            d = recipe.distances(sigs[a], sigs[b])
+            within = d <= recipe.default_threshold
+            found = within & np.isin(code, lsh_set)
+            res.rows.append((name, float(within.mean()), float(found.mean())))
+        results.append(res)
+    sizes = {
+        "base": n,
+        "planted_per_transformation": len(chosen),
+        "total": total,
+        "faint": int(faint.sum()),
+    }
+    return results, sizes
+
+
+def throughput(n: int, seed: int) -> dict[str, float]:
+    """Seconds for signatures + band keys of ``n`` 28x28 gray images, per recipe (one run)."""
+    base = render_letters(min(n, 5000), seed + 7)
+    reps = -(-n // len(base))
+    images = np.tile(base, (reps, 1, 1))[:n, :, :, None]
+    out = {}
+    for recipe in DEFAULT_RECIPES:
+        t0 = time.perf_counter()
+        for start in range(0, n, 20000):  # chunks, as ingest feeds them
+            recipe.band_keys(recipe.signatures(images[start : start + 20000]))
+        out[recipe.name] = time.perf_counter() - t0
+    return out
+
+
+def report(
+    results: list[RecipeResult],
+    sizes: dict[str, int],
+    speed: dict[str, float],
+    speed_n: int,
+    runs: int,
+) -> str:
+    lines = [
+        "## Near-duplicate recipes: recall, false pairs, candidates, speed",
+        "",
+        f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
+        f"nproc {os.cpu_count()}, Python {platform.python_version()}, numpy {np.__version__}, "
+        f"datasketch {datasketch.__version__}. `python benchmarks/near_recall.py "
+        f"--n {sizes['base']} --planted {sizes['planted_per_transformation']}`.",
+        "",
+        f"{sizes['base']} distinct rendered 28x28 letter images (A-J, random font size, position, "
+        f"stroke width, random lines, noise), {sizes['planted_per_transformation']} of them copied "
+        f"per transformation: {sizes['total']} images. A planted copy is *detected* when its "
+        "verified distance to its original is within the recipe's default threshold and the "
+        "band join proposed the pair.",
+        "",
+        "| recipe | b x r | threshold |",
+        "|---|---:|---:|",
+    ]
+    for res in results:
+        recipe = next(r for r in DEFAULT_RECIPES if r.name == res.name)
+        lines.append(f"| {res.name} | {recipe.bands} x {recipe.rows} | {res.threshold} |")
+    lines += [
+        "",
+        "### Planted copies: within threshold / detected (within and found by LSH)",
+        "",
+        "| transformation | "
+        + " | ".join(f"{r.name} within | {r.name} detected" for r in results)
+        + " |",
+        "|---|" + "---:|" * (2 * len(results)),
+    ]
+    for t, row in enumerate(results[0].rows):
+        cells = []
+        for res in results:
+            cells += [f"{res.rows[t][1]:.3f}", f"{res.rows[t][2]:.3f}"]
+        lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "### LSH stage against exact brute force (same distance, default threshold)",
+        "",
+        f"Faint images (pixel-v1 LSH-grid contrast < {FAINT}): {sizes['faint']} of "
+        f"{sizes['total']}; *recall, clear* counts only pairs of two non-faint images.",
+        "",
+        "| recipe | brute-force pairs | found by LSH | recall | clear pairs | recall, clear "
+        "| false pairs among distinct bases (brute force / LSH) | candidates | candidates "
+        "per image mean / max | largest bucket |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        lines.append(
+            f"| {res.name} | {res.bf_pairs} | {res.lsh_pairs} | {res.recall:.4f} | "
+            f"{res.clear_pairs} | {res.recall_clear:.4f} | "
+            f"{res.distinct_false} / {res.distinct_false_lsh} | {res.candidates} | "
+            f"{res.cand_mean:.2f} / {res.cand_max} | {res.largest_bucket} |"
+        )
+    total = sizes["total"]
+    lines += [
+        "",
+        f"### Time ({total} images; signatures + band keys: median of {runs} runs)",
+        "",
+        "| recipe | signatures + keys s | images/s | band join + verify s | numpy brute force s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        med = statistics.median(res.seconds)
+        lines.append(
+            f"| {res.name} | {med:.2f} | {total / med:,.0f} | {res.join_seconds:.2f} | "
+            f"{res.brute_seconds:.2f} |"
+        )
+    both = sum(speed.values())
+    if not both:
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"Throughput at notMNIST size ({speed_n} 28x28 gray images, chunks of 20000, one "
+        "run): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in speed.items())
+        + f"; both recipes {both:.1f} s ({speed_n / both:,.0f} images/s).",
+        "",
+    ]
+    return "\n".join(lines + NOTES)
+
+
+NOTES = [
+    "### Reading the tables",
+    "",
+    "- *Candidates* are distinct image pairs sharing at least one band key, true pairs included "
+    "(every planted copy is near its original and near the other copies of the same original). "
+    "Collisions between distinct images grow linearly with the catalog, so at 220k images "
+    "expect several times more candidates per image than here; each is one numpy distance.",
+    "- *False pairs among distinct bases* are pairs of different rendered letters within the "
+    "threshold in exact brute force: the same letter drawn at nearly the same size and place. "
+    "They are real near duplicates under the distance, not LSH errors.",
+    "- Pixel-v1 misses are mostly *faint* images (nearly black, low contrast, e.g. 2x down+up "
+    "copies of thin letters) that lie within 0.08 of each other only because both are dark: "
+    "the sign code of the centred coarse image is scale-free, so for them it is noise. "
+    "`PixelRecipe.contrast` exposes the measure.",
+    "- Non-goals by design: 1-pixel shift and horizontal flip for both recipes, 2x down+up of "
+    "28x28 thin-stroke images for pixel-v1 (perceptual catches it on larger photo-like images; "
+    "see tests/test_recipes.py). The *local stroke* row is a small local edit, included to show "
+    "that recall is not only measured on edits the sign code is blind to.",
+    "- The largest bucket bounds the join's worst case on this data; blank images, which would "
+    "share every key, are flagged as low-information upstream and kept out of the join.",
+    "",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="distinct base images")
+    parser.add_argument("--planted", type=int, default=1000, help="copies per transformation")
+    parser.add_argument("--runs", type=int, default=3, help="timing runs (median reported)")
+    parser.add_argument(
+        "--throughput-n",
+        type=int,
+        default=220000,
+        help="images for the throughput run (0 skips it)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS_near.md"
+    )
+    args = parser.parse_args(argv)
+    if args.n < 2 or args.planted < 1 or args.runs < 1:
+        parser.error("--n must be >= 2, --planted and --runs >= 1")
+    results, sizes = run(args.n, args.planted, args.runs, args.seed)
+    speed = throughput(args.throughput_n, args.seed) if args.throughput_n else {}
+    text = report(results, sizes, speed, args.throughput_n, args.runs)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

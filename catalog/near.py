@@ -1,0 +1,331 @@
+"""Near duplicates in the catalog: store signatures and band keys, join, verify, store pairs.
+
+During an ingest, `NearIndexer.add` takes each chunk's new, informative images, computes every
+recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) and bulk-inserts them.
+After the last chunk, `NearIndexer.finish` joins only the NEW images' band keys against all band
+keys of the recipe, verifies every candidate exactly on the stored signatures, and stores the
+pairs within the recipe's radius. The band join only proposes; the distance decides.
+
+The blow-up guard: a bucket (recipe, band, key) with thousands of members (thousands of
+near-identical images) would propose millions of pairs. Inside one bucket, members are taken in
+image-id order; the first `BUCKET_CAP` form all their pairs, and every later member is paired
+only with the first `BUCKET_LINK`. Candidates per bucket are then at most
+``BUCKET_CAP²/2 + BUCKET_LINK·size``: linear in the bucket, and a cluster of copies stays
+connected, so duplicate groups (connected components) are still whole.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Connection, select
+
+from catalog.db import bulk_insert, placeholder
+from catalog.errors import SchemaError
+from catalog.recipes import DEFAULT_RECIPES, Recipe
+from catalog.schema import BandKey, Pair, RecipeRecord, Signature
+
+BUCKET_CAP = 64
+"""Members of one bucket that are all compared with each other."""
+BUCKET_LINK = 8
+"""How many of a big bucket's first members each later member is compared with."""
+VERIFY_BATCH = 200_000
+"""Candidate pairs verified per numpy call (memory bound: 2 x batch x signature bytes)."""
+LOOKUP_BATCH = 5000
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class NearStats:
+    """What the near-duplicate stage of one ingest did for one recipe."""
+
+    recipe: str
+    images: int
+    """New images signed (low-information images are left out)."""
+    candidates: int
+    """Distinct candidate pairs the band join proposed."""
+    pairs: int
+    """Candidates within the recipe's radius, stored."""
+    largest_bucket: int
+    capped_buckets: int
+    """Buckets larger than `BUCKET_CAP`, where the guard limited the candidates."""
+    seconds: float
+
+
+def _recipe_params(recipe: Recipe) -> str:
+    return json.dumps(recipe.params(), sort_keys=True, separators=(",", ":"))
+
+
+def ensure_recipes(conn: Connection, recipes: Sequence[Recipe]) -> dict[str, int]:
+    """The catalog ids of ``recipes``, registering the ones it has not seen.
+
+    Raises:
+        SchemaError: the catalog holds a recipe of the same name with other parameters: its
+            stored values would not be comparable with this release's.
+    """
+    table = RecipeRecord.__table__
+    ids: dict[str, int] = {}
+    for recipe in recipes:
+        row = conn.execute(
+            select(table.c.id, table.c.fingerprint).where(table.c.name == recipe.name)
+        ).first()
+        if row is None:
+            ids[recipe.name] = conn.execute(
+                table.insert().returning(table.c.id),
+                {
+                    "name": recipe.name,
+                    "family": recipe.family,
+                    "params": _recipe_params(recipe),
+                    "fingerprint": recipe.fingerprint(),
+                    "radius": recipe.radius,
+                    "default_threshold": recipe.default_threshold,
+                },
+            ).scalar_one()
+        elif row.fingerprint != recipe.fingerprint():
+            raise SchemaError(
+                f"the catalog's recipe {recipe.name} has fingerprint {row.fingerprint[:12]}, "
+                f"this dsaudit computes {recipe.fingerprint()[:12]}: their values are not "
+                "comparable; use the dsaudit release that made the catalog"
+            )
+        else:
+            ids[recipe.name] = row.id
+    return ids
+
+
+def candidate_pairs(
+    band: np.ndarray,
+    key: np.ndarray,
+    image: np.ndarray,
+    new: np.ndarray,
+    cap: int = BUCKET_CAP,
+    link: int = BUCKET_LINK,
+) -> tuple[np.ndarray, int, int]:
+    """Pairs proposed by shared buckets, at least one side new, with the blow-up guard.
+
+    Args:
+        band: int64 (m,) band index of each membership row, any order.
+        key: int64 (m,) band key of each row; a bucket is one (band, key).
+        image: int64 (m,) image id of each row.
+        new: bool (m,) whether the row's image is new in this ingest.
+        cap, link: see `BUCKET_CAP`, `BUCKET_LINK`.
+
+    Returns:
+        (pairs int64 (p, 2) with pairs[:, 0] < pairs[:, 1], unique; the largest bucket's size;
+        the number of buckets over ``cap``)
+    """
+    if band.size == 0:
+        return np.empty((0, 2), np.int64), 0, 0
+    order = np.lexsort((image, key, band))
+    band, key, image, new = band[order], key[order], image[order], new[order]
+    starts = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+    sizes = np.diff(np.r_[starts, band.size])
+    # Rank of each row inside its bucket; a row at rank j pairs with ranks [0, j) while j < cap,
+    # and with ranks [0, link) after that.
+    rank = np.arange(band.size) - np.repeat(starts, sizes)
+    partners = np.where(rank < cap, rank, min(link, cap))
+    total = int(partners.sum())
+    if total == 0:
+        return np.empty((0, 2), np.int64), int(sizes.max()), int((sizes > cap).sum())
+    left = np.repeat(np.arange(band.size), partners)
+    offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
+    right = np.repeat(np.repeat(starts, sizes), partners) + offsets
+    keep = (new[left] | new[right]) & (image[left] != image[right])
+    a, b = image[left][keep], image[right][keep]
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    # One int64 per pair for a fast unique: image ids stay far below 2**31 in one catalog...
+    if high.size and int(high.max()) < 2**31:
+        packed = np.unique((low << 32) | high)
+        pairs = np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
+    else:  # ...and when they do not, the general (slower) path.
+        pairs = np.unique(np.stack([low, high], axis=1), axis=0)
+    return pairs, int(sizes.max()), int((sizes > cap).sum())
+
+
+class NearIndexer:
+    """Signs the new images of one ingest and, at the end, finds and stores their pairs."""
+
+    def __init__(self, conn: Connection, recipes: Sequence[Recipe] = DEFAULT_RECIPES) -> None:
+        self.conn = conn
+        self.recipes = tuple(recipes)
+        self.ids = ensure_recipes(conn, self.recipes)
+        # SQLite has one writer at a time and ids only grow, so every image above this id is
+        # new in this ingest: "join the new band keys against all band keys".
+        self.max_before = conn.exec_driver_sql(
+            "SELECT COALESCE(MAX(id), 0) FROM image"
+        ).scalar_one()
+        self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
+        self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
+
+    def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
+        """Sign new images and store their signatures and band keys.
+
+        Args:
+            image_ids: int64 (n,) catalog ids of new, informative images.
+            unit: float32 (n, H, W, C) their pixels on the 0-1 scale.
+        """
+        if image_ids.size == 0:
+            return
+        for recipe in self.recipes:
+            recipe_id = self.ids[recipe.name]
+            signatures = recipe.signatures(unit)
+            keys = recipe.band_keys(signatures)
+            bulk_insert(
+                self.conn,
+                Signature.__table__,
+                ("recipe_id", "image_id", "value"),
+                [
+                    (recipe_id, int(i), s.tobytes())
+                    for i, s in zip(image_ids, signatures, strict=True)
+                ],
+                unique="recipe_id, image_id",
+            )
+            n, bands = keys.shape
+            band = np.tile(np.arange(bands, dtype=np.int64), n)
+            flat_keys = keys.reshape(-1)
+            images = np.repeat(image_ids, bands)
+            # Sorted by the primary key so SQLite appends to B-tree pages instead of splitting
+            # them at random places.
+            order = np.lexsort((flat_keys, band))
+            rows = np.stack(
+                [
+                    np.full(n * bands, recipe_id, np.int64),
+                    band[order],
+                    flat_keys[order],
+                    images[order],
+                ],
+                axis=1,
+            ).tolist()
+            bulk_insert(
+                self.conn,
+                BandKey.__table__,
+                ("recipe_id", "band", "key", "image_id"),
+                rows,
+                unique="recipe_id, band, key, image_id",
+            )
+            self._keys[recipe.name].append(keys)
+            self._images[recipe.name].append(image_ids)
+
+    def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
+        """Join the new band keys against the catalog, verify, store pairs; stats per recipe."""
+        return tuple(self._finish_recipe(recipe, on_progress) for recipe in self.recipes)
+
+    def _finish_recipe(self, recipe: Recipe, on_progress: Progress | None) -> NearStats:
+        started = time.perf_counter()
+        recipe_id = self.ids[recipe.name]
+        if not self._keys[recipe.name]:
+            return NearStats(recipe.name, 0, 0, 0, 0, 0, time.perf_counter() - started)
+        keys = np.concatenate(self._keys[recipe.name])
+        images = np.concatenate(self._images[recipe.name])
+        n, bands = keys.shape
+        band = np.tile(np.arange(bands, dtype=np.int64), n)
+        flat_keys = keys.reshape(-1)
+        flat_images = np.repeat(images, bands)
+        old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
+        pairs, largest, capped = candidate_pairs(
+            np.concatenate([band, old_band]),
+            np.concatenate([flat_keys, old_keys]),
+            np.concatenate([flat_images, old_images]),
+            np.concatenate([np.ones(flat_images.size, bool), np.zeros(old_images.size, bool)]),
+        )
+        stored = self._verify_and_store(recipe, recipe_id, pairs, on_progress)
+        return NearStats(
+            recipe=recipe.name,
+            images=n,
+            candidates=len(pairs),
+            pairs=stored,
+            largest_bucket=largest,
+            capped_buckets=capped,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _old_members(
+        self, recipe_id: int, band: np.ndarray, keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Catalogued images (before this ingest) sharing a bucket with a new image.
+
+        At most `BUCKET_CAP` per bucket (the lowest ids), the same members the guard keeps.
+        """
+        empty = np.empty(0, np.int64)
+        mark = placeholder(self.conn)
+        has_old = self.conn.exec_driver_sql(
+            f"SELECT 1 FROM signature WHERE recipe_id = {mark} AND image_id <= {mark} LIMIT 1",
+            (recipe_id, self.max_before),
+        ).first()
+        if has_old is None:
+            return empty, empty, empty
+        self.conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key "
+            "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
+        )
+        self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
+        distinct = np.unique(np.stack([band, keys], axis=1), axis=0)
+        bulk_insert(self.conn, "dsaudit_new_key", ("band", "key"), distinct.tolist())
+        rows = self.conn.exec_driver_sql(
+            f"""
+            SELECT band, key, image_id FROM (
+                SELECT k.band AS band, k.key AS key, b.image_id AS image_id,
+                       ROW_NUMBER() OVER (PARTITION BY k.band, k.key ORDER BY b.image_id) AS rank
+                FROM dsaudit_new_key k
+                JOIN band_key b ON b.recipe_id = {mark} AND b.band = k.band AND b.key = k.key
+                WHERE b.image_id <= {mark}
+            ) AS members
+            WHERE rank <= {mark}
+            """,
+            (recipe_id, self.max_before, BUCKET_CAP),
+        ).all()
+        if not rows:
+            return empty, empty, empty
+        found = np.array(rows, dtype=np.int64)
+        return found[:, 0], found[:, 1], found[:, 2]
+
+    def _signatures(self, recipe_id: int, image_ids: np.ndarray, width: int) -> np.ndarray:
+        """Stored signatures of ``image_ids`` (sorted, unique), uint8 (n, width), same order."""
+        out = np.empty((image_ids.size, width), np.uint8)
+        mark = placeholder(self.conn)
+        for start in range(0, image_ids.size, LOOKUP_BATCH):
+            batch = image_ids[start : start + LOOKUP_BATCH]
+            rows = self.conn.exec_driver_sql(
+                f"SELECT image_id, value FROM signature WHERE recipe_id = {mark} "
+                f"AND image_id IN ({', '.join([mark] * batch.size)})",
+                (recipe_id, *batch.tolist()),
+            ).all()
+            ids = np.array([r[0] for r in rows], np.int64)
+            values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
+            out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
+        return out
+
+    def _verify_and_store(
+        self, recipe: Recipe, recipe_id: int, pairs: np.ndarray, on_progress: Progress | None
+    ) -> int:
+        if pairs.size == 0:
+            return 0
+        involved = np.unique(pairs)
+        signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
+        stored = 0
+        task = f"verify {recipe.name} candidates"
+        for start in range(0, len(pairs), VERIFY_BATCH):
+            batch = pairs[start : start + VERIFY_BATCH]
+            left = signatures[np.searchsorted(involved, batch[:, 0])]
+            right = signatures[np.searchsorted(involved, batch[:, 1])]
+            distance = recipe.distances(left, right)
+            close = distance <= recipe.radius
+            rows = [
+                (recipe_id, int(a), int(b), float(d))
+                for (a, b), d in zip(batch[close].tolist(), distance[close].tolist(), strict=True)
+            ]
+            bulk_insert(
+                self.conn,
+                Pair.__table__,
+                ("recipe_id", "image_a", "image_b", "distance"),
+                rows,
+                unique="recipe_id, image_a, image_b",
+            )
+            stored += len(rows)
+            if on_progress is not None:
+                on_progress(task, len(batch), len(pairs))
+        return stored

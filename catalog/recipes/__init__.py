@@ -1,0 +1,63 @@
+"""Near-duplicate recipes: pure, vectorised signatures, LSH band keys and exact distances.
+
+Arrays in, arrays out: no I/O, no SQL. The catalog stores each recipe's `params` and
+`fingerprint`; band keys are joined in SQL and candidates verified with `Recipe.distances`.
+
+* `PIXEL` ("pixel-v1"): gray RMS difference of aligned same-shape arrays, 1032-byte signature,
+  24 bands of 24 MinHash values over a 256-bit projection code of the 8x8 image.
+* `PERCEPTUAL` ("phash256-v1"): 256-bit DCT hash, Hamming fraction, 32-byte signature, 24 bands
+  of 11 MinHash values over the hash bits.
+
+Thresholds and (bands, rows) were chosen by measurement (benchmarks/near_recall.py, results in
+benchmarks/RESULTS_near.md): each default threshold holds every planted noise, brightness,
+contrast and JPEG copy of 28x28 letters and lies far below distinct images; (b, r) is the
+cheapest pair giving about 0.99 band-join recall against brute force at that threshold while
+keeping distinct-pair collisions to tens of candidates per image at 220k images. 24 rows per
+image and recipe is the band-key budget (220k images insert 5.3M rows per recipe).
+
+Usage::
+
+    sigs = PIXEL.signatures(images)        # float32 (n, H, W, C) in [0, 1] -> uint8 (n, S)
+    keys = PIXEL.band_keys(sigs)           # int64 (n, bands), one SQL row per (band, key)
+    d = PIXEL.distances(sigs[i], sigs[j])  # float64 (m,), verify candidates exactly
+"""
+
+from __future__ import annotations
+
+from catalog.recipes.base import Recipe
+from catalog.recipes.perceptual import PerceptualRecipe
+from catalog.recipes.pixel import PixelRecipe
+
+PIXEL: Recipe = PixelRecipe(
+    name="pixel-v1", bands=24, rows=24, radius=0.1, default_threshold=0.08, seed=1
+)
+PERCEPTUAL: Recipe = PerceptualRecipe(
+    name="phash256-v1", bands=24, rows=11, radius=0.15, default_threshold=0.12, seed=1
+)
+DEFAULT_RECIPES: tuple[Recipe, ...] = (PIXEL, PERCEPTUAL)
+
+_BY_NAME = {recipe.name: recipe for recipe in DEFAULT_RECIPES}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The built-in recipe called ``name``.
+
+    Raises:
+        ValueError: if no recipe has that name.
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(sorted(_BY_NAME))
+        raise ValueError(f"unknown recipe '{name}'; known: {known}") from None
+
+
+__all__ = [
+    "DEFAULT_RECIPES",
+    "PERCEPTUAL",
+    "PIXEL",
+    "PerceptualRecipe",
+    "PixelRecipe",
+    "Recipe",
+    "get_recipe",
+]

@@ -1,0 +1,222 @@
+"""Near duplicates in the catalog: band keys stored, joined, verified, guarded, and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catalog import api, synth
+from catalog.db import open_catalog, writing
+from catalog.errors import InputError, NotFoundError, SchemaError
+from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
+from catalog.recipes import DEFAULT_RECIPES, PERCEPTUAL, PIXEL
+from cli.app import app
+
+
+@pytest.fixture(scope="module")
+def letters() -> tuple[np.ndarray, np.ndarray]:
+    return synth.render_letters(400, np.random.default_rng(3))
+
+
+def _count(db: str, sql: str) -> int:
+    return api.run_sql(db, sql).rows[0][0]
+
+
+def test_near_copies_across_splits_are_found_and_verified(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, labels = letters
+    train, test = images[:300], images[300:].copy()
+    # Five test items are lightly noised copies of train items: not exact, but near.
+    rng = np.random.default_rng(0)
+    test[:5] = synth.gaussian_noise(train[:5], 0.02, rng)
+    db = str(tmp_path / "c.db")
+    result = api.ingest(db, "l", "v1", {"train": (train, labels[:300]), "test": test})
+    assert {s.recipe for s in result.near} == {r.name for r in DEFAULT_RECIPES}
+    report = api.overlap(db, ["l"])
+    assert report.pair("l@v1:test", "l@v1:train").items == 0
+    for tier in report.near:
+        assert tier.pair("l@v1:test", "l@v1:train").items >= 5, tier.recipe
+    pixel = next(t for t in report.near if t.recipe == PIXEL.name)
+    # Every stored pair's distance was verified on the signatures, within the radius.
+    assert _count(db, f"SELECT COUNT(*) FROM v_near_pair WHERE distance > {PIXEL.radius}") == 0
+    rows = api.run_sql(
+        db,
+        "SELECT position_a, position_b, distance FROM v_near_overlap "
+        f"WHERE recipe = '{PIXEL.name}' AND split_a = 'test' AND split_b = 'train' "
+        f"AND distance <= {pixel.threshold}",
+    ).rows
+    assert {(a, b) for a, b, _d in rows} >= {(i, i) for i in range(5)}
+    for a, b, distance in rows:
+        rms = np.sqrt(np.mean((test[a] / 255.0 - train[b] / 255.0) ** 2))
+        assert distance == pytest.approx(rms, abs=1 / 255)
+
+
+def test_second_version_joins_only_new_images_against_the_catalog(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "l", "v1", {"train": images[:300]})
+    signed = _count(db, "SELECT COUNT(*) FROM signature")
+    brighter = synth.brightness(images[:3], 0.03)
+    second = api.ingest(db, "l", "v2", {"train": images[:300], "test": brighter})
+    # Only the three new images were signed; the 300 known ones cost a lookup each.
+    assert all(s.images == 3 for s in second.near)
+    assert _count(db, "SELECT COUNT(*) FROM signature") == signed + 3 * len(DEFAULT_RECIPES)
+    report = api.overlap(db, ["l@v1:train", "l@v2:test"])
+    pixel = next(t for t in report.near if t.recipe == PIXEL.name)
+    assert pixel.pair("l@v2:test", "l@v1:train").items == 3
+
+
+def test_low_information_images_stay_out_of_the_band_join(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    blank = np.zeros((4, 28, 28), np.uint8)
+    blank[1] = 1
+    blank[2] = 2
+    blank[3, 0, 0] = 3
+    db = str(tmp_path / "c.db")
+    result = api.ingest(db, "l", "v1", {"train": np.concatenate([images[:20], blank])})
+    assert result.splits[0].low_info_items == 4
+    assert all(s.images == 20 for s in result.near)
+    low_signed = _count(
+        db,
+        "SELECT COUNT(*) FROM signature s JOIN image i ON i.id = s.image_id WHERE i.low_info",
+    )
+    assert low_signed == 0
+
+
+def test_the_bucket_guard_bounds_candidates_linearly() -> None:
+    # The worst case: thousands of images sharing every band key (near-identical images).
+    members, bands = 5000, 24
+    band = np.repeat(np.arange(bands), members)
+    key = np.full(band.size, 42, np.int64)
+    image = np.tile(np.arange(members, dtype=np.int64), bands)
+    new = np.ones(band.size, bool)
+    pairs, largest, capped = candidate_pairs(band, key, image, new)
+    unguarded = members * (members - 1) // 2
+    bound = BUCKET_CAP * (BUCKET_CAP - 1) // 2 + (members - BUCKET_CAP) * BUCKET_LINK
+    assert largest == members and capped == bands
+    assert len(pairs) <= bound < unguarded // 100
+    # Every member is still connected to the first ones, so the group stays whole.
+    assert set(np.unique(pairs)) == set(range(members))
+
+
+def test_candidate_pairs_equal_a_naive_loop_on_small_buckets() -> None:
+    rng = np.random.default_rng(1)
+    band = rng.integers(0, 3, 300)
+    key = rng.integers(0, 20, 300)
+    image = rng.integers(0, 60, 300)
+    new = rng.random(300) < 0.3
+    pairs, _largest, _capped = candidate_pairs(band, key, image, new, cap=10**6)
+    expected = set()
+    for i in range(300):
+        for j in range(300):
+            if (
+                (band[i], key[i]) == (band[j], key[j])
+                and image[i] != image[j]
+                and (new[i] or new[j])
+            ):
+                expected.add((min(image[i], image[j]), max(image[i], image[j])))
+    assert {tuple(p) for p in pairs.tolist()} == expected
+
+
+def test_a_recipe_with_other_parameters_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
+    with writing(engine) as conn:
+        ensure_recipes(conn, DEFAULT_RECIPES)
+        conn.exec_driver_sql("UPDATE recipe SET fingerprint = 'f00d' WHERE name = 'pixel-v1'")
+    with pytest.raises(SchemaError, match="pixel-v1 has fingerprint f00d"), writing(engine) as conn:
+        ensure_recipes(conn, DEFAULT_RECIPES)
+
+
+def test_threshold_and_recipe_errors(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "l", "v1", {"train": letters[0][:10]})
+    with pytest.raises(InputError, match="one recipe"):
+        api.overlap(db, ["l"], threshold=0.05)
+    with pytest.raises(InputError, match="radius"):
+        api.overlap(db, ["l"], recipes=[PIXEL.name], threshold=0.9)
+    with pytest.raises(NotFoundError, match="recipe 'nope'"):
+        api.overlap(db, ["l"], recipes=["nope"])
+    assert api.overlap(db, ["l"], recipes=[]).near == ()
+
+
+def test_dups_joins_exact_and_near_copies_and_shows_chaining(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    base = images[0]
+    # A chain: each step is within the threshold of the previous, the ends are further apart.
+    chain = np.stack([synth.brightness(base[None], 0.03 * k)[0] for k in range(4)])
+    train = np.concatenate([chain, chain[:1], images[10:60]])
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "l", "v1", {"train": train})
+    report = api.duplicate_groups(db, ["l"], recipe=PIXEL.name, threshold=0.05)
+    assert report.groups_total >= 1
+    group = report.groups[0]
+    assert group.items >= 5 and group.images >= 4
+    assert group.max_distance > 0.05  # the chain's ends are further apart than the threshold
+    exact = api.duplicate_groups(db, ["l"], exact_only=True)
+    assert exact.groups_total == 1 and exact.groups[0].items == 2
+
+
+def test_recipes_listing_explains_the_threshold(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "l", "v1", {"train": letters[0][:20]})
+    listing = {r.name: r for r in api.list_recipes(db)}
+    assert set(listing) == {PIXEL.name, PERCEPTUAL.name}
+    pixel = listing[PIXEL.name]
+    assert pixel.images == 20 and pixel.fingerprint == PIXEL.fingerprint()
+    probabilities = dict(pixel.candidate_probability)
+    assert probabilities[0.0] == pytest.approx(1.0)
+    assert probabilities[pixel.default_threshold] == pytest.approx(
+        PIXEL.candidate_probability(pixel.default_threshold)
+    )
+
+
+def test_cli_near_outputs(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    images, _labels = letters
+    test = synth.jpeg(images[:4], 75)
+    np.savez(tmp_path / "d.npz", x_train=images[:100], x_test=test)
+    db = str(tmp_path / "c.db")
+    assert (
+        runner.invoke(app, ["--db", db, "ingest", "l", "v1", str(tmp_path / "d.npz")]).exit_code
+        == 0
+    )
+    result = runner.invoke(app, ["--db", db, "overlap", "l", "--json"])
+    data = json.loads(result.stdout)
+    near = {tier["recipe"]: tier for tier in data["near"]}
+    assert set(near) == {PIXEL.name, PERCEPTUAL.name}
+    pairs = {(p["a"], p["b"]): p["items"] for p in near[PIXEL.name]["pairs"]}
+    assert pairs[("l@v1:test", "l@v1:train")] == 4
+    assert "Near leakage" in runner.invoke(app, ["--db", db, "overlap", "l"]).stdout
+    exact = json.loads(runner.invoke(app, ["--db", db, "overlap", "l", "--exact", "--json"]).stdout)
+    assert exact["near"] == []
+    recipes = runner.invoke(app, ["--db", db, "recipes"])
+    assert recipes.exit_code == 0 and "default threshold" in recipes.stdout
+    dups = json.loads(runner.invoke(app, ["--db", db, "dups", "l", "--json"]).stdout)
+    assert dups["schema"] == "dsaudit.dups/1"
+    bad = runner.invoke(app, ["--db", db, "overlap", "l", "--threshold", "0.05"])
+    assert bad.exit_code == 2 and "one recipe" in bad.stderr
+    fast = runner.invoke(
+        app, ["--db", db, "ingest", "l", "v2", str(tmp_path / "d.npz"), "--exact-only"]
+    )
+    assert fast.exit_code == 0
+
+
+def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT image_id FROM band_key "
+                "WHERE recipe_id = 1 AND band = 3 AND key = 42"
+            )
+        )
+    assert "USING PRIMARY KEY" in plan or "USING COVERING INDEX" in plan, plan
+
+
+def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:
+    engine = open_catalog(str(tmp_path / "c.db"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM recipe").scalar_one() == 0
+    engine.dispose()
