@@ -16,6 +16,7 @@ connected, so duplicate groups (connected components) are still whole.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -162,7 +163,7 @@ class NearIndexer:
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
-        """Sign new images and store their signatures and band keys.
+        """Sign new images, store their signatures, keep their band keys for `finish`.
 
         Args:
             image_ids: int64 (n,) catalog ids of new, informative images.
@@ -184,34 +185,33 @@ class NearIndexer:
                 ],
                 unique="recipe_id, image_id",
             )
-            n, bands = keys.shape
-            band = np.tile(np.arange(bands, dtype=np.int64), n)
-            flat_keys = keys.reshape(-1)
-            images = np.repeat(image_ids, bands)
-            # Sorted by the primary key so SQLite appends to B-tree pages instead of splitting
-            # them at random places.
-            order = np.lexsort((flat_keys, band))
-            rows = np.stack(
-                [
-                    np.full(n * bands, recipe_id, np.int64),
-                    band[order],
-                    flat_keys[order],
-                    images[order],
-                ],
-                axis=1,
-            ).tolist()
-            bulk_insert(
-                self.conn,
-                BandKey.__table__,
-                ("recipe_id", "band", "key", "image_id"),
-                rows,
-                unique="recipe_id, band, key, image_id",
-            )
             self._keys[recipe.name].append(keys)
             self._images[recipe.name].append(image_ids)
 
+    def _store_band_keys(
+        self, recipe_id: int, band: np.ndarray, keys: np.ndarray, images: np.ndarray
+    ) -> None:
+        # Once, after the last chunk, in primary-key order, so each B-tree page is written
+        # once, in order, rather than split at random places chunk after chunk.
+        order = np.lexsort((images, keys, band))
+        # zip over 1-D lists builds each row in C; a 2-D .tolist() cost 2x as much.
+        rows = zip(
+            itertools.repeat(recipe_id),
+            band[order].tolist(),
+            keys[order].tolist(),
+            images[order].tolist(),
+            strict=False,
+        )
+        bulk_insert(
+            self.conn,
+            BandKey.__table__,
+            ("recipe_id", "band", "key", "image_id"),
+            rows,
+            unique="recipe_id, band, key, image_id",
+        )
+
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
-        """Join the new band keys against the catalog, verify, store pairs; stats per recipe."""
+        """Store the new band keys, join them against the catalog, verify, store pairs."""
         return tuple(self._finish_recipe(recipe, on_progress) for recipe in self.recipes)
 
     def _finish_recipe(self, recipe: Recipe, on_progress: Progress | None) -> NearStats:
@@ -226,6 +226,7 @@ class NearIndexer:
         flat_keys = keys.reshape(-1)
         flat_images = np.repeat(images, bands)
         old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
+        self._store_band_keys(recipe_id, band, flat_keys, flat_images)
         pairs, largest, capped = candidate_pairs(
             np.concatenate([band, old_band]),
             np.concatenate([flat_keys, old_keys]),

@@ -164,16 +164,19 @@ class Signature(Base):
 class BandKey(Base):
     """One LSH band key of one image: images sharing (recipe, band, key) are candidates.
 
-    The primary key is the join's index: finding a bucket's members is a range scan.
+    The primary key is the join's index: finding a bucket's members is a range scan. This is
+    derived data (recomputable from the signatures) and by far the largest table, so it has no
+    foreign keys: checking two parents per row made its inserts 1.7x slower (3.4M rows: 5.6 s
+    against 3.3 s). Rows are only ever written with their image and recipe, in one transaction.
     """
 
     __tablename__ = "band_key"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
-    recipe_id: Mapped[int] = mapped_column(BigId, ForeignKey("recipe.id"), primary_key=True)
+    recipe_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     band: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("image.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(BigId, primary_key=True)
 
 
 class Pair(Base):
