@@ -225,15 +225,20 @@ class NearIndexer:
         band = np.tile(np.arange(bands, dtype=np.int64), n)
         flat_keys = keys.reshape(-1)
         flat_images = np.repeat(images, bands)
+        task = f"{recipe.name}: store band keys, join, verify"
+        step = on_progress or (lambda _task, _advance, _total: None)
         old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
         self._store_band_keys(recipe_id, band, flat_keys, flat_images)
+        step(task, 1, 3)
         pairs, largest, capped = candidate_pairs(
             np.concatenate([band, old_band]),
             np.concatenate([flat_keys, old_keys]),
             np.concatenate([flat_images, old_images]),
             np.concatenate([np.ones(flat_images.size, bool), np.zeros(old_images.size, bool)]),
         )
-        stored = self._verify_and_store(recipe, recipe_id, pairs, on_progress)
+        step(task, 1, 3)
+        stored = self._verify_and_store(recipe, recipe_id, pairs)
+        step(task, 1, 3)
         return NearStats(
             recipe=recipe.name,
             images=n,
@@ -300,15 +305,12 @@ class NearIndexer:
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
 
-    def _verify_and_store(
-        self, recipe: Recipe, recipe_id: int, pairs: np.ndarray, on_progress: Progress | None
-    ) -> int:
+    def _verify_and_store(self, recipe: Recipe, recipe_id: int, pairs: np.ndarray) -> int:
         if pairs.size == 0:
             return 0
         involved = np.unique(pairs)
         signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
         stored = 0
-        task = f"verify {recipe.name} candidates"
         for start in range(0, len(pairs), VERIFY_BATCH):
             batch = pairs[start : start + VERIFY_BATCH]
             left = signatures[np.searchsorted(involved, batch[:, 0])]
@@ -327,6 +329,4 @@ class NearIndexer:
                 unique="recipe_id, image_a, image_b",
             )
             stored += len(rows)
-            if on_progress is not None:
-                on_progress(task, len(batch), len(pairs))
         return stored
