@@ -320,11 +320,14 @@ def overlap(
     )
 
 
-def _conflict_details(
-    conn: Connection, image_ids: list[int], splits: dict[int, SplitInfo], limit: int
-) -> tuple[LabelConflict, ...]:
-    if not image_ids or limit <= 0:
-        return ()
+def _items_of(
+    conn: Connection, image_ids: Sequence[int], splits: dict[int, SplitInfo]
+) -> dict[int, tuple[str, list[ItemRef]]]:
+    """The items of these images inside these splits, with provenance.
+
+    Returns:
+        image id -> (hex digest, its items in split and position order)
+    """
     item, image, source = Item.__table__, Image.__table__, Source.__table__
     rows = conn.execute(
         select(
@@ -339,12 +342,13 @@ def _conflict_details(
         )
         .join(image, image.c.id == item.c.image_id)
         .join(source, source.c.id == item.c.source_id)
-        .where(item.c.image_id.in_(image_ids), item.c.split_id.in_(list(splits)))
-        .order_by(image.c.digest, item.c.split_id, item.c.position)
+        .where(item.c.image_id.in_(list(image_ids)), item.c.split_id.in_(list(splits)))
+        .order_by(item.c.split_id, item.c.position)
     ).all()
-    grouped: dict[bytes, list[ItemRef]] = defaultdict(list)
+    found: dict[int, tuple[str, list[ItemRef]]] = {}
     for row in rows:
-        grouped[bytes(row.digest)].append(
+        _digest, refs = found.setdefault(row.id, (bytes(row.digest).hex(), []))
+        refs.append(
             ItemRef(
                 split=splits[row.split_id].ref,
                 position=row.position,
@@ -354,11 +358,32 @@ def _conflict_details(
                 source_row=row.source_row,
             )
         )
+    return found
+
+
+def _conflict_details(
+    conn: Connection, image_ids: list[int], splits: dict[int, SplitInfo], limit: int
+) -> tuple[LabelConflict, ...]:
+    """The first ``limit`` conflicting images in digest order, with every item's provenance."""
+    if not image_ids or limit <= 0:
+        return ()
+    image = Image.__table__
+    first = (
+        conn.execute(
+            select(image.c.id)
+            .where(image.c.id.in_(image_ids))
+            .order_by(image.c.digest)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    details = _items_of(conn, first, splits)
     conflicts = []
-    for digest in sorted(grouped)[:limit]:
-        items = grouped[digest]
+    for image_id in first:
+        digest, items = details[image_id]
         labels = tuple(sorted({i.label for i in items if i.label is not None}))
-        conflicts.append(LabelConflict(digest=digest.hex(), labels=labels, items=tuple(items)))
+        conflicts.append(LabelConflict(digest=digest, labels=labels, items=tuple(items)))
     return tuple(conflicts)
 
 
@@ -546,92 +571,43 @@ def duplicate_groups(
     if not exact_only:
         candidates = select_recipes(conn, [recipe] if recipe else None, threshold)
         chosen = candidates[0] if candidates else None
-    groups: list[tuple[SplitInfo, np.ndarray, int]] = []
+    # (items, split, member image ids) of every group of every split.
+    groups: list[tuple[int, SplitInfo, np.ndarray]] = []
     for split in splits:
-        exact = np.array(
-            conn.exec_driver_sql(
-                "SELECT image_id FROM item WHERE split_id = ? GROUP BY image_id HAVING COUNT(*) > 1"
-                if conn.dialect.paramstyle == "qmark"
-                else "SELECT image_id FROM item WHERE split_id = %s GROUP BY image_id "
-                "HAVING COUNT(*) > 1",
-                (split.split_id,),
-            )
-            .scalars()
-            .all(),
-            dtype=np.int64,
-        )
+        copies = dict(conn.execute(_EXACT_GROUPS_SQL, {"split": split.split_id}).all())
         edges = np.empty((0, 2), np.int64)
         if chosen is not None:
-            edges = np.array(
-                conn.execute(
-                    text(
-                        """
-                        SELECT p.image_a, p.image_b FROM pair p
-                        WHERE p.recipe_id = :recipe AND p.distance <= :t
-                          AND EXISTS (SELECT 1 FROM item i
-                                      WHERE i.image_id = p.image_a AND i.split_id = :split)
-                          AND EXISTS (SELECT 1 FROM item i
-                                      WHERE i.image_id = p.image_b AND i.split_id = :split)
-                        """
-                    ),
-                    {"recipe": chosen[0], "t": chosen[2], "split": split.split_id},
-                ).all(),
-                dtype=np.int64,
-            ).reshape(-1, 2)
+            found = conn.execute(
+                _NEAR_EDGES_SQL, {"recipe": chosen[0], "t": chosen[2], "split": split.split_id}
+            ).all()
+            edges = np.array(found, dtype=np.int64).reshape(-1, 2)
+        exact = np.array(sorted(copies), dtype=np.int64)
         nodes = np.unique(np.concatenate([exact, edges.reshape(-1)]))
         if nodes.size == 0:
             continue
+        items = np.array([copies.get(n, 1) for n in nodes.tolist()], dtype=np.int64)
         labels = _components(edges, nodes)
-        for component in np.unique(labels):
-            members = nodes[labels == component]
-            if members.size > 1 or np.isin(members, exact).any():
-                groups.append((split, members, int(component)))
-    details = []
-    item, image, source = Item.__table__, Image.__table__, Source.__table__
+        sizes = np.bincount(labels)
+        totals = np.bincount(labels, weights=items).astype(np.int64)
+        for component in np.flatnonzero((sizes > 1) | (totals > 1)):
+            groups.append((int(totals[component]), split, nodes[labels == component]))
+    groups.sort(key=lambda g: (-g[0], -g[2].size, g[1].split_id, int(g[2][0])))
     resolved = get_recipe(chosen[1]) if chosen is not None else None
-    sized = []
-    for split, members, _component in groups:
-        count = conn.execute(
-            select(func.count()).where(
-                item.c.split_id == split.split_id, item.c.image_id.in_(members.tolist())
-            )
-        ).scalar_one()
-        sized.append((count, split, members))
-    sized.sort(key=lambda g: (-g[0], -g[2].size, g[1].split_id, int(g[2][0])))
-    for count, split, members in sized[:limit]:
-        rows = conn.execute(
-            select(
-                image.c.id,
-                image.c.digest,
-                item.c.position,
-                item.c.label,
-                source.c.path,
-                item.c.source_key,
-                item.c.source_row,
-            )
-            .join(image, image.c.id == item.c.image_id)
-            .join(source, source.c.id == item.c.source_id)
-            .where(item.c.split_id == split.split_id, item.c.image_id.in_(members.tolist()))
-            .order_by(item.c.image_id, item.c.position)
-        ).all()
-        by_image: dict[int, list] = defaultdict(list)
-        digests: dict[int, str] = {}
-        for r in rows:
-            digests[r.id] = bytes(r.digest).hex()
-            by_image[r.id].append(
-                ItemRef(split.ref, r.position, r.label, r.path, r.source_key, r.source_row)
-            )
+    shown = []
+    for total, split, members in groups[:limit]:
+        provenance = _items_of(conn, members.tolist(), {split.split_id: split})
         max_distance = 0.0
         if chosen is not None and resolved is not None and members.size > 1:
             max_distance = _diameter(conn, chosen[0], resolved, members)
-        details.append(
+        shown.append(
             DuplicateGroup(
                 split=split.ref,
                 images=int(members.size),
-                items=int(count),
+                items=total,
                 max_distance=max_distance,
                 members=tuple(
-                    GroupMember(digests[i], tuple(by_image[i])) for i in members.tolist()
+                    GroupMember(provenance[i][0], tuple(provenance[i][1]))
+                    for i in members.tolist()
                 ),
             )
         )
@@ -639,10 +615,23 @@ def duplicate_groups(
         recipe=chosen[1] if chosen else None,
         threshold=chosen[2] if chosen else None,
         groups_total=len(groups),
-        groups=tuple(details),
+        groups=tuple(shown),
     )
 
 
+_EXACT_GROUPS_SQL = text(
+    "SELECT image_id, COUNT(*) FROM item WHERE split_id = :split "
+    "GROUP BY image_id HAVING COUNT(*) > 1"
+)
+
+_NEAR_EDGES_SQL = text(
+    """
+    SELECT p.image_a, p.image_b FROM pair p
+    WHERE p.recipe_id = :recipe AND p.distance <= :t
+      AND EXISTS (SELECT 1 FROM item i WHERE i.image_id = p.image_a AND i.split_id = :split)
+      AND EXISTS (SELECT 1 FROM item i WHERE i.image_id = p.image_b AND i.split_id = :split)
+    """
+)
 _DIAMETER_MEMBERS = 64
 
 
