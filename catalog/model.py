@@ -112,6 +112,15 @@ class LabelConflict:
 
 
 @dataclass(frozen=True)
+class NearConflict:
+    """Two images within a recipe's threshold whose items carry different labels."""
+
+    distance: float
+    a: tuple[ItemRef, ...]
+    b: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True)
 class NearTier:
     """Near overlap under one recipe: items of ``a`` with no exact copy in ``b`` but a near copy
     there (verified distance <= ``threshold``)."""
@@ -121,6 +130,8 @@ class NearTier:
     pairs: tuple[PairOverlap, ...]
     conflict_images: int
     """Images whose near copies (among the audited splits) carry another label."""
+    conflicts: tuple[NearConflict, ...] = ()
+    """The closest such pairs, at most the query's ``limit``."""
 
     def pair(self, a: str, b: str) -> PairOverlap:
         for pair in self.pairs:

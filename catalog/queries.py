@@ -23,6 +23,7 @@ from catalog.model import (
     ItemRef,
     LabelConflict,
     Listing,
+    NearConflict,
     NearTier,
     OverlapReport,
     PairOverlap,
@@ -314,7 +315,7 @@ def overlap(
         conflict_items=conflict_items,
         conflicts=_conflict_details(conn, detail_ids, by_id, limit),
         near=tuple(
-            _near_tier(conn, splits, recipe_id, name, t)
+            _near_tier(conn, splits, recipe_id, name, t, limit)
             for recipe_id, name, t in select_recipes(conn, recipes, threshold)
         ),
     )
@@ -467,8 +468,28 @@ _NEAR_CONFLICTS_SQL = text(
 ).bindparams(bindparam("splits", expanding=True))
 
 
+_NEAR_CONFLICT_PAIRS_SQL = text(
+    """
+    SELECT p.image_a, p.image_b, p.distance FROM pair p
+    WHERE p.recipe_id = :recipe AND p.distance <= :t
+      AND EXISTS (
+          SELECT 1 FROM item a JOIN item b ON b.image_id = p.image_b
+          WHERE a.image_id = p.image_a AND a.split_id IN :splits AND b.split_id IN :splits
+            AND a.label IS NOT NULL AND b.label IS NOT NULL AND a.label <> b.label
+      )
+    ORDER BY p.distance, p.image_a, p.image_b
+    LIMIT :limit
+    """
+).bindparams(bindparam("splits", expanding=True))
+
+
 def _near_tier(
-    conn: Connection, splits: Sequence[SplitInfo], recipe_id: int, name: str, threshold: float
+    conn: Connection,
+    splits: Sequence[SplitInfo],
+    recipe_id: int,
+    name: str,
+    threshold: float,
+    limit: int,
 ) -> NearTier:
     ids = [s.split_id for s in splits]
     params = {"splits": ids, "recipe": recipe_id, "t": threshold}
@@ -483,8 +504,20 @@ def _near_tier(
             items, images = counts.get((sa.split_id, sb.split_id), (0, 0))
             rate = items / sa.items if sa.items else 0.0
             pairs.append(PairOverlap(a=sa.ref, b=sb.ref, items=items, images=images, rate=rate))
-    conflicts = conn.execute(_NEAR_CONFLICTS_SQL, params).scalar_one()
-    return NearTier(recipe=name, threshold=threshold, pairs=tuple(pairs), conflict_images=conflicts)
+    conflict_images = conn.execute(_NEAR_CONFLICTS_SQL, params).scalar_one()
+    closest = conn.execute(_NEAR_CONFLICT_PAIRS_SQL, {**params, "limit": limit}).all()
+    by_id = {s.split_id: s for s in splits}
+    items = _items_of(conn, sorted({i for a, b, _d in closest for i in (a, b)}), by_id)
+    return NearTier(
+        recipe=name,
+        threshold=threshold,
+        pairs=tuple(pairs),
+        conflict_images=conflict_images,
+        conflicts=tuple(
+            NearConflict(distance=d, a=tuple(items[a][1]), b=tuple(items[b][1]))
+            for a, b, d in closest
+        ),
+    )
 
 
 def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
@@ -606,8 +639,7 @@ def duplicate_groups(
                 items=total,
                 max_distance=max_distance,
                 members=tuple(
-                    GroupMember(provenance[i][0], tuple(provenance[i][1]))
-                    for i in members.tolist()
+                    GroupMember(provenance[i][0], tuple(provenance[i][1])) for i in members.tolist()
                 ),
             )
         )

@@ -170,12 +170,29 @@ def near_matrix(report: OverlapReport, tier: NearTier) -> RenderableType:
         report.splits,
         tier.pair,
     )
-    if tier.conflict_images:
-        table.caption = (
-            f"{tier.conflict_images:,} images have a near copy with another label "
-            f"(dsaudit dups shows them)"
+    if not tier.conflict_images:
+        return table
+    conflicts = _table(
+        f"Near label conflicts ({tier.recipe}): {tier.conflict_images:,} images have a near "
+        "copy with another label; the closest:",
+        ("distance", "right"),
+        ("item", "left"),
+        ("label", "left"),
+        ("near copy", "left"),
+        ("label", "left"),
+    )
+    for conflict in tier.conflicts:
+        a, b = conflict.a[0], conflict.b[0]
+        conflicts.add_row(
+            f"{conflict.distance:.3f}",
+            f"{a.split}#{a.position}"
+            + (f" (+{len(conflict.a) - 1})" if len(conflict.a) > 1 else ""),
+            a.label or "",
+            f"{b.split}#{b.position}"
+            + (f" (+{len(conflict.b) - 1})" if len(conflict.b) > 1 else ""),
+            b.label or "",
         )
-    return table
+    return Group(table, conflicts)
 
 
 def label_conflicts(report: OverlapReport) -> RenderableType:

@@ -220,3 +220,23 @@ def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM recipe").scalar_one() == 0
     engine.dispose()
+
+
+def test_near_copies_with_another_label_are_conflicts(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    train = images[:50]
+    test = synth.gaussian_noise(images[:3], 0.02, np.random.default_rng(4))
+    train_labels = np.array(["A"] * 50)
+    test_labels = np.array(["A", "B", "A"])  # the second near copy says B
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "l", "v1", {"train": (train, train_labels), "test": (test, test_labels)})
+    report = api.overlap(db, ["l"])
+    assert report.conflict_images == 0  # no exact image carries two labels
+    for tier in report.near:
+        assert tier.conflict_images == 2, tier.recipe  # test#1 and train#1, each way
+        (conflict,) = tier.conflicts
+        assert {conflict.a[0].label, conflict.b[0].label} == {"A", "B"}
+        assert {(r.split, r.position) for r in conflict.a + conflict.b} == {
+            ("l@v1:train", 1),
+            ("l@v1:test", 1),
+        }
