@@ -134,10 +134,14 @@ def _parent_id(conn: Connection, dataset_id: int, dataset: str, parent: str | No
     ).scalar_one_or_none()
 
 
-def observed_range(images: ImageArray, rows: int) -> tuple[float, float]:
+def observed_range(
+    images: ImageArray, rows: int, on_chunk: Callable[[int], None] | None = None
+) -> tuple[float, float]:
     """(min, max) over every finite pixel of the array, read chunk by chunk."""
     low, high = np.inf, -np.inf
     for chunk in images.chunks(rows):
+        if on_chunk is not None:
+            on_chunk(len(chunk))
         finite = chunk[np.isfinite(chunk)] if chunk.dtype.kind == "f" else chunk
         if finite.size:
             low = min(low, float(finite.min()))
@@ -240,13 +244,17 @@ def ingest(
             ).scalar_one()
 
     indexer = NearIndexer(conn, recipes) if recipes else None
-    done = [
-        _ingest_split(
-            conn, version_id, split, source_ids[split.source.path], indexer, report, chunk_bytes
-        )
-        for split in splits
-    ]
-    near = indexer.finish(report) if indexer is not None else ()
+    try:
+        done = [
+            _ingest_split(
+                conn, version_id, split, source_ids[split.source.path], indexer, report, chunk_bytes
+            )
+            for split in splits
+        ]
+        near = indexer.finish(report) if indexer is not None else ()
+    finally:
+        if indexer is not None:
+            indexer.close()
     return IngestResult(
         dataset=dataset,
         version=version,
@@ -276,7 +284,11 @@ def _ingest_split(
     task = f"{split.name} ({split.source.path.rsplit('/', 1)[-1]}:{split.key})"
     scale: tuple[float, float] = value_range(split.images.dtype)
     if needs_observed_range(split.images.dtype):
-        scale = value_range(split.images.dtype, observed_range(split.images, rows))
+        # Floats have no intrinsic scale: one read of the array finds it (value_range).
+        observed = observed_range(
+            split.images, rows, lambda n: report(f"{task}: value range", n, total)
+        )
+        scale = value_range(split.images.dtype, observed)
 
     position = 0
     new_images = low_items = 0

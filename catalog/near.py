@@ -19,7 +19,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,8 @@ BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
 BUCKET_LINK = 8
 """How many of a big bucket's first members each later member is compared with."""
+MAX_PENDING = 2
+"""Chunks whose signing may be under way at once (each holds its pixels: the memory bound)."""
 VERIFY_BATCH = 200_000
 """Candidate pairs verified per numpy call (memory bound: 2 x batch x signature bytes)."""
 LOOKUP_BATCH = 5000
@@ -161,9 +165,18 @@ class NearIndexer:
         ).scalar_one()
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-sign")
+        self._pending: deque[tuple[Future[list[tuple[np.ndarray, np.ndarray]]], np.ndarray]] = (
+            deque()
+        )
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
-        """Sign new images, store their signatures, keep their band keys for `finish`.
+        """Sign new images (in a worker thread), store their signatures, keep their band keys.
+
+        The hashing is numpy work that releases the GIL, so it runs in one worker thread while
+        this thread goes on reading, digesting and inserting the next chunk; results are stored
+        here, on the caller's connection, in submission order. At most `MAX_PENDING` chunks
+        wait, which keeps memory bounded.
 
         Args:
             image_ids: int64 (n,) catalog ids of new, informative images.
@@ -171,22 +184,44 @@ class NearIndexer:
         """
         if image_ids.size == 0:
             return
+        self._pending.append((self._pool.submit(self._sign, unit), image_ids))
+        self._drain(wait=False)
+
+    def _sign(self, unit: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(signatures, band keys) of a chunk under every recipe; pure, runs in the worker."""
+        out = []
         for recipe in self.recipes:
-            recipe_id = self.ids[recipe.name]
             signatures = recipe.signatures(unit)
-            keys = recipe.band_keys(signatures)
-            bulk_insert(
-                self.conn,
-                Signature.__table__,
-                ("recipe_id", "image_id", "value"),
-                [
-                    (recipe_id, int(i), s.tobytes())
-                    for i, s in zip(image_ids, signatures, strict=True)
-                ],
-                unique="recipe_id, image_id",
-            )
-            self._keys[recipe.name].append(keys)
-            self._images[recipe.name].append(image_ids)
+            out.append((signatures, recipe.band_keys(signatures)))
+        return out
+
+    def _drain(self, *, wait: bool) -> None:
+        """Store finished signing jobs, oldest first; with ``wait``, all of them."""
+        while self._pending and (
+            wait or self._pending[0][0].done() or len(self._pending) > MAX_PENDING
+        ):
+            future, image_ids = self._pending.popleft()
+            for recipe, (signatures, keys) in zip(self.recipes, future.result(), strict=True):
+                recipe_id = self.ids[recipe.name]
+                bulk_insert(
+                    self.conn,
+                    Signature.__table__,
+                    ("recipe_id", "image_id", "value"),
+                    [
+                        (recipe_id, int(i), s.tobytes())
+                        for i, s in zip(image_ids, signatures, strict=True)
+                    ],
+                    unique="recipe_id, image_id",
+                )
+                self._keys[recipe.name].append(keys)
+                self._images[recipe.name].append(image_ids)
+
+    def close(self) -> None:
+        """Stop the worker; pending jobs are dropped (the caller's transaction rolls back)."""
+        for future, _ids in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
 
     def _store_band_keys(
         self, recipe_id: int, band: np.ndarray, keys: np.ndarray, images: np.ndarray
@@ -212,6 +247,8 @@ class NearIndexer:
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs."""
+        self._drain(wait=True)
+        self.close()
         return tuple(self._finish_recipe(recipe, on_progress) for recipe in self.recipes)
 
     def _finish_recipe(self, recipe: Recipe, on_progress: Progress | None) -> NearStats:
