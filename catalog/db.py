@@ -222,6 +222,6 @@ def bulk_insert(
         statement += f" ON CONFLICT ({unique}) DO NOTHING"
     cursor = conn.connection.cursor()
     try:
-        cursor.executemany(statement, rows)
+        cursor.executemany(statement, rows)  # type: ignore[arg-type]  # any iterable works
     finally:
         cursor.close()

@@ -656,7 +656,7 @@ def write_npz(demo: Demo, directory: Path) -> dict[str, Path]:
             arrays[f"{split}_dataset"] = images
             arrays[f"{split}_labels"] = labels
         path = directory / f"notmnist_{tag}.npz"
-        np.savez(path, **arrays)
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         paths[tag] = path
     return paths
 

@@ -30,7 +30,7 @@ from catalog.pixels import (
     value_range,
 )
 from catalog.recipes import DEFAULT_RECIPES, Recipe
-from catalog.schema import Dataset, Image, Item, Source, Split, Version
+from catalog.schema import Dataset, Image, Item, Source, Split, Version, core_table
 
 ProgressCallback = Callable[[str, int, int], None]
 """``on_progress(task, advance, total)``: ``advance`` more units of ``task`` (of ``total``) done."""
@@ -110,13 +110,13 @@ def _check_name(kind: str, value: str) -> None:
 
 
 def _dataset_id(conn: Connection, name: str) -> int:
-    table = Dataset.__table__
+    table = core_table(Dataset)
     conn.execute(_insert_ignore(conn, table), [{"name": name}])
     return conn.execute(select(table.c.id).where(table.c.name == name)).scalar_one()
 
 
 def _parent_id(conn: Connection, dataset_id: int, dataset: str, parent: str | None) -> int | None:
-    versions = Version.__table__
+    versions = core_table(Version)
     if parent is not None:
         found = conn.execute(
             select(versions.c.id).where(
@@ -201,7 +201,7 @@ def ingest(
         _check_name("split", split.name)
     report = on_progress or (lambda _task, _advance, _total: None)
 
-    versions = Version.__table__
+    versions = core_table(Version)
     dataset_id = _dataset_id(conn, dataset)
     exists = conn.execute(
         select(func.count()).where(versions.c.dataset_id == dataset_id, versions.c.tag == version)
@@ -233,7 +233,7 @@ def ingest(
     for split in splits:
         if split.source.path not in source_ids:
             source_ids[split.source.path] = conn.execute(
-                insert(Source.__table__).returning(Source.__table__.c.id),
+                insert(core_table(Source)).returning(core_table(Source).c.id),
                 {
                     "version_id": version_id,
                     "path": split.source.path,
@@ -275,7 +275,7 @@ def _ingest_split(
     report: ProgressCallback,
     chunk_bytes: int,
 ) -> SplitIngested:
-    splits = Split.__table__
+    splits = core_table(Split)
     split_id = conn.execute(
         insert(splits).returning(splits.c.id), {"version_id": version_id, "name": split.name}
     ).scalar_one()
@@ -315,7 +315,7 @@ def _ingest_split(
         )
         bulk_insert(
             conn,
-            Item.__table__,
+            core_table(Item),
             _ITEM_COLUMNS,
             [
                 (
@@ -359,7 +359,7 @@ def _resolve_images(
     dtype = canon.dtype.name
     bulk_insert(
         conn,
-        Image.__table__,
+        core_table(Image),
         _IMAGE_COLUMNS,
         [(d, height, width, channels, dtype, bool(low[first[d]])) for d in missing],
         unique="digest",

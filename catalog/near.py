@@ -30,7 +30,7 @@ from sqlalchemy import Connection, select
 from catalog.db import bulk_insert, placeholder
 from catalog.errors import SchemaError
 from catalog.recipes import DEFAULT_RECIPES, Recipe
-from catalog.schema import BandKey, Pair, RecipeRecord, Signature
+from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -73,7 +73,7 @@ def ensure_recipes(conn: Connection, recipes: Sequence[Recipe]) -> dict[str, int
         SchemaError: the catalog holds a recipe of the same name with other parameters: its
             stored values would not be comparable with this release's.
     """
-    table = RecipeRecord.__table__
+    table = core_table(RecipeRecord)
     ids: dict[str, int] = {}
     for recipe in recipes:
         row = conn.execute(
@@ -205,7 +205,7 @@ class NearIndexer:
                 recipe_id = self.ids[recipe.name]
                 bulk_insert(
                     self.conn,
-                    Signature.__table__,
+                    core_table(Signature),
                     ("recipe_id", "image_id", "value"),
                     [
                         (recipe_id, int(i), s.tobytes())
@@ -239,7 +239,7 @@ class NearIndexer:
         )
         bulk_insert(
             self.conn,
-            BandKey.__table__,
+            core_table(BandKey),
             ("recipe_id", "band", "key", "image_id"),
             rows,
             unique="recipe_id, band, key, image_id",
@@ -360,7 +360,7 @@ class NearIndexer:
             ]
             bulk_insert(
                 self.conn,
-                Pair.__table__,
+                core_table(Pair),
                 ("recipe_id", "image_a", "image_b", "distance"),
                 rows,
                 unique="recipe_id, image_a, image_b",

@@ -91,7 +91,7 @@ def digests(images: np.ndarray) -> list[bytes]:
     out = []
     for row in rows:
         state = prefix.copy()
-        state.update(row)
+        state.update(row.data)
         out.append(state.digest())
     return out
 
@@ -144,8 +144,11 @@ def to_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """
     low, high = value_range
     # float64 and wide integers are scaled in float64: float32 would overflow past 3.4e38.
-    work = np.float64 if images.dtype.itemsize > 4 else np.float32
-    unit = ((images.astype(work) - work(low)) / work(high - low)).astype(np.float32, copy=False)
+    work = np.dtype(np.float64 if images.dtype.itemsize > 4 else np.float32)
+    scaled: np.ndarray = images.astype(work)
+    scaled -= np.asarray(low, dtype=work)
+    scaled /= np.asarray(high - low, dtype=work)
+    unit = scaled.astype(np.float32, copy=False)
     np.nan_to_num(unit, copy=False, nan=0.0)
     np.clip(unit, 0.0, 1.0, out=unit)
     return unit if unit.ndim == 4 else unit[..., None]

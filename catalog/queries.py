@@ -32,7 +32,7 @@ from catalog.model import (
     VersionInfo,
     WithinSplit,
 )
-from catalog.schema import Dataset, Image, Item, RecipeRecord, Source, Split, Version
+from catalog.schema import Dataset, Image, Item, RecipeRecord, Source, Split, Version, core_table
 
 _REF = re.compile(r"^(?P<dataset>[^@:]+)(?:@(?P<version>[^@:]+))?(?::(?P<split>[^@:]+))?$")
 
@@ -64,7 +64,7 @@ def parse_ref(value: str) -> Ref:
 
 
 def _split_sizes(conn: Connection, split_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-    item = Item.__table__
+    item = core_table(Item)
     rows = conn.execute(
         select(item.c.split_id, func.count(), func.count(item.c.image_id.distinct()))
         .where(item.c.split_id.in_(list(split_ids)))
@@ -80,7 +80,7 @@ def resolve(conn: Connection, ref: Ref | str) -> tuple[SplitInfo, ...]:
         NotFoundError: naming what is missing and what exists instead.
     """
     ref = parse_ref(ref) if isinstance(ref, str) else ref
-    dataset, version, split = Dataset.__table__, Version.__table__, Split.__table__
+    dataset, version, split = core_table(Dataset), core_table(Version), core_table(Split)
     dataset_id = conn.execute(
         select(dataset.c.id).where(dataset.c.name == ref.dataset)
     ).scalar_one_or_none()
@@ -137,10 +137,10 @@ def resolve_all(conn: Connection, refs: Sequence[Ref | str]) -> tuple[SplitInfo,
 def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
     """Datasets, their versions (oldest first) and splits, with item and image counts."""
     ds, version, split, item = (
-        Dataset.__table__,
-        Version.__table__,
-        Split.__table__,
-        Item.__table__,
+        core_table(Dataset),
+        core_table(Version),
+        core_table(Split),
+        core_table(Item),
     )
     query = select(ds.c.id, ds.c.name).order_by(ds.c.name)
     if dataset is not None:
@@ -169,7 +169,7 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
         .order_by(split.c.id)
     ).all()
     sizes = _split_sizes(conn, [s.id for s in splits])
-    distinct = dict(
+    distinct: dict[int, int] = dict(
         conn.execute(
             select(version.c.dataset_id, func.count(item.c.image_id.distinct()))
             .join(split, split.c.version_id == version.c.id)
@@ -284,8 +284,8 @@ def overlap(
         if sa.split_id != sb.split_id
     )
     dups = {row[0]: row[1:] for row in conn.execute(_WITHIN_SQL, {"splits": ids})}
-    item, image = Item.__table__, Image.__table__
-    low = dict(
+    item, image = core_table(Item), core_table(Image)
+    low: dict[int, int] = dict(
         conn.execute(
             select(item.c.split_id, func.count())
             .join(image, image.c.id == item.c.image_id)
@@ -329,7 +329,7 @@ def _items_of(
     Returns:
         image id -> (hex digest, its items in split and position order)
     """
-    item, image, source = Item.__table__, Image.__table__, Source.__table__
+    item, image, source = core_table(Item), core_table(Image), core_table(Source)
     rows = conn.execute(
         select(
             image.c.id,
@@ -368,7 +368,7 @@ def _conflict_details(
     """The first ``limit`` conflicting images in digest order, with every item's provenance."""
     if not image_ids or limit <= 0:
         return ()
-    image = Image.__table__
+    image = core_table(Image)
     first = (
         conn.execute(
             select(image.c.id)
@@ -397,7 +397,7 @@ def select_recipes(
         NotFoundError: a named recipe is not in the catalog.
         InputError: ``threshold`` with several recipes, or above a recipe's stored radius.
     """
-    table = RecipeRecord.__table__
+    table = core_table(RecipeRecord)
     rows = conn.execute(
         select(table.c.id, table.c.name, table.c.radius, table.c.default_threshold).order_by(
             table.c.id
@@ -524,12 +524,12 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
     """The recipes in the catalog, with counts and what their thresholds mean."""
     from catalog.recipes import get_recipe
 
-    table = RecipeRecord.__table__
+    table = core_table(RecipeRecord)
     rows = conn.execute(select(table).order_by(table.c.id)).all()
-    signed = dict(
+    signed: dict[int, int] = dict(
         conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM signature GROUP BY recipe_id").all()
     )
-    paired = dict(
+    paired: dict[int, int] = dict(
         conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM pair GROUP BY recipe_id").all()
     )
     out = []
@@ -607,7 +607,9 @@ def duplicate_groups(
     # (items, split, member image ids) of every group of every split.
     groups: list[tuple[int, SplitInfo, np.ndarray]] = []
     for split in splits:
-        copies = dict(conn.execute(_EXACT_GROUPS_SQL, {"split": split.split_id}).all())
+        copies: dict[int, int] = dict(
+            conn.execute(_EXACT_GROUPS_SQL, {"split": split.split_id}).all()
+        )
         edges = np.empty((0, 2), np.int64)
         if chosen is not None:
             found = conn.execute(

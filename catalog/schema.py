@@ -9,7 +9,7 @@ classes are for reading metadata and for typing.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -49,6 +50,11 @@ DIGEST_BYTES = 32
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def core_table(model: type[Base]) -> Table:
+    """A model's Core `Table`, for bulk statements (``__table__`` is typed as a FromClause)."""
+    return cast(Table, model.__table__)
 
 
 class Dataset(Base):

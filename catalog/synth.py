@@ -134,7 +134,7 @@ def _glyph(letter: int, size: int, stroke: int) -> np.ndarray:
     font = ImageFont.load_default(size=size)
     char = LETTERS[letter]
     left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
-    canvas = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    canvas = Image.new("L", (int(right - left) + 2, int(bottom - top) + 2), 0)
     ImageDraw.Draw(canvas).text(
         (1 - left, 1 - top), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255
     )
