@@ -264,3 +264,15 @@ def test_demo_finds_everything_it_planted(runner: CliRunner, tmp_path: Path) -> 
     # Running it again remakes the catalog rather than failing on existing versions.
     again = runner.invoke(app, ["demo", str(tmp_path / "demo")])
     assert again.exit_code == 0, again.output
+
+
+def test_readme_python_example_runs_as_documented(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    readme = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split("\n")
+    expected = [
+        line.split("# ")[1].split(":")[0] for line in example.splitlines() if "print(" in line
+    ]
+    assert printed[: len(expected)] == expected
