@@ -25,7 +25,7 @@ from catalog.db import open_catalog, writing
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
-from catalog.model import DupsReport, Listing, OverlapReport, RecipeInfo
+from catalog.model import DiffReport, DupsReport, Listing, OverlapReport, RecipeInfo
 from catalog.recipes import DEFAULT_RECIPES
 from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
@@ -40,6 +40,7 @@ __all__ = [
     "plan",
     "run_demo",
     "run_sql",
+    "version_diff",
 ]
 
 if TYPE_CHECKING:
@@ -150,6 +151,23 @@ def duplicate_groups(
     with _reading(db) as conn:
         return queries.duplicate_groups(
             conn, refs, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
+        )
+
+
+def version_diff(
+    db: str | Engine | None,
+    a: str,
+    b: str,
+    *,
+    recipe: str | None = None,
+    threshold: float | None = None,
+    exact_only: bool = False,
+    limit: int = 20,
+) -> DiffReport:
+    """What changed from ref ``a`` to ref ``b``; see `queries.version_diff`."""
+    with _reading(db) as conn:
+        return queries.version_diff(
+            conn, a, b, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
         )
 
 

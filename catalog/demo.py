@@ -41,7 +41,7 @@ import numpy as np
 
 from catalog import synth
 from catalog.ingest import IngestResult
-from catalog.model import OverlapReport
+from catalog.model import DiffReport, OverlapReport
 
 __all__ = [
     "SPLITS",
@@ -793,6 +793,7 @@ class DemoRun:
     ingested: tuple[IngestResult, ...]
     reports: dict[str, OverlapReport]
     cross: OverlapReport
+    diff: DiffReport
     checks: tuple[DemoCheck, ...]
 
     @property
@@ -882,6 +883,29 @@ def run_demo(
                 )
             )
     checks.extend(_near_checks(db, demo))
+    diff = api.version_diff(db, f"{DEMO_DATASET}@v1", f"{DEMO_DATASET}@v2", exact_only=True)
+    planned_changes = planned_diff(demo)
+    checks.extend(
+        [
+            DemoCheck("v2: images removed", planned_changes.removed, diff.images_removed),
+            DemoCheck("v2: images added", planned_changes.added, diff.images_added),
+            DemoCheck(
+                "v2: images moved to another split",
+                planned_changes.moved,
+                sum(m.moved for m in diff.moves),
+            ),
+            DemoCheck(
+                "v2: images copied into another split (new leak)",
+                planned_changes.leaked,
+                sum(m.copied for m in diff.moves),
+            ),
+            DemoCheck(
+                "v2: items relabelled",
+                planned_changes.relabelled_items,
+                diff.relabelled_items,
+            ),
+        ]
+    )
     checks.append(
         DemoCheck(
             "v2: test items whose image is in v1 train",
@@ -896,6 +920,7 @@ def run_demo(
         ingested=ingested,
         reports=reports,
         cross=cross,
+        diff=diff,
         checks=tuple(checks),
     )
 

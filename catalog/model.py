@@ -18,6 +18,7 @@ OVERLAP_SCHEMA = "dsaudit.overlap/1"
 LISTING_SCHEMA = "dsaudit.ls/1"
 DUPS_SCHEMA = "dsaudit.dups/1"
 RECIPES_SCHEMA = "dsaudit.recipes/1"
+DIFF_SCHEMA = "dsaudit.diff/1"
 
 
 @dataclass(frozen=True)
@@ -225,3 +226,45 @@ def to_json(value: Any, schema: str | None = None) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+@dataclass(frozen=True)
+class SplitChange:
+    """How one split (matched by name) changed from version ``a`` to ``b``, by image."""
+
+    split: str
+    images_a: int
+    images_b: int
+    kept: int
+    added: int
+    removed: int
+    replaced_by_near_copy: int
+    """Removed images with a near copy among the added ones (under the diff's recipe)."""
+
+
+@dataclass(frozen=True)
+class SplitMove:
+    """Images that reached split ``to`` in ``b`` from split ``source`` of ``a``."""
+
+    source: str
+    to: str
+    moved: int
+    """Left ``source`` for ``to``."""
+    copied: int
+    """Entered ``to`` while staying in ``source``: a leak the new version introduced."""
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: str
+    b: str
+    recipe: str | None
+    threshold: float | None
+    splits: tuple[SplitChange, ...]
+    moves: tuple[SplitMove, ...]
+    relabelled_items: int
+    """Items of ``b`` whose image is in ``a`` with another set of labels."""
+    relabelled: tuple[ItemRef, ...]
+    """The first of them (``limit``), with provenance."""
+    images_added: int
+    images_removed: int

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, bindparam, func, select, text
 from catalog.errors import InputError, NotFoundError
 from catalog.model import (
     DatasetInfo,
+    DiffReport,
     DuplicateGroup,
     DupsReport,
     GroupMember,
@@ -28,7 +29,9 @@ from catalog.model import (
     OverlapReport,
     PairOverlap,
     RecipeInfo,
+    SplitChange,
     SplitInfo,
+    SplitMove,
     VersionInfo,
     WithinSplit,
 )
@@ -686,3 +689,119 @@ def _diameter(conn: Connection, recipe_id: int, recipe: object, members: np.ndar
     signatures = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8).reshape(len(rows), -1)
     left, right = np.triu_indices(len(rows), k=1)
     return float(recipe.distances(signatures[left], signatures[right]).max())
+
+
+def _split_items(
+    conn: Connection, splits: Sequence[SplitInfo]
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """(split ids int64, image ids int64, labels) of every item of these splits."""
+    rows = conn.execute(
+        select(
+            core_table(Item).c.split_id, core_table(Item).c.image_id, core_table(Item).c.label
+        ).where(core_table(Item).c.split_id.in_([s.split_id for s in splits]))
+    ).all()
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), []
+    split_ids, image_ids, labels = zip(*rows, strict=True)
+    return np.array(split_ids, np.int64), np.array(image_ids, np.int64), list(labels)
+
+
+def version_diff(
+    conn: Connection,
+    a: Ref | str,
+    b: Ref | str,
+    *,
+    recipe: str | None = None,
+    threshold: float | None = None,
+    exact_only: bool = False,
+    limit: int = 20,
+) -> DiffReport:
+    """What changed from ref ``a`` to ref ``b``, by image content; splits match by name.
+
+    Per split: images kept, added, removed, and removed images replaced by a near copy. Between
+    splits: images that moved (left one split for another) or were copied (entered another
+    split while staying: a leak the new version introduced). Items whose image carries another
+    set of labels than in ``a``.
+    """
+    splits_a, splits_b = resolve(conn, a), resolve(conn, b)
+    sa, ia, la = _split_items(conn, splits_a)
+    sb, ib, lb = _split_items(conn, splits_b)
+    name_a = {s.split_id: s.split for s in splits_a}
+    name_b = {s.split_id: s.split for s in splits_b}
+    names = list(dict.fromkeys([s.split for s in splits_a] + [s.split for s in splits_b]))
+
+    def images(split_ids: np.ndarray, image_ids: np.ndarray, by_id: dict[int, str], name: str):  # type: ignore[no-untyped-def]
+        wanted = [i for i, n in by_id.items() if n == name]
+        return np.unique(image_ids[np.isin(split_ids, wanted)])
+
+    in_a = {n: images(sa, ia, name_a, n) for n in names}
+    in_b = {n: images(sb, ib, name_b, n) for n in names}
+    chosen = None
+    if not exact_only:
+        found = select_recipes(conn, [recipe] if recipe else None, threshold)
+        chosen = found[0] if found else None
+    near = np.empty((0, 2), np.int64)
+    if chosen is not None:
+        near = np.array(
+            conn.execute(
+                text("SELECT image_a, image_b FROM pair WHERE recipe_id = :r AND distance <= :t"),
+                {"r": chosen[0], "t": chosen[2]},
+            ).all(),
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        near = np.concatenate([near, near[:, ::-1]])
+    changes = []
+    for name in names:
+        removed = np.setdiff1d(in_a[name], in_b[name])
+        added = np.setdiff1d(in_b[name], in_a[name])
+        replaced = 0
+        if near.size and removed.size and added.size:
+            hit = np.isin(near[:, 0], removed) & np.isin(near[:, 1], added)
+            replaced = int(np.unique(near[hit, 0]).size)
+        changes.append(
+            SplitChange(
+                split=name,
+                images_a=int(in_a[name].size),
+                images_b=int(in_b[name].size),
+                kept=int(np.intersect1d(in_a[name], in_b[name]).size),
+                added=int(added.size),
+                removed=int(removed.size),
+                replaced_by_near_copy=replaced,
+            )
+        )
+    moves = []
+    for source in names:
+        for to in names:
+            if source == to:
+                continue
+            arrived = np.setdiff1d(np.intersect1d(in_a[source], in_b[to]), in_a[to])
+            if not arrived.size:
+                continue
+            stayed = np.isin(arrived, in_b[source])
+            moves.append(
+                SplitMove(source, to, moved=int((~stayed).sum()), copied=int(stayed.sum()))
+            )
+    # Relabelled: images whose (image, label) pairs differ between a and b, among images in both.
+    codes = {label: code for code, label in enumerate(sorted(set(la + lb), key=str))}
+    width = max(len(codes), 1)
+    pa = np.unique(ia * width + np.array([codes[x] for x in la], np.int64)) if la else ia
+    pb = np.unique(ib * width + np.array([codes[x] for x in lb], np.int64)) if lb else ib
+    changed = np.union1d(pa[~np.isin(pa, pb)] // width, pb[~np.isin(pb, pa)] // width)
+    changed = np.intersect1d(changed, np.intersect1d(ia, ib))
+    relabelled_items = int(np.isin(ib, changed).sum())
+    by_b = {s.split_id: s for s in splits_b}
+    detail = _items_of(conn, changed[:limit].tolist(), by_b)
+    relabelled = tuple(ref for i in changed[:limit].tolist() for ref in detail[i][1])[:limit]
+    every_a, every_b = np.unique(ia), np.unique(ib)
+    return DiffReport(
+        a=str(parse_ref(a) if isinstance(a, str) else a),
+        b=str(parse_ref(b) if isinstance(b, str) else b),
+        recipe=chosen[1] if chosen else None,
+        threshold=chosen[2] if chosen else None,
+        splits=tuple(changes),
+        moves=tuple(moves),
+        relabelled_items=relabelled_items,
+        relabelled=relabelled,
+        images_added=int(np.setdiff1d(every_b, every_a).size),
+        images_removed=int(np.setdiff1d(every_a, every_b).size),
+    )

@@ -29,7 +29,14 @@ from rich.progress import (
 
 from catalog import __version__, api
 from catalog.errors import CatalogError, UsageError
-from catalog.model import DUPS_SCHEMA, LISTING_SCHEMA, OVERLAP_SCHEMA, RECIPES_SCHEMA, to_json
+from catalog.model import (
+    DIFF_SCHEMA,
+    DUPS_SCHEMA,
+    LISTING_SCHEMA,
+    OVERLAP_SCHEMA,
+    RECIPES_SCHEMA,
+    to_json,
+)
 from cli import render
 
 app = typer.Typer(
@@ -313,6 +320,41 @@ def dups(
         _stdout().print(render.dups(report))
 
 
+@_command()
+def diff(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="The older ref, e.g. notmnist@v1.")],
+    b: Annotated[str, typer.Argument(help="The newer ref, e.g. notmnist@v2.")],
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", "-r", help="Recipe for near replacements.", show_default=False),
+    ] = None,
+    threshold: ThresholdOption = None,
+    exact: ExactOption = False,
+    limit: Annotated[int, typer.Option(help="Relabelled items listed.", min=0)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
+) -> None:
+    """What changed between two versions (or datasets): per split and between splits.
+
+    Per split (matched by name): images kept, added, removed, and removed images replaced by a
+    near copy. Between splits: images that moved, and images copied into another split while
+    staying (a leak the new version introduced). Items whose label changed.
+
+    Example:
+
+        dsaudit diff notmnist@v1 notmnist@v2
+    """
+    if exact and recipe:
+        raise UsageError("--exact and --recipe contradict each other; choose one")
+    report = api.version_diff(
+        ctx.obj, a, b, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit
+    )
+    if as_json:
+        _dump_json(to_json(report, schema=DIFF_SCHEMA))
+    else:
+        _stdout().print(render.diff(report))
+
+
 @_command("recipes")
 def recipes_command(
     ctx: typer.Context,
@@ -400,6 +442,8 @@ def demo(
         out.print(render.overlap(report))
     out.rule("Across versions: v1 train against v2 test")
     out.print(render.leakage_matrix(run.cross))
+    out.rule("What changed from v1 to v2")
+    out.print(render.diff(run.diff))
     out.rule()
     out.print(render.demo_checks(run))
     out.print(

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from catalog.ingest import IngestResult
 from catalog.model import (
+    DiffReport,
     DupsReport,
     Listing,
     NearTier,
@@ -273,6 +274,68 @@ def dups(report: DupsReport) -> RenderableType:
         parts.append(
             Text(f"({report.groups_total - len(report.groups):,} more; --limit shows more)")
         )
+    return Group(*parts)
+
+
+def diff(report: DiffReport) -> RenderableType:
+    near = f", near copies under {report.recipe} <= {report.threshold:g}" if report.recipe else ""
+    splits = _table(
+        f"{report.a} -> {report.b}: {report.images_added:,} images added, "
+        f"{report.images_removed:,} removed{near}",
+        ("split", "left"),
+        ("images before", "right"),
+        ("after", "right"),
+        ("kept", "right"),
+        ("added", "right"),
+        ("removed", "right"),
+        ("replaced by a near copy", "right"),
+    )
+    for change in report.splits:
+        splits.add_row(
+            change.split,
+            f"{change.images_a:,}",
+            f"{change.images_b:,}",
+            f"{change.kept:,}",
+            f"{change.added:,}",
+            f"{change.removed:,}",
+            f"{change.replaced_by_near_copy:,}",
+        )
+    parts: list[RenderableType] = [splits]
+    if report.moves:
+        moves = _table(
+            "Between splits: images of FROM (before) that are in TO (after)",
+            ("from", "left"),
+            ("to", "left"),
+            ("moved", "right"),
+            ("copied (still in FROM too: a new leak)", "right"),
+        )
+        for move in report.moves:
+            moves.add_row(
+                move.source,
+                move.to,
+                f"{move.moved:,}",
+                Text(f"{move.copied:,}", style="bold red" if move.copied else ""),
+            )
+        parts.append(moves)
+    else:
+        parts.append(Text("No image changed split.", style="green"))
+    if report.relabelled_items:
+        relabelled = _table(
+            f"{report.relabelled_items:,} items carry other labels than before; the first:",
+            ("item", "left"),
+            ("label now", "left"),
+            ("source", "left"),
+        )
+        for ref in report.relabelled:
+            row = "" if ref.source_row is None else f"[{ref.source_row}]"
+            relabelled.add_row(
+                f"{ref.split}#{ref.position}",
+                ref.label or "",
+                f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}",
+            )
+        parts.append(relabelled)
+    else:
+        parts.append(Text("No label changed.", style="green"))
     return Group(*parts)
 
 

@@ -1,0 +1,74 @@
+"""diff between versions: checked against the demo's brute force, near replacements, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catalog import api, synth
+from catalog.demo import expected_diff, make_demo
+from cli.app import app
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_diff_equals_a_brute_force_over_the_demo(tmp_path: Path, seed: int) -> None:
+    demo = make_demo(seed=seed, n_train=300, n_valid=60, n_test=80, min_rms=0)
+    db = str(tmp_path / "c.db")
+    for tag, splits in demo.versions.items():
+        api.ingest(db, "d", tag, dict(splits), near=False)
+    report = api.version_diff(db, "d@v1", "d@v2", exact_only=True)
+    truth = expected_diff(demo)
+    assert report.images_removed == truth.removed
+    assert report.images_added == truth.added
+    assert sum(m.moved for m in report.moves) == truth.moved
+    assert sum(m.copied for m in report.moves) == truth.leaked
+    assert report.relabelled_items == truth.relabelled_items
+    assert {(m.source, m.to) for m in report.moves} == {("train", "test")}
+    assert report.recipe is None
+
+
+def test_an_image_replaced_by_a_near_copy_is_named(tmp_path: Path) -> None:
+    images, labels = synth.render_letters(60, np.random.default_rng(8))
+    replaced = images.copy()
+    replaced[0] = synth.brightness(images[:1], 0.03)[0]
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": (images, labels)})
+    api.ingest(db, "d", "v2", {"train": (replaced, labels)})
+    report = api.version_diff(db, "d@v1", "d@v2", recipe="pixel-v1")
+    (train,) = report.splits
+    assert (train.removed, train.added, train.kept) == (1, 1, 59)
+    assert train.replaced_by_near_copy == 1
+    assert report.relabelled_items == 0 and report.moves == ()
+
+
+def test_diff_command(tmp_path: Path) -> None:
+    images, labels = synth.render_letters(40, np.random.default_rng(9))
+    relabelled = labels.copy()
+    relabelled[3] = "Z"
+    db = str(tmp_path / "c.db")
+    api.ingest(
+        db, "d", "v1", {"train": (images[:30], labels[:30]), "test": (images[30:], labels[30:])}
+    )
+    # v2 moves two images from train to test (same labels) and relabels one train item.
+    api.ingest(
+        db,
+        "d",
+        "v2",
+        {"train": (images[:28], relabelled[:28]), "test": (images[28:], labels[28:])},
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["schema"] == "dsaudit.diff/1"
+    assert data["moves"] == [{"source": "train", "to": "test", "moved": 2, "copied": 0}]
+    assert data["relabelled_items"] == 1
+    assert data["relabelled"][0]["label"] == "Z"
+    table = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v2"])
+    assert table.exit_code == 0 and "moved" in table.stdout
+    bad = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v9"])
+    assert bad.exit_code == 2 and "versions: v1, v2" in bad.stderr
