@@ -730,7 +730,10 @@ def version_diff(
     name_b = {s.split_id: s.split for s in splits_b}
     names = list(dict.fromkeys([s.split for s in splits_a] + [s.split for s in splits_b]))
 
-    def images(split_ids: np.ndarray, image_ids: np.ndarray, by_id: dict[int, str], name: str):  # type: ignore[no-untyped-def]
+    def images(
+        split_ids: np.ndarray, image_ids: np.ndarray, by_id: dict[int, str], name: str
+    ) -> np.ndarray:
+        """Distinct images of the splits called ``name``."""
         wanted = [i for i, n in by_id.items() if n == name]
         return np.unique(image_ids[np.isin(split_ids, wanted)])
 
