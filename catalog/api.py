@@ -25,7 +25,14 @@ from catalog.db import open_catalog, writing
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
-from catalog.model import DiffReport, DupsReport, Listing, OverlapReport, RecipeInfo
+from catalog.model import (
+    ConflictsReport,
+    DiffReport,
+    DupsReport,
+    Listing,
+    OverlapReport,
+    RecipeInfo,
+)
 from catalog.recipes import DEFAULT_RECIPES
 from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
@@ -33,6 +40,7 @@ from catalog.sql import run_sql as _run_sql
 __all__ = [
     "ProgressCallback",
     "duplicate_groups",
+    "label_conflicts",
     "ingest",
     "list_catalog",
     "list_recipes",
@@ -168,6 +176,21 @@ def version_diff(
     with _reading(db) as conn:
         return queries.version_diff(
             conn, a, b, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
+        )
+
+
+def label_conflicts(
+    db: str | Engine | None,
+    refs: Sequence[str],
+    *,
+    recipes: Sequence[str] | None = None,
+    threshold: float | None = None,
+    limit: int = 20,
+) -> ConflictsReport:
+    """Images (and near copies) carrying different labels; see `queries.label_conflicts`."""
+    with _reading(db) as conn:
+        return queries.label_conflicts(
+            conn, refs, recipes=recipes, threshold=threshold, limit=limit
         )
 
 

@@ -19,6 +19,7 @@ LISTING_SCHEMA = "dsaudit.ls/1"
 DUPS_SCHEMA = "dsaudit.dups/1"
 RECIPES_SCHEMA = "dsaudit.recipes/1"
 DIFF_SCHEMA = "dsaudit.diff/1"
+CONFLICTS_SCHEMA = "dsaudit.conflicts/1"
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,19 @@ class OverlapReport:
             if pair.a == a and pair.b == b:
                 return pair
         raise KeyError((a, b))
+
+
+@dataclass(frozen=True)
+class ConflictsReport:
+    """Label conflicts among some splits: exact (one image, several labels) and near."""
+
+    splits: tuple[SplitInfo, ...]
+    exact_images: int
+    exact_items: int
+    exact: tuple[LabelConflict, ...]
+    """The first exact conflicts in digest order, at most the query's ``limit``."""
+    near: tuple[NearTier, ...]
+    """Per recipe; only ``conflict_images`` and ``conflicts`` are filled."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, bindparam, func, select, text
 
 from catalog.errors import InputError, NotFoundError
 from catalog.model import (
+    ConflictsReport,
     DatasetInfo,
     DiffReport,
     DuplicateGroup,
@@ -307,16 +308,14 @@ def overlap(
         )
         for s in splits
     )
-    conflicting = conn.execute(_CONFLICTS_SQL, {"splits": ids}).all()
-    conflict_items = sum(n for _image, n in conflicting)
-    detail_ids = sorted(image_id for image_id, _n in conflicting)
+    conflict_images, conflict_items, conflicts = _exact_conflicts(conn, by_id, limit)
     return OverlapReport(
         splits=splits,
         pairs=pairs,
         within=within,
-        conflict_images=len(conflicting),
+        conflict_images=conflict_images,
         conflict_items=conflict_items,
-        conflicts=_conflict_details(conn, detail_ids, by_id, limit),
+        conflicts=conflicts,
         near=tuple(
             _near_tier(conn, splits, recipe_id, name, t, limit)
             for recipe_id, name, t in select_recipes(conn, recipes, threshold)
@@ -363,6 +362,41 @@ def _items_of(
             )
         )
     return found
+
+
+def _exact_conflicts(
+    conn: Connection, splits: dict[int, SplitInfo], limit: int
+) -> tuple[int, int, tuple[LabelConflict, ...]]:
+    """(images with more than one label, their items, the first ``limit`` in detail)."""
+    conflicting = conn.execute(_CONFLICTS_SQL, {"splits": list(splits)}).all()
+    items = sum(n for _image, n in conflicting)
+    detail_ids = sorted(image_id for image_id, _n in conflicting)
+    return len(conflicting), items, _conflict_details(conn, detail_ids, splits, limit)
+
+
+def label_conflicts(
+    conn: Connection,
+    refs: Sequence[Ref | str],
+    *,
+    recipes: Sequence[str] | None = None,
+    threshold: float | None = None,
+    limit: int = 20,
+) -> ConflictsReport:
+    """Images carrying different labels among the refs' splits: the same image (exact), and
+    near copies under each recipe, within a split, across splits, versions and datasets."""
+    splits = resolve_all(conn, refs)
+    by_id = {s.split_id: s for s in splits}
+    images, items, exact = _exact_conflicts(conn, by_id, limit)
+    return ConflictsReport(
+        splits=splits,
+        exact_images=images,
+        exact_items=items,
+        exact=exact,
+        near=tuple(
+            _near_tier(conn, splits, recipe_id, name, t, limit, matrix=False)
+            for recipe_id, name, t in select_recipes(conn, recipes, threshold)
+        ),
+    )
 
 
 def _conflict_details(
@@ -493,14 +527,18 @@ def _near_tier(
     name: str,
     threshold: float,
     limit: int,
+    *,
+    matrix: bool = True,
 ) -> NearTier:
+    """Near overlap matrix (unless ``matrix`` is False) and near label conflicts."""
     ids = [s.split_id for s in splits]
     params = {"splits": ids, "recipe": recipe_id, "t": threshold}
     counts = {
-        (a, b): (items, images) for a, b, items, images in conn.execute(_NEAR_PAIRS_SQL, params)
+        (a, b): (items, images)
+        for a, b, items, images in (conn.execute(_NEAR_PAIRS_SQL, params) if matrix else ())
     }
     pairs = []
-    for sa in splits:
+    for sa in splits if matrix else ():
         for sb in splits:
             if sa.split_id == sb.split_id:
                 continue

@@ -30,6 +30,7 @@ from rich.progress import (
 from catalog import __version__, api
 from catalog.errors import CatalogError, UsageError
 from catalog.model import (
+    CONFLICTS_SCHEMA,
     DIFF_SCHEMA,
     DUPS_SCHEMA,
     LISTING_SCHEMA,
@@ -353,6 +354,39 @@ def diff(
         _dump_json(to_json(report, schema=DIFF_SCHEMA))
     else:
         _stdout().print(render.diff(report))
+
+
+@_command("conflicts")
+def conflicts_command(
+    ctx: typer.Context,
+    refs: Annotated[
+        list[str],
+        typer.Argument(help="DATASET[@VERSION][:SPLIT]; several compare across them."),
+    ],
+    recipe: RecipeOption = None,
+    threshold: ThresholdOption = None,
+    exact: ExactOption = False,
+    limit: Annotated[int, typer.Option(help="Conflicts listed in detail.", min=0)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
+) -> None:
+    """Label conflicts: the same image, or a near copy, carrying different labels.
+
+    Within a split, across splits, and across versions or datasets when several refs are
+    given; every item with its provenance (file, array, row).
+
+    Example:
+
+        dsaudit conflicts notmnist@v1
+
+        dsaudit conflicts notmnist@v1 notmnist@v2 --recipe phash256-v1
+    """
+    report = api.label_conflicts(
+        ctx.obj, refs, recipes=_recipes(recipe, exact), threshold=threshold, limit=limit
+    )
+    if as_json:
+        _dump_json(to_json(report, schema=CONFLICTS_SCHEMA))
+    else:
+        _stdout().print(render.conflicts(report))
 
 
 @_command("recipes")

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from catalog.ingest import IngestResult
 from catalog.model import (
+    ConflictsReport,
     DiffReport,
     DupsReport,
     Listing,
@@ -173,6 +174,12 @@ def near_matrix(report: OverlapReport, tier: NearTier) -> RenderableType:
     )
     if not tier.conflict_images:
         return table
+    return Group(table, near_conflicts(tier))
+
+
+def near_conflicts(tier: NearTier) -> RenderableType:
+    if not tier.conflict_images:
+        return Text(f"No near label conflicts under {tier.recipe}.", style="green")
     conflicts = _table(
         f"Near label conflicts ({tier.recipe}): {tier.conflict_images:,} images have a near "
         "copy with another label; the closest:",
@@ -193,7 +200,19 @@ def near_matrix(report: OverlapReport, tier: NearTier) -> RenderableType:
             + (f" (+{len(conflict.b) - 1})" if len(conflict.b) > 1 else ""),
             b.label or "",
         )
-    return Group(table, conflicts)
+    return conflicts
+
+
+def conflicts(report: ConflictsReport) -> RenderableType:
+    exact = OverlapReport(
+        splits=report.splits,
+        pairs=(),
+        within=(),
+        conflict_images=report.exact_images,
+        conflict_items=report.exact_items,
+        conflicts=report.exact,
+    )
+    return Group(label_conflicts(exact), *[near_conflicts(tier) for tier in report.near])
 
 
 def label_conflicts(report: OverlapReport) -> RenderableType:

@@ -72,3 +72,30 @@ def test_diff_command(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "moved" in table.stdout
     bad = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v9"])
     assert bad.exit_code == 2 and "versions: v1, v2" in bad.stderr
+
+
+def test_conflicts_within_and_across_versions_exact_and_near(tmp_path: Path) -> None:
+    images, labels = synth.render_letters(30, np.random.default_rng(10))
+    labels = np.array(["A"] * 30)
+    db = str(tmp_path / "c.db")
+    noisy = synth.gaussian_noise(images[:1], 0.02, np.random.default_rng(0))
+    api.ingest(db, "d", "v1", {"train": (images, labels), "test": (noisy, np.array(["B"]))})
+    relabelled = labels.copy()
+    relabelled[5] = "C"  # v2 relabels one image: a conflict across versions
+    api.ingest(db, "d", "v2", {"train": (images, relabelled)})
+    runner = CliRunner()
+    within = json.loads(runner.invoke(app, ["--db", db, "conflicts", "d@v1", "--json"]).stdout)
+    assert within["schema"] == "dsaudit.conflicts/1"
+    assert within["exact_images"] == 0
+    near = {tier["recipe"]: tier for tier in within["near"]}
+    assert all(tier["conflict_images"] == 2 for tier in near.values())
+    across = api.label_conflicts(db, ["d@v1:train", "d@v2"], recipes=[])
+    assert across.exact_images == 1 and across.exact_items == 2
+    (conflict,) = across.exact
+    assert conflict.labels == ("A", "C")
+    assert {(i.split, i.position) for i in conflict.items} == {
+        ("d@v1:train", 5),
+        ("d@v2:train", 5),
+    }
+    table = runner.invoke(app, ["--db", db, "conflicts", "d@v1:train", "d@v2", "--exact"])
+    assert table.exit_code == 0 and "1 images carry more than one label" in table.stdout
