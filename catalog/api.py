@@ -32,6 +32,7 @@ from catalog.model import (
     Listing,
     OverlapReport,
     RecipeInfo,
+    ShowReport,
 )
 from catalog.recipes import DEFAULT_RECIPES
 from catalog.sql import SqlResult
@@ -48,6 +49,7 @@ __all__ = [
     "plan",
     "run_demo",
     "run_sql",
+    "show_image",
     "version_diff",
 ]
 
@@ -192,6 +194,12 @@ def label_conflicts(
         return queries.label_conflicts(
             conn, refs, recipes=recipes, threshold=threshold, limit=limit
         )
+
+
+def show_image(db: str | Engine | None, target: str, *, limit: int = 10) -> ShowReport:
+    """One image: its items with provenance, its near copies, a preview from its source."""
+    with _reading(db) as conn:
+        return queries.show_image(conn, target, limit=limit)
 
 
 def list_recipes(db: str | Engine | None) -> tuple[RecipeInfo, ...]:

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from catalog.preview import Preview
+
 OVERLAP_SCHEMA = "dsaudit.overlap/1"
 LISTING_SCHEMA = "dsaudit.ls/1"
 DUPS_SCHEMA = "dsaudit.dups/1"
 RECIPES_SCHEMA = "dsaudit.recipes/1"
 DIFF_SCHEMA = "dsaudit.diff/1"
 CONFLICTS_SCHEMA = "dsaudit.conflicts/1"
+SHOW_SCHEMA = "dsaudit.show/1"
 
 
 @dataclass(frozen=True)
@@ -282,3 +285,29 @@ class DiffReport:
     """The first of them (``limit``), with provenance."""
     images_added: int
     images_removed: int
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A near copy of the shown image under one recipe."""
+
+    recipe: str
+    distance: float
+    digest: str
+    items: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True)
+class ShowReport:
+    """One image: its description, every item that holds it, its near copies, a preview."""
+
+    digest: str
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    low_info: bool
+    items: tuple[ItemRef, ...]
+    neighbours: tuple[Neighbour, ...]
+    preview: Preview | None
+    preview_note: str

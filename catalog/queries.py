@@ -27,9 +27,11 @@ from catalog.model import (
     Listing,
     NearConflict,
     NearTier,
+    Neighbour,
     OverlapReport,
     PairOverlap,
     RecipeInfo,
+    ShowReport,
     SplitChange,
     SplitInfo,
     SplitMove,
@@ -846,3 +848,133 @@ def version_diff(
         images_added=int(np.setdiff1d(every_b, every_a).size),
         images_removed=int(np.setdiff1d(every_a, every_b).size),
     )
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]{6,64}$")
+_ITEM_TARGET = re.compile(r"^(?P<ref>[^:]+):(?P<split>[^:@]+):(?P<position>\d+)$")
+
+
+def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
+    """Everything the catalog knows of one image.
+
+    Args:
+        target: ``DATASET[@VERSION]:SPLIT:POSITION`` (an item), or a hex digest prefix of at
+            least 6 characters.
+        limit: near neighbours listed per recipe (closest first).
+
+    Raises:
+        NotFoundError: no such item or digest; InputError: an ambiguous prefix or bad target.
+    """
+    from catalog.preview import make_preview, read_row
+
+    image = core_table(Image)
+    item_match = _ITEM_TARGET.match(target)
+    if item_match:
+        (split,) = resolve(
+            conn,
+            Ref(
+                parse_ref(item_match["ref"]).dataset,
+                parse_ref(item_match["ref"]).version,
+                item_match["split"],
+            ),
+        )
+        position = int(item_match["position"])
+        image_id = conn.execute(
+            select(core_table(Item).c.image_id).where(
+                core_table(Item).c.split_id == split.split_id,
+                core_table(Item).c.position == position,
+            )
+        ).scalar_one_or_none()
+        if image_id is None:
+            raise NotFoundError(f"{split.ref} has no position {position} (it has {split.items})")
+    elif _HEX.match(target):
+        prefix = target.lower()
+        # Digests are stored as bytes: compare the hex text of the stored value.
+        hex_digest = (
+            func.encode(image.c.digest, "hex")
+            if conn.dialect.name == "postgresql"
+            else func.lower(func.hex(image.c.digest))
+        )
+        found = (
+            conn.execute(select(image.c.id).where(hex_digest.like(f"{prefix}%")).limit(2))
+            .scalars()
+            .all()
+        )
+        if not found:
+            raise NotFoundError(f"no image digest starts with {prefix}")
+        if len(found) > 1:
+            raise InputError(f"digest prefix {prefix} is ambiguous; give more characters")
+        image_id = found[0]
+    else:
+        raise InputError(
+            f"{target!r}: show takes DATASET[@VERSION]:SPLIT:POSITION (e.g. notmnist@v1:test:3) "
+            "or a digest prefix of 6 or more hex characters"
+        )
+    row = conn.execute(select(image).where(image.c.id == image_id)).one()
+    all_splits = _all_splits(conn)
+    holders = _items_of(conn, [image_id], all_splits).get(image_id, ("", []))[1]
+    neighbours: list[Neighbour] = []
+    for recipe_id, name, _t in select_recipes(conn, None, None):
+        near = conn.execute(
+            text(
+                "SELECT other_id, distance FROM ("
+                " SELECT image_b AS other_id, distance FROM pair"
+                " WHERE recipe_id = :r AND image_a = :i"
+                " UNION ALL SELECT image_a, distance FROM pair"
+                " WHERE recipe_id = :r AND image_b = :i) AS n"
+                " ORDER BY distance, other_id LIMIT :limit"
+            ),
+            {"r": recipe_id, "i": image_id, "limit": limit},
+        ).all()
+        found_items = _items_of(conn, [other for other, _d in near], all_splits)
+        for other, distance in near:
+            digest, refs = found_items.get(other, ("", []))
+            neighbours.append(Neighbour(name, distance, digest, tuple(refs)))
+    preview, note = None, "no item of this image has a readable source file"
+    sources = conn.execute(
+        select(
+            core_table(Source).c.path,
+            core_table(Source).c.format,
+            core_table(Source).c.size,
+            core_table(Item).c.source_key,
+            core_table(Item).c.source_row,
+        )
+        .join(core_table(Item), core_table(Item).c.source_id == core_table(Source).c.id)
+        .where(core_table(Item).c.image_id == image_id)
+        .limit(20)
+    ).all()
+    for path, fmt, size, key, source_row in sources:
+        if source_row is None:
+            continue
+        pixels = read_row(path, fmt, key, source_row, size)
+        if pixels is not None:
+            preview = make_preview(pixels, f"{path}:{key}[{source_row}]")
+            note = ""
+            break
+    return ShowReport(
+        digest=bytes(row.digest).hex(),
+        height=row.height,
+        width=row.width,
+        channels=row.channels,
+        dtype=row.dtype,
+        low_info=bool(row.low_info),
+        items=tuple(holders),
+        neighbours=tuple(neighbours),
+        preview=preview,
+        preview_note=note,
+    )
+
+
+def _all_splits(conn: Connection) -> dict[int, SplitInfo]:
+    """Every split of the catalog by id (names only; sizes are not needed here)."""
+    rows = conn.execute(
+        select(
+            core_table(Split).c.id,
+            core_table(Dataset).c.name,
+            core_table(Version).c.tag,
+            core_table(Split).c.name.label("split"),
+        )
+        .join(core_table(Version), core_table(Version).c.id == core_table(Split).c.version_id)
+        .join(core_table(Dataset), core_table(Dataset).c.id == core_table(Version).c.dataset_id)
+    ).all()
+    return {r.id: SplitInfo(r.name, r.tag, r.split, r.id, 0, 0) for r in rows}

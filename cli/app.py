@@ -36,6 +36,7 @@ from catalog.model import (
     LISTING_SCHEMA,
     OVERLAP_SCHEMA,
     RECIPES_SCHEMA,
+    SHOW_SCHEMA,
     to_json,
 )
 from cli import render
@@ -387,6 +388,34 @@ def conflicts_command(
         _dump_json(to_json(report, schema=CONFLICTS_SCHEMA))
     else:
         _stdout().print(render.conflicts(report))
+
+
+@_command()
+def show(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(help="DATASET[@VERSION]:SPLIT:POSITION, or a digest prefix (6+ hex)."),
+    ],
+    limit: Annotated[int, typer.Option(help="Near copies listed per recipe.", min=0)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
+) -> None:
+    """One image: every item holding it, its near copies, and the picture itself.
+
+    The picture is read again from the source file the item came from (when it is still
+    there, unchanged in size) and drawn with half blocks, two pixels per character cell.
+
+    Example:
+
+        dsaudit show notmnist@v1:test:197
+
+        dsaudit show 3a9592064df7
+    """
+    report = api.show_image(ctx.obj, target, limit=limit)
+    if as_json:
+        _dump_json(to_json(report, schema=SHOW_SCHEMA))
+    else:
+        _stdout().print(render.show(report))
 
 
 @_command("recipes")

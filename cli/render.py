@@ -15,11 +15,13 @@ from catalog.model import (
     ConflictsReport,
     DiffReport,
     DupsReport,
+    ItemRef,
     Listing,
     NearTier,
     OverlapReport,
     PairOverlap,
     RecipeInfo,
+    ShowReport,
     SplitInfo,
 )
 from catalog.sql import SqlResult
@@ -355,6 +357,67 @@ def diff(report: DiffReport) -> RenderableType:
         parts.append(relabelled)
     else:
         parts.append(Text("No label changed.", style="green"))
+    return Group(*parts)
+
+
+def picture(rows: Sequence[Sequence[tuple[int, int, int]]]) -> Text:
+    """Half blocks: each character cell shows two pixels, the upper as foreground colour."""
+    text = Text()
+    for top, bottom in zip(rows[0::2], [*rows[1::2], None], strict=False):
+        for index, upper in enumerate(top):
+            lower = bottom[index] if bottom is not None else (0, 0, 0)
+            text.append(
+                "▀",
+                style=f"rgb({upper[0]},{upper[1]},{upper[2]}) on "
+                f"rgb({lower[0]},{lower[1]},{lower[2]})",
+            )
+        text.append("\n")
+    return text
+
+
+def _where(ref: ItemRef) -> str:
+    row = "" if ref.source_row is None else f"[{ref.source_row}]"
+    return f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}"
+
+
+def show(report: ShowReport) -> RenderableType:
+    kind = "low-information, " if report.low_info else ""
+    header = Text(
+        f"image {report.digest}\n{report.height}x{report.width}x{report.channels} "
+        f"{report.dtype}, {kind}{len(report.items):,} items",
+        style="bold",
+    )
+    parts: list[RenderableType] = [header]
+    if report.preview is not None:
+        parts.append(picture(report.preview.rows))
+        parts.append(Text(f"read from {report.preview.source}", style="dim"))
+    else:
+        parts.append(Text(f"(no picture: {report.preview_note})", style="dim"))
+    items = _table(
+        "Items holding this image", ("item", "left"), ("label", "left"), ("source", "left")
+    )
+    for ref in report.items:
+        items.add_row(f"{ref.split}#{ref.position}", ref.label or "", _where(ref))
+    parts.append(items)
+    if report.neighbours:
+        near = _table(
+            "Near copies",
+            ("recipe", "left"),
+            ("distance", "right"),
+            ("image", "left"),
+            ("items", "left"),
+        )
+        for n in report.neighbours:
+            near.add_row(
+                n.recipe,
+                f"{n.distance:.3f}",
+                n.digest[:12],
+                "\n".join(f"{r.split}#{r.position} {r.label or ''}" for r in n.items[:3])
+                + (f"\n... {len(n.items) - 3} more" if len(n.items) > 3 else ""),
+            )
+        parts.append(near)
+    else:
+        parts.append(Text("No near copies stored.", style="green"))
     return Group(*parts)
 
 

@@ -1,0 +1,74 @@
+"""Pictures for people: read one image back from its source file, downsample it for a terminal.
+
+The catalog keeps digests and signatures, not pixels; provenance (file, array, row) says where
+each item came from, so `show` reads that one row again. An ``.npy`` row is read through a
+memory map; an ``.npz`` member is streamed up to the row. Sources that are gone, changed size,
+or were arrays in memory give no preview (and say why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catalog.loaders.arrays import NpzMember
+from catalog.pixels import needs_observed_range, to_unit, value_range
+
+
+@dataclass(frozen=True)
+class Preview:
+    """An image as rows of (r, g, b) 0-255 triples, already sized for display."""
+
+    rows: tuple[tuple[tuple[int, int, int], ...], ...]
+    source: str
+
+
+def read_row(path: str, fmt: str, key: str, row: int, size: int) -> np.ndarray | None:
+    """The pixels of one item, read again from its source file; None if that cannot be done.
+
+    Args:
+        path, fmt, key, row: the item's provenance (source path and format, array key, row).
+        size: the size the file had at ingest; a different size means it changed.
+    """
+    file = Path(path)
+    if fmt not in ("npy", "npz") or not file.is_file() or file.stat().st_size != size:
+        return None
+    try:
+        if fmt == "npy":
+            array = np.load(file, mmap_mode="r")
+            return np.asarray(array[row]) if row < array.shape[0] else None
+        member = NpzMember(file, key)
+        seen = 0
+        for chunk in member.chunks(4096):
+            if row < seen + len(chunk):
+                return np.asarray(chunk[row - seen])
+            seen += len(chunk)
+    except Exception:  # a preview is a courtesy: a file that fails to read shows none
+        return None
+    return None
+
+
+def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Preview:
+    """Downsample (block mean) to at most ``max_width`` columns and map to 0-255 RGB.
+
+    Args:
+        pixels: one image, (H, W) or (H, W, C), any supported dtype.
+    """
+    images = pixels[None]
+    scale = value_range(images.dtype)
+    if needs_observed_range(images.dtype):
+        finite = images[np.isfinite(images)] if images.dtype.kind == "f" else images
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        scale = value_range(images.dtype, (low, high))
+    unit = to_unit(images, scale)[0]
+    step = max(1, -(-unit.shape[1] // max_width))
+    height, width = (unit.shape[0] // step) * step, (unit.shape[1] // step) * step
+    blocks = unit[:height, :width].reshape(height // step, step, width // step, step, -1)
+    small = blocks.mean(axis=(1, 3))
+    if small.shape[2] == 1:
+        small = np.repeat(small, 3, axis=2)
+    rgb = np.clip(np.rint(small[:, :, :3] * 255), 0, 255).astype(np.uint8)
+    rows = tuple(tuple((int(r), int(g), int(b)) for r, g, b in line) for line in rgb.tolist())
+    return Preview(rows=rows, source=source)

@@ -1,0 +1,69 @@
+"""show: one image with its items, near copies, and a preview read back from its source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catalog import api, synth
+from catalog.errors import InputError, NotFoundError
+from cli.app import app
+
+
+@pytest.fixture
+def catalog_with_file(tmp_path: Path) -> tuple[str, Path, np.ndarray]:
+    images, labels = synth.render_letters(40, np.random.default_rng(11))
+    test = np.concatenate([images[:1], synth.brightness(images[1:2], 0.03)])
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, x_train=images, y_train=labels, x_test=test)
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", api.plan([path]))
+    return db, path, images
+
+
+def test_show_an_item_lists_holders_neighbours_and_draws_it(catalog_with_file) -> None:  # type: ignore[no-untyped-def]
+    db, path, images = catalog_with_file
+    report = api.show_image(db, "d@v1:train:1")
+    assert {(i.split, i.position) for i in report.items} == {("d@v1:train", 1)}
+    assert any(n.items[0].split == "d@v1:test" for n in report.neighbours)
+    assert report.preview is not None
+    pixels = np.array(report.preview.rows)[:, :, 0]
+    assert pixels.shape == (28, 28)
+    assert np.array_equal(pixels, images[1])  # gray uint8 comes back exactly
+    exact = api.show_image(db, "d@v1:test:0")
+    assert {(i.split, i.position) for i in exact.items} == {("d@v1:train", 0), ("d@v1:test", 0)}
+    by_digest = api.show_image(db, exact.digest[:10])
+    assert by_digest.digest == exact.digest
+
+
+def test_show_without_the_source_file_has_no_picture(catalog_with_file) -> None:  # type: ignore[no-untyped-def]
+    db, path, _images = catalog_with_file
+    path.unlink()
+    report = api.show_image(db, "d@v1:train:3")
+    assert report.preview is None and "source file" in report.preview_note
+
+
+def test_show_errors(catalog_with_file) -> None:  # type: ignore[no-untyped-def]
+    db, _path, _images = catalog_with_file
+    with pytest.raises(NotFoundError, match="no position 99"):
+        api.show_image(db, "d@v1:train:99")
+    with pytest.raises(NotFoundError, match="no image digest starts with ffffffffffff"):
+        api.show_image(db, "ffffffffffff")
+    with pytest.raises(InputError, match="show takes"):
+        api.show_image(db, "what")
+
+
+def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def]
+    db, _path, _images = catalog_with_file
+    runner = CliRunner()
+    table = runner.invoke(app, ["--db", db, "show", "d@v1:train:1"])
+    assert table.exit_code == 0, table.output
+    assert "▀" in table.stdout and "Near copies" in table.stdout
+    data = json.loads(runner.invoke(app, ["--db", db, "show", "d@v1:train:1", "--json"]).stdout)
+    assert data["schema"] == "dsaudit.show/1" and data["height"] == 28
+    bad = runner.invoke(app, ["--db", db, "show", "d@v1:train:99"])
+    assert bad.exit_code == 2 and "no position 99" in bad.stderr
