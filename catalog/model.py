@@ -42,6 +42,16 @@ class SplitInfo:
 
 
 @dataclass(frozen=True)
+class SourceInfo:
+    """A file a version was ingested from."""
+
+    path: str
+    format: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class VersionInfo:
     dataset: str
     tag: str
@@ -50,6 +60,7 @@ class VersionInfo:
     note: str | None
     tool_version: str
     splits: tuple[SplitInfo, ...]
+    sources: tuple[SourceInfo, ...] = ()
 
     @property
     def items(self) -> int:

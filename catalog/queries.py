@@ -32,6 +32,7 @@ from catalog.model import (
     PairOverlap,
     RecipeInfo,
     ShowReport,
+    SourceInfo,
     SplitChange,
     SplitInfo,
     SplitMove,
@@ -191,6 +192,14 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
         by_version[s.version_id].append(
             SplitInfo(*tags[s.version_id], s.name, s.id, *sizes.get(s.id, (0, 0)))
         )
+    source = core_table(Source)
+    read: dict[int, list[SourceInfo]] = defaultdict(list)
+    for r in conn.execute(
+        select(source.c.version_id, source.c.path, source.c.format, source.c.size, source.c.sha256)
+        .where(source.c.version_id.in_([v.id for v in versions]))
+        .order_by(source.c.id)
+    ):
+        read[r.version_id].append(SourceInfo(r.path, r.format, r.size, r.sha256))
     by_dataset: dict[int, list[VersionInfo]] = defaultdict(list)
     for v in versions:
         by_dataset[v.dataset_id].append(
@@ -202,6 +211,7 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
                 note=v.note,
                 tool_version=v.tool_version,
                 splits=tuple(by_version[v.id]),
+                sources=tuple(read[v.id]),
             )
         )
     return Listing(

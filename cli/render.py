@@ -98,6 +98,7 @@ def listing(data: Listing) -> RenderableType:
             ("items", "right"),
             ("images", "right"),
             ("note", "left"),
+            ("read from", "left"),
         )
         for version in dataset.versions:
             for index, split in enumerate(version.splits):
@@ -110,6 +111,7 @@ def listing(data: Listing) -> RenderableType:
                     f"{split.items:,}",
                     f"{split.images:,}",
                     (version.note or "") if first else "",
+                    "\n".join(s.path.rsplit("/", 1)[-1] for s in version.sources) if first else "",
                     end_section=index == len(version.splits) - 1,
                 )
         parts.append(table)
