@@ -1,9 +1,11 @@
 """Ingest: one dataset version from planned splits into the catalog, chunk by chunk.
 
 For each chunk: canonicalise, digest, flag low-information images, look the digests up, insert
-the images the catalog has not seen (Core executemany), then the items. Everything happens on the
-caller's connection inside the caller's transaction, so a version is visible completely or not
-at all: run it inside `catalog.db.writing(engine)`.
+the images the catalog has not seen and then the items (executemany, `catalog.db.bulk_insert`),
+and hand the new informative images to the near-duplicate stage (`catalog.near`), which joins
+their band keys against the catalog after the last chunk. Everything happens on the caller's
+connection inside the caller's transaction, so a version is visible completely or not at all:
+run it inside `catalog.db.writing(engine)`.
 """
 
 from __future__ import annotations

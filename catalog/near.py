@@ -1,10 +1,11 @@
 """Near duplicates in the catalog: store signatures and band keys, join, verify, store pairs.
 
-During an ingest, `NearIndexer.add` takes each chunk's new, informative images, computes every
-recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) and bulk-inserts them.
-After the last chunk, `NearIndexer.finish` joins only the NEW images' band keys against all band
-keys of the recipe, verifies every candidate exactly on the stored signatures, and stores the
-pairs within the recipe's radius. The band join only proposes; the distance decides.
+During an ingest, `NearIndexer.add` takes each chunk's new, informative images and computes
+every recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) in a worker thread;
+signatures are stored as they come, band keys kept. After the last chunk, `NearIndexer.finish`
+stores the band keys in one sorted insert, joins only the NEW images' keys against all band keys
+of the recipe, verifies every candidate exactly on the stored signatures, and stores the pairs
+within the recipe's radius. The band join only proposes; the distance decides.
 
 The blow-up guard: a bucket (recipe, band, key) with thousands of members (thousands of
 near-identical images) would propose millions of pairs. Inside one bucket, members are taken in
