@@ -204,6 +204,8 @@ class RecipeInfo:
     """Pairs stored (distance <= radius)."""
     candidate_probability: tuple[tuple[float, float], ...]
     """(distance, probability that a pair at that distance shares a band key and is found)."""
+    probability_is_bound: bool
+    """The probabilities are a worst-case lower bound (measured detection is higher)."""
     params: str
     """The full parameters, canonical JSON."""
 

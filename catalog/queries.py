@@ -593,8 +593,10 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
             recipe = None
         probability: tuple[tuple[float, float], ...] = ()
         bands = rows_per_band = 0
+        bound = False
         if recipe is not None and recipe.fingerprint() == row.fingerprint:
             bands, rows_per_band = recipe.bands, recipe.rows
+            bound = recipe.probability_is_bound
             t = row.default_threshold
             probability = tuple(
                 (d, float(recipe.candidate_probability(d)))
@@ -612,6 +614,7 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
                 images=signed.get(row.id, 0),
                 pairs=paired.get(row.id, 0),
                 candidate_probability=probability,
+                probability_is_bound=bound,
                 params=row.params,
             )
         )

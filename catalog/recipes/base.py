@@ -57,6 +57,8 @@ class Recipe(ABC):
 
     family: ClassVar[str]
     format_version: ClassVar[int] = 1
+    probability_is_bound: ClassVar[bool] = False
+    """True when `candidate_probability` is a worst-case lower bound, not an estimate."""
 
     def __post_init__(self) -> None:
         if not self.name:
