@@ -16,6 +16,7 @@ from catalog.model import (
     DiffReport,
     DupsReport,
     ItemRef,
+    LabelConflict,
     Listing,
     NearTier,
     OverlapReport,
@@ -208,30 +209,25 @@ def near_conflicts(tier: NearTier) -> RenderableType:
 
 
 def conflicts(report: ConflictsReport) -> RenderableType:
-    exact = OverlapReport(
-        splits=report.splits,
-        pairs=(),
-        within=(),
-        conflict_images=report.exact_images,
-        conflict_items=report.exact_items,
-        conflicts=report.exact,
+    return Group(
+        label_conflicts(report.exact_images, report.exact_items, report.exact),
+        *[near_conflicts(tier) for tier in report.near],
     )
-    return Group(label_conflicts(exact), *[near_conflicts(tier) for tier in report.near])
 
 
-def label_conflicts(report: OverlapReport) -> RenderableType:
-    if not report.conflict_images:
+def label_conflicts(images: int, items: int, conflicts: Sequence[LabelConflict]) -> RenderableType:
+    """Exact label conflicts: ``images`` carry several labels over ``items``; the first listed."""
+    if not images:
         return Text("No label conflicts.", style="green")
     table = _table(
-        f"Label conflicts: {report.conflict_images:,} images carry more than one label "
-        f"({report.conflict_items:,} items)",
+        f"Label conflicts: {images:,} images carry more than one label ({items:,} items)",
         ("image", "left"),
         ("item", "left"),
         ("label", "left"),
         ("source", "left"),
     )
     table.columns[1].no_wrap = True
-    for conflict in report.conflicts:
+    for conflict in conflicts:
         for index, item in enumerate(conflict.items):
             row = "" if item.source_row is None else f"[{item.source_row}]"
             table.add_row(
@@ -242,7 +238,7 @@ def label_conflicts(report: OverlapReport) -> RenderableType:
                 end_section=index == len(conflict.items) - 1,
             )
     parts: list[RenderableType] = [table]
-    hidden = report.conflict_images - len(report.conflicts)
+    hidden = images - len(conflicts)
     if hidden > 0:
         parts.append(Text(f"({hidden:,} more conflicting images; --limit shows more)", style="dim"))
     return Group(*parts)
@@ -253,7 +249,7 @@ def overlap(report: OverlapReport) -> RenderableType:
         split_summary(report),
         leakage_matrix(report),
         *[near_matrix(report, tier) for tier in report.near],
-        label_conflicts(report),
+        label_conflicts(report.conflict_images, report.conflict_items, report.conflicts),
     )
 
 
