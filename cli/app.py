@@ -26,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from catalog import __version__, api
 from catalog.errors import CatalogError, UsageError
@@ -74,7 +75,9 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             try:
                 return function(*a, **kw)
             except CatalogError as exc:
-                _stderr().print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+                # A Text, not markup: file names and messages may hold "[...]".
+                message = Text.assemble(("Error:", "bold red"), f" {exc}")
+                _stderr().print(message, highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
 
         app.command(*args, **kwargs)(wrapper)

@@ -276,3 +276,9 @@ def test_readme_python_example_runs_as_documented(tmp_path: Path, monkeypatch, c
         line.split("# ")[1].split(":")[0] for line in example.splitlines() if "print(" in line
     ]
     assert printed[: len(expected)] == expected
+
+
+def test_error_messages_are_not_read_as_markup(runner: CliRunner, tmp_path: Path) -> None:
+    missing = tmp_path / "data[1].npz"
+    result = runner.invoke(app, ["--db", str(tmp_path / "c.db"), "ingest", "d", "v1", str(missing)])
+    _assert_user_error(result, "data[1].npz: no such file")
