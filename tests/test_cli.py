@@ -279,6 +279,6 @@ def test_readme_python_example_runs_as_documented(tmp_path: Path, monkeypatch, c
 
 
 def test_error_messages_are_not_read_as_markup(runner: CliRunner, tmp_path: Path) -> None:
-    missing = tmp_path / "data[1].npz"
+    missing = tmp_path / "data[red].npz"  # rich markup would swallow "[red]"
     result = runner.invoke(app, ["--db", str(tmp_path / "c.db"), "ingest", "d", "v1", str(missing)])
-    _assert_user_error(result, "data[1].npz: no such file")
+    _assert_user_error(result, "data[red].npz: no such file")
