@@ -229,3 +229,28 @@ def test_low_information_images_are_flagged(tmp_path: Path, rng) -> None:  # typ
     assert result.splits[0].low_info_items == 3
     (within,) = api.overlap(db, ["d"]).within
     assert within.low_info_items == 3
+
+
+def test_a_second_writer_waits_then_reports_catalog_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from catalog import db as catalog_db
+    from catalog.errors import BusyError
+
+    monkeypatch.setattr(catalog_db, "BUSY_TIMEOUT_S", 0.3)
+    path = tmp_path / "c.db"
+    api.ingest(str(path), "d", "v1", {"train": np.zeros((2, 3, 3), np.uint8)})
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO dataset (name) VALUES ('half-written')")
+    # Readers are not blocked and see only committed versions...
+    assert [d.name for d in api.list_catalog(str(path)).datasets] == ["d"]
+    # ...while a second writer waits for the lock, then gives up with a clear message.
+    with pytest.raises(BusyError, match="catalog busy"):
+        api.ingest(str(path), "d", "v2", {"train": np.ones((2, 3, 3), np.uint8)})
+    other.execute("ROLLBACK")
+    other.close()
+    api.ingest(str(path), "d", "v2", {"train": np.ones((2, 3, 3), np.uint8)})
+    assert [v.tag for v in api.list_catalog(str(path)).datasets[0].versions] == ["v1", "v2"]
