@@ -7,6 +7,13 @@ Arrays in, arrays out: no I/O, no SQL. The catalog stores each recipe's `params`
   24 bands of 24 MinHash values over a 256-bit projection code of the 8x8 image.
 * `PERCEPTUAL` ("phash256-v1"): 256-bit DCT hash, Hamming fraction, 32-byte signature, 24 bands
   of 11 MinHash values over the hash bits.
+* `SHIFT` ("fmag256-v1", family "spectral"): 256-bit hash of low-frequency Fourier magnitudes,
+  Hamming fraction, 32-byte signature, 48 bands of 10. Finds zero-filled 1-pixel shifts and 2x
+  down-up copies of 28x28 letters, at a measured price in candidates and false pairs (translated
+  and same-size glyphs collide); not in `DEFAULT_RECIPES` (see `catalog.recipes.spectral`).
+
+Each recipe's `informative` marks the images it cannot hash meaningfully (pixel-v1: faint images);
+the catalog keeps those out of that recipe's band join only.
 
 Thresholds and (bands, rows) were chosen by measurement (benchmarks/near_recall.py, results in
 benchmarks/RESULTS_near.md): each default threshold holds every planted noise, brightness,
@@ -27,6 +34,7 @@ from __future__ import annotations
 from catalog.recipes.base import Recipe
 from catalog.recipes.perceptual import PerceptualRecipe
 from catalog.recipes.pixel import PixelRecipe
+from catalog.recipes.spectral import SpectralRecipe
 
 PIXEL: Recipe = PixelRecipe(
     name="pixel-v1", bands=24, rows=24, radius=0.1, default_threshold=0.08, seed=1
@@ -34,9 +42,12 @@ PIXEL: Recipe = PixelRecipe(
 PERCEPTUAL: Recipe = PerceptualRecipe(
     name="phash256-v1", bands=24, rows=11, radius=0.15, default_threshold=0.12, seed=1
 )
+SHIFT: Recipe = SpectralRecipe(
+    name="fmag256-v1", bands=48, rows=10, radius=0.15, default_threshold=0.12, seed=1
+)
 DEFAULT_RECIPES: tuple[Recipe, ...] = (PIXEL, PERCEPTUAL)
 
-_BY_NAME = {recipe.name: recipe for recipe in DEFAULT_RECIPES}
+_BY_NAME = {recipe.name: recipe for recipe in (*DEFAULT_RECIPES, SHIFT)}
 
 
 def get_recipe(name: str) -> Recipe:
@@ -59,5 +70,7 @@ __all__ = [
     "PerceptualRecipe",
     "PixelRecipe",
     "Recipe",
+    "SHIFT",
+    "SpectralRecipe",
     "get_recipe",
 ]

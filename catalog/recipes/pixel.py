@@ -41,10 +41,16 @@ sign code separates them far better (bit fraction <= 0.03 for 99 % of planted co
 for 99 % of distinct pairs). The price: the bit fraction of a pair at RMS distance d depends on
 the images' contrast, so `candidate_probability` is a model (see `bit_fraction`) and recall is
 measured (benchmarks/RESULTS_near.md) rather than guaranteed: with b x r = 24 x 24 at
-threshold 0.08 the band join finds 0.981 of the brute-force pairs, 0.9935 of those between
-two images of `contrast` >= 0.1 (wider thresholds, +-8000, reach 0.992 overall at 3.5x the
-candidates). `contrast` exposes the measure so callers can treat faint
-images like low-information ones.
+threshold 0.08 the band join finds 0.980 of the brute-force pairs, 0.9932 of those between
+two images of `contrast` >= 0.1 (0.9893 on the demo letters of `catalog.synth`; wider
+thresholds, +-8000, reach 0.992 overall at 3.5x the candidates).
+
+`informative` is therefore ``contrast >= INFORMATIVE_CONTRAST`` (0.1): 8 % of the benchmark
+letters and copies and 3 % of the demo letters fall below; RESULTS_near.md compares cut-offs
+0.05-0.15 (0.08 gives 0.9908, 0.12 gives 0.9949 with 15 % non-informative). The catalog keeps
+faint images out of this recipe's band join; their planted copies are found by the perceptual
+recipe, whose median bits are scale-free (524 of 525 measured).
+The cut-off selects which stored rows exist, not their values, so it is not in `params`.
 
 Thresholds: planted noise (sigma 0.02), brightness +-0.05, contrast x1.1 and JPEG q75 copies of
 28x28 letters measure at most 0.051; random pairs of distinct letters have 0.1 % quantile 0.18
@@ -53,7 +59,8 @@ threshold is 0.08 and the stored radius 0.1.
 
 Non-goals (measured, far beyond any useful threshold): 1-pixel shift (0.19 median), 2x
 down/up resampling of small images with thin strokes (0.13 median), horizontal flip. The
-perceptual family covers resampling of larger images.
+perceptual family covers resampling of larger images, the spectral family (`SHIFT`) shifts and
+down/up of letters, at a large cost in false pairs.
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ OFFSET_RANGE = 6000
 OFFSET_SHA256 = "4d8756445b61e2320471e7ce1f56520f8b5501fc40c73fe2a01c3ba4135676bf"
 """sha256 of the int64 little-endian bytes of the 256 bit thresholds."""
 """sha256 of the int8 bytes of the (256, 64) projection matrix."""
+
+INFORMATIVE_CONTRAST = 0.1
+"""`PixelRecipe.informative`: LSH-grid contrast below this is faint (measured, see module doc)."""
 
 MEAN_WEIGHTS = (1, 1, 1)
 _ROWS_PER_CHUNK = 16384
@@ -255,6 +265,17 @@ class PixelRecipe(Recipe):
             coarse = resize.area_mean(grids[rows, :gh, :gw], LSH_GRID, LSH_GRID, 16, 1, bound=255.0)
             out[rows] = coarse.reshape(rows.size, -1).std(axis=1) / (16 * 255)
         return out
+
+    def informative(self, signatures: np.ndarray) -> np.ndarray:
+        """Images whose sign code is meaningful: ``contrast >= INFORMATIVE_CONTRAST``.
+
+        Args:
+            signatures: uint8 (n, S).
+
+        Returns:
+            bool (n,).
+        """
+        return self.contrast(signatures) >= INFORMATIVE_CONTRAST
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = self.check_pairs(a, b)
