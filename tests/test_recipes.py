@@ -134,12 +134,12 @@ GOLDEN = {
     ("phash256-v1", "gray28"): ("90f714beacdd171d", "e3695e1dac4270b5"),
     ("phash256-v1", "rgb32"): ("c6cda2f6d6d15ff5", "379f0a293c816abc"),
     ("phash256-v1", "rgb50x70"): ("c53f3785e42fb64b", "d23b3cd39be5fe87"),
-    ("pixel-v1", "gray28"): ("a0d89e74ae9ae592", "6862523e9ec6ab69"),
-    ("pixel-v1", "rgb32"): ("3fb072849fd58b51", "b352794b332fcaf1"),
-    ("pixel-v1", "rgb50x70"): ("f0b623688e870a5a", "a9718d9541b4de32"),
+    ("pixel-v1", "gray28"): ("a0d89e74ae9ae592", "49c81fdf782cb8b1"),
+    ("pixel-v1", "rgb32"): ("3fb072849fd58b51", "1347eb6bfcec43d1"),
+    ("pixel-v1", "rgb50x70"): ("f0b623688e870a5a", "d8c1fb014f9e3021"),
 }
 FINGERPRINTS = {
-    "pixel-v1": "cea2851a6187d5829d057773998b77366d867bb9896f54885d5f2030afe6e3fa",
+    "pixel-v1": "fe653184e614b990b602c25e8f7252a6a026ffeeaeca9c4b2362f3b7167b32ca",
     "phash256-v1": "5a26faf68fa4a3059e580a0bb4846dfdd85df3fee18b4b37822ca04f5284d8f0",
 }
 

@@ -1,4 +1,4 @@
-"""The spectral family (SHIFT, "fmag256-v1") and `Recipe.informative`."""
+"""The spectral family (SHIFT, "fmag256-v1"), and faint images under the default recipes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from catalog.recipes import (
     SpectralRecipe,
     get_recipe,
     minhash,
-    pixel,
     spectral,
 )
 from tests.test_recipes import datasketch_minhash, golden_images, sha
@@ -210,27 +209,17 @@ def test_horizontal_flip_is_a_documented_non_goal() -> None:
     assert np.median(d) > SHIFT.default_threshold
 
 
-# --- informative ---------------------------------------------------------------------------------
+# --- faint images ---------------------------------------------------------------------------------
 
 
-def test_informative_defaults_to_every_image() -> None:
-    images = np.concatenate([golden_images()["gray28"], np.zeros((1, 28, 28, 1), np.float32)])
-    for recipe in (PERCEPTUAL, SHIFT):
-        got = recipe.informative(recipe.signatures(images))
-        assert got.dtype == bool and got.all() and got.shape == (4,)
-    with pytest.raises(ValueError, match="uint8 of shape"):
-        SHIFT.informative(np.zeros((2, 7), np.uint8))
-
-
-def test_pixel_informative_is_contrast_cut_off() -> None:
+def test_faint_copies_keep_their_perceptual_code() -> None:
     letters = as_float(demo_letters())
     faint = letters * 0.15  # a nearly black copy: same shapes, contrast about a tenth
     sigs = PIXEL.signatures(np.concatenate([letters, faint]))
-    got = PIXEL.informative(sigs)
-    np.testing.assert_array_equal(got, PIXEL.contrast(sigs) >= pixel.INFORMATIVE_CONTRAST)
-    assert got[: len(letters)].all() and not got[len(letters) :].any()
+    contrast = PIXEL.contrast(sigs)
+    assert (contrast[: len(letters)] >= 0.1).all() and (contrast[len(letters) :] < 0.1).all()
     # The perceptual bits are scale-free: brightened, contrast and mildly noisy copies of the
-    # faint images keep their code, so their pairs still come from phash256-v1. (JPEG q75 of
+    # faint images keep their code, so their pairs also come from phash256-v1. (JPEG q75 of
     # images this faint measures up to 0.133: see benchmarks/RESULTS_near.md for real ones.)
     q = np.rint(faint[..., 0] * 255).astype(np.uint8)
     a = PERCEPTUAL.signatures(faint)
@@ -238,14 +227,6 @@ def test_pixel_informative_is_contrast_cut_off() -> None:
     for copy in (synth.brightness(q, 0.05), synth.contrast(q, 1.1), noisy):
         b = PERCEPTUAL.signatures(as_float(copy))
         assert PERCEPTUAL.distances(a, b).max() <= PERCEPTUAL.default_threshold
-
-
-def test_informative_is_not_part_of_the_fingerprint() -> None:
-    # pixel-v1's stored values did not change, so neither did its identity.
-    assert "informative" not in str(PIXEL.params())
-    assert PIXEL.fingerprint() == (
-        "cea2851a6187d5829d057773998b77366d867bb9896f54885d5f2030afe6e3fa"
-    )
 
 
 def test_band_keys_use_the_minhash_of_the_code() -> None:

@@ -12,9 +12,6 @@ Arrays in, arrays out: no I/O, no SQL. The catalog stores each recipe's `params`
   down-up copies of 28x28 letters, at a measured price in candidates and false pairs (translated
   and same-size glyphs collide); not in `DEFAULT_RECIPES` (see `catalog.recipes.spectral`).
 
-Each recipe's `informative` marks the images it cannot hash meaningfully (pixel-v1: faint images);
-the catalog keeps those out of that recipe's band join only.
-
 Thresholds and (bands, rows) were chosen by measurement (benchmarks/near_recall.py, results in
 benchmarks/RESULTS_near.md): each default threshold holds every planted noise, brightness,
 contrast and JPEG copy of 28x28 letters and lies far below distinct images; (b, r) is the

@@ -182,21 +182,6 @@ class Recipe(ABC):
             raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
         return a, b
 
-    def informative(self, signatures: np.ndarray) -> np.ndarray:
-        """Which images this recipe hashes meaningfully; the others stay out of its band join.
-
-        The default is every image. A family overrides it when some images have codes that are
-        noise for it (pixel-v1: faint images); their near pairs can still come from another
-        recipe. This is a policy on top of the stored values, so it is not part of `params`.
-
-        Args:
-            signatures: uint8 (n, S).
-
-        Returns:
-            bool (n,).
-        """
-        return np.ones(self.check_signatures(signatures).shape[0], dtype=bool)
-
     def minhash(self, signatures: np.ndarray) -> np.ndarray:
         """datasketch MinHash values of the bit-token sets of the signatures' codes.
 

@@ -24,8 +24,9 @@ which is at most the full-resolution RMS (Jensen), so pairs are never lost by th
 
 LSH code: the grid is area-averaged again to 8x8 and projected on 256 fixed balanced +-1
 vectors (32 cells +1, 32 cells -1, chosen by sorting splitmix64 keys, pinned by sha256); bit ``i``
-= projection ``i`` > threshold ``t_i``, with fixed integer thresholds uniform in +-6000 (in 1/16
-gray levels summed over the 64 cells: about the spread of the projections of letter images).
+= projection ``i`` > threshold ``t_i``, with fixed integer thresholds uniform in +-9000 (in 1/16
+gray levels summed over the 64 cells: about 1.5 times the spread of the projections of letter
+images).
 For images of normal contrast this is SimHash of the centred coarse image (the projections sum
 to zero, so a brightness shift changes nothing; close images have small angles). For faint
 images, whose projections are all small, the bits tend to the fixed threshold pattern, so faint
@@ -40,17 +41,14 @@ against 0.92 for planted copies, i.e. thousands of candidates per image at 220k 
 sign code separates them far better (bit fraction <= 0.03 for 99 % of planted copies, >= 0.2
 for 99 % of distinct pairs). The price: the bit fraction of a pair at RMS distance d depends on
 the images' contrast, so `candidate_probability` is a model (see `bit_fraction`) and recall is
-measured (benchmarks/RESULTS_near.md) rather than guaranteed: with b x r = 24 x 24 at
-threshold 0.08 the band join finds 0.980 of the brute-force pairs, 0.9932 of those between
-two images of `contrast` >= 0.1 (0.9893 on the demo letters of `catalog.synth`; wider
-thresholds, +-8000, reach 0.992 overall at 3.5x the candidates).
-
-`informative` is therefore ``contrast >= INFORMATIVE_CONTRAST`` (0.1): 8 % of the benchmark
-letters and copies and 3 % of the demo letters fall below; RESULTS_near.md compares cut-offs
-0.05-0.15 (0.08 gives 0.9908, 0.12 gives 0.9949 with 15 % non-informative). The catalog keeps
-faint images out of this recipe's band join; their planted copies are found by the perceptual
-recipe, whose median bits are scale-free (524 of 525 measured).
-The cut-off selects which stored rows exist, not their values, so it is not in `params`.
+measured (benchmarks/RESULTS_near.md) rather than guaranteed. The threshold range sets the
+trade-off: faint images' projections are small, and wider thresholds keep more of their bits
+fixed, so faint pairs collide more, at the price of more candidates. Measured on 33k letters and
+planted copies with b x r = 24 x 24 at threshold 0.08 (recall of the band join against the
+brute force, candidates per image; benchmark letters / demo letters of `catalog.synth`):
++-6000 gave 0.980 / 0.981 (7.9 / 8.7), +-8000 0.988 / 0.988 (15.3 / 10.9), +-9000 0.993 /
+0.993 (53.8 / 19.0), +-12000 0.995 / - (112). +-9000 is the first to reach 0.99 on both.
+`contrast` exposes what the code sees, for the benchmark's faint-image rows.
 
 Thresholds: planted noise (sigma 0.02), brightness +-0.05, contrast x1.1 and JPEG q75 copies of
 28x28 letters measure at most 0.051; random pairs of distinct letters have 0.1 % quantile 0.18
@@ -83,14 +81,11 @@ CODE_BITS = 256
 PROJECTION_SALT = 0x70697865  # "pixe"
 PROJECTION_SHA256 = "90b90b53bf193140d6f93f72d25a248da7cfa316a2788e28ecaf9d033337d6c1"
 OFFSET_SALT = 0x6F666673  # "offs"
-OFFSET_RANGE = 6000
-"""Bit thresholds are integers in [-6000, 6000], in projection units (1/16 gray level)."""
-OFFSET_SHA256 = "4d8756445b61e2320471e7ce1f56520f8b5501fc40c73fe2a01c3ba4135676bf"
+OFFSET_RANGE = 9000
+"""Bit thresholds are integers in [-9000, 9000], in projection units (1/16 gray level)."""
+OFFSET_SHA256 = "1f4921e99faac96fb847853c390659391e5df52fabc7225273e36327a0a51148"
 """sha256 of the int64 little-endian bytes of the 256 bit thresholds."""
 """sha256 of the int8 bytes of the (256, 64) projection matrix."""
-
-INFORMATIVE_CONTRAST = 0.1
-"""`PixelRecipe.informative`: LSH-grid contrast below this is faint (measured, see module doc)."""
 
 MEAN_WEIGHTS = (1, 1, 1)
 _ROWS_PER_CHUNK = 16384
@@ -265,17 +260,6 @@ class PixelRecipe(Recipe):
             coarse = resize.area_mean(grids[rows, :gh, :gw], LSH_GRID, LSH_GRID, 16, 1, bound=255.0)
             out[rows] = coarse.reshape(rows.size, -1).std(axis=1) / (16 * 255)
         return out
-
-    def informative(self, signatures: np.ndarray) -> np.ndarray:
-        """Images whose sign code is meaningful: ``contrast >= INFORMATIVE_CONTRAST``.
-
-        Args:
-            signatures: uint8 (n, S).
-
-        Returns:
-            bool (n,).
-        """
-        return self.contrast(signatures) >= INFORMATIVE_CONTRAST
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = self.check_pairs(a, b)
