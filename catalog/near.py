@@ -32,6 +32,7 @@ from catalog.db import bulk_insert, placeholder
 from catalog.errors import SchemaError
 from catalog.recipes import DEFAULT_RECIPES, Recipe
 from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
+from catalog.vectors import unique, unique_rows
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -130,7 +131,7 @@ def candidate_pairs(
     # memory at 220k images fell from 3.3 GB), and pairs are deduplicated as they accumulate.
     found: list[np.ndarray] = []
     largest = capped = 0
-    for value in np.unique(band):
+    for value in unique(band):
         rows = band == value
         pairs, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
         found.append(pairs)
@@ -144,7 +145,7 @@ def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
         return pairs.reshape(0, 2)
     # One int64 per pair for a fast unique: image ids stay far below 2**31 in one catalog...
     if int(pairs.max()) < 2**31:
-        packed = np.unique((pairs[:, 0] << 32) | pairs[:, 1])
+        packed = unique((pairs[:, 0] << 32) | pairs[:, 1])
         return np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
     return np.unique(pairs, axis=0)  # ...and when they do not, the general (slower) path.
 
@@ -328,8 +329,13 @@ class NearIndexer:
             "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
         )
         self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
-        distinct = np.unique(np.stack([band, keys], axis=1), axis=0)
-        bulk_insert(self.conn, "dsaudit_new_key", ("band", "key"), distinct.tolist())
+        distinct_band, distinct_key = unique_rows(band, keys)
+        bulk_insert(
+            self.conn,
+            "dsaudit_new_key",
+            ("band", "key"),
+            zip(distinct_band.tolist(), distinct_key.tolist(), strict=True),
+        )
         rows = self.conn.exec_driver_sql(
             f"""
             SELECT band, key, image_id FROM (
@@ -367,14 +373,20 @@ class NearIndexer:
     def _verify_and_store(self, recipe: Recipe, recipe_id: int, pairs: np.ndarray) -> int:
         if pairs.size == 0:
             return 0
-        involved = np.unique(pairs)
+        involved = unique(pairs.reshape(-1))
         signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
+        screen = recipe.screen(signatures)
         stored = 0
         for start in range(0, len(pairs), VERIFY_BATCH):
             batch = pairs[start : start + VERIFY_BATCH]
-            left = signatures[np.searchsorted(involved, batch[:, 0])]
-            right = signatures[np.searchsorted(involved, batch[:, 1])]
-            distance = recipe.distances(left, right)
+            left = np.searchsorted(involved, batch[:, 0])
+            right = np.searchsorted(involved, batch[:, 1])
+            if screen is not None:
+                # Most candidates are far apart: a cheap lower bound rules them out before the
+                # exact distance reads whole signatures.
+                maybe = screen.may_be_within(left, right, recipe.radius)
+                batch, left, right = batch[maybe], left[maybe], right[maybe]
+            distance = recipe.distances(signatures[left], signatures[right])
             close = distance <= recipe.radius
             rows = [
                 (recipe_id, int(a), int(b), float(d))

@@ -311,6 +311,45 @@ def test_pixel_distance_is_rms_within_one_level(a: np.ndarray, b: np.ndarray) ->
     assert abs(got - rms) <= 1 / 255 + 1e-12
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    a=gray28,
+    b=gray28,
+    noise=hnp.arrays(np.float32, (28, 28, 1), elements=st.floats(-0.125, 0.125, width=32)),
+    near=st.booleans(),
+    shape=st.sampled_from([(28, 28), (20, 13), (32, 32), (9, 30)]),
+)
+def test_pixel_screen_never_exceeds_the_distance(
+    a: np.ndarray, b: np.ndarray, noise: np.ndarray, near: bool, shape: tuple[int, int]
+) -> None:
+    # The bound may only rule out pairs that are not within the radius: it must never exceed
+    # the exact distance, on any grid shape (28 is not a multiple of 8: fractional cells), for
+    # far pairs and for near copies alike.
+    if near:
+        b = np.clip(a + noise, 0, 1)
+    h, w = shape
+    sigs = PIXEL.signatures(np.stack([a[:h, :w], b[:h, :w]]))
+    screen = PIXEL.screen(sigs)
+    distance = PIXEL.distances(sigs[:1], sigs[1:])[0]
+    for level, (vectors, factor) in enumerate(screen.levels):
+        diff = vectors[0].astype(np.int64) - vectors[1]
+        bound = screen.scale[0] * factor * np.sqrt(diff @ diff)
+        assert bound <= distance + 1e-12, level
+    # So a pair is ruled out only when it is beyond the radius asked for.
+    for radius in (distance, distance + 0.01):
+        assert screen.may_be_within(np.array([0]), np.array([1]), radius)[0]
+
+
+def test_pixel_screen_rules_out_distinct_letters() -> None:
+    letters = golden_images()["gray28"]
+    sigs = PIXEL.signatures(np.concatenate([letters, 1.0 - letters]))
+    screen = PIXEL.screen(sigs)
+    n = len(letters)
+    # An inverted image is far even in 8x8 blocks; an image is within any radius of itself.
+    assert not screen.may_be_within(np.arange(n), np.arange(n) + n, PIXEL.radius).any()
+    assert screen.may_be_within(np.arange(n), np.arange(n), 0.0).all()
+
+
 @settings(max_examples=25, deadline=None)
 @given(images=hnp.arrays(np.float32, (2, 16, 16, 3), elements=st.floats(0, 1, width=32)))
 def test_pixel_rgb_distance_is_gray_rms(images: np.ndarray) -> None:

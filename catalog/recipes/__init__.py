@@ -28,7 +28,7 @@ Usage::
 
 from __future__ import annotations
 
-from catalog.recipes.base import Recipe
+from catalog.recipes.base import Recipe, Screen
 from catalog.recipes.perceptual import PerceptualRecipe
 from catalog.recipes.pixel import PixelRecipe
 from catalog.recipes.spectral import SpectralRecipe
@@ -67,6 +67,7 @@ __all__ = [
     "PerceptualRecipe",
     "PixelRecipe",
     "Recipe",
+    "Screen",
     "SHIFT",
     "SpectralRecipe",
     "get_recipe",

@@ -36,6 +36,44 @@ def jaccard_of_bit_fraction(f: float | np.ndarray) -> float | np.ndarray:
 
 
 @dataclass(frozen=True)
+class Screen:
+    """Cheap lower bounds of a recipe's distance, coarse to fine, to rule candidates out.
+
+    For every level ``(vectors, factor)`` and every pair ``i, j`` whose distance is below 1:
+    ``distance(i, j) >= scale[i] * factor * ||vectors[i] - vectors[j]||`` (Euclidean norm, in
+    exact integer arithmetic). Distances are at most 1, so the bound is capped at 1.
+    """
+
+    levels: tuple[tuple[np.ndarray, float], ...]
+    """Coarse first: (int16 (n, m) vectors, factor)."""
+    scale: np.ndarray
+    """float64 (n,)."""
+
+    def may_be_within(self, left: np.ndarray, right: np.ndarray, radius: float) -> np.ndarray:
+        """Which pairs ``(left[k], right[k])`` no level rules out at ``radius``.
+
+        Each level looks only at the pairs the coarser levels kept.
+
+        Args:
+            left, right: int64 (p,) row indices into the vectors.
+            radius: the distance a pair must not exceed.
+
+        Returns:
+            bool (p,).
+        """
+        keep = np.ones(left.size, dtype=bool)
+        for vectors, factor in self.levels:
+            rows = np.flatnonzero(keep)
+            if rows.size == 0:
+                break
+            a, b = left[rows], right[rows]
+            diff = vectors[a].astype(np.int64) - vectors[b]
+            bound = self.scale[a] * factor * np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            keep[rows] = np.minimum(bound, 1.0) <= radius
+        return keep
+
+
+@dataclass(frozen=True)
 class Recipe(ABC):
     """A near-duplicate recipe: signatures, LSH band keys, exact distances.
 
@@ -122,6 +160,18 @@ class Recipe(ABC):
         Returns:
             float64 (m,).
         """
+
+    def screen(self, signatures: np.ndarray) -> Screen | None:
+        """A cheap lower bound of `distances`, to skip candidates that cannot be pairs.
+
+        Verification computes the bound for every candidate and exact distances only for those
+        it does not rule out; the result is the same as computing every exact distance. The
+        default is no bound.
+
+        Args:
+            signatures: uint8 (n, S).
+        """
+        return None
 
     @abstractmethod
     def bit_fraction(self, distance: float | np.ndarray) -> float | np.ndarray:

@@ -71,8 +71,9 @@ from typing import Any
 import numpy as np
 
 from catalog.recipes import minhash, resize
-from catalog.recipes.base import Recipe
+from catalog.recipes.base import Recipe, Screen
 from catalog.recipes.resize import exact_matmul
+from catalog.vectors import unique
 
 GRID = 32
 HEADER = 8
@@ -164,6 +165,30 @@ def _header(n: int, h: int, w: int, c: int) -> np.ndarray:
     return head
 
 
+def _coarse(signatures: np.ndarray) -> np.ndarray:
+    """The exact 8x8 area mean of each signature's gray grid, in 1/16 gray levels.
+
+    Args:
+        signatures: uint8 (n, S) pixel signatures.
+
+    Returns:
+        int64 (n, 64), values in [0, 16 * 255].
+    """
+    n = signatures.shape[0]
+    out = np.zeros((n, LSH_GRID * LSH_GRID), dtype=np.int64)
+    grids = signatures[:, HEADER:].reshape(n, GRID, GRID)
+    shapes = signatures[:, 5].astype(np.int64) * 256 + signatures[:, 6]
+    for shape in unique(shapes):
+        gh, gw = divmod(int(shape), 256)
+        if gh == 0 or gw == 0:
+            raise ValueError("signature header has an empty grid; not a pixel-v1 signature")
+        rows = np.flatnonzero(shapes == shape)
+        grid = grids[rows, :gh, :gw]
+        coarse = resize.area_mean(grid, LSH_GRID, LSH_GRID, 16, 1, bound=255.0)
+        out[rows] = coarse.reshape(rows.size, -1)
+    return out
+
+
 @dataclass(frozen=True)
 class PixelRecipe(Recipe):
     """Gray RMS distance on aligned same-shape images.
@@ -221,27 +246,17 @@ class PixelRecipe(Recipe):
         salt = np.ascontiguousarray(signatures[:, :HEADER]).view("<u8")[:, 0].astype(np.uint64)
         codes = np.zeros((n, CODE_BITS // 8), dtype=np.uint8)
         proj_t = projections().T.astype(np.int64)
-        grids = signatures[:, HEADER:].reshape(n, GRID, GRID)
-        shapes = signatures[:, 5].astype(np.int64) * 256 + signatures[:, 6]
-        for shape in np.unique(shapes):
-            gh, gw = divmod(int(shape), 256)
-            if gh == 0 or gw == 0:
-                raise ValueError("signature header has an empty grid; not a pixel-v1 signature")
-            rows = np.flatnonzero(shapes == shape)
-            for start in range(0, rows.size, _ROWS_PER_CHUNK):
-                idx = rows[start : start + _ROWS_PER_CHUNK]
-                grid = grids[idx, :gh, :gw]
-                coarse = resize.area_mean(grid, LSH_GRID, LSH_GRID, 16, 1, bound=255.0)
-                proj = exact_matmul(coarse.reshape(idx.size, -1), proj_t, 16 * 255)
-                codes[idx] = np.packbits(proj > offsets()[None, :], axis=1)
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            coarse = _coarse(signatures[start : start + _ROWS_PER_CHUNK])
+            proj = exact_matmul(coarse, proj_t, 16 * 255)
+            codes[start : start + coarse.shape[0]] = np.packbits(proj > offsets()[None, :], axis=1)
         return codes, salt
 
     def contrast(self, signatures: np.ndarray) -> np.ndarray:
         """Contrast the LSH code sees: RMS about the mean of the 8x8 area-mean grid, 0-1 scale.
 
         Faint images (contrast below about 0.1, half the median of letter images) have
-        unreliable sign codes, so their pairs are often missed by the band join; callers may
-        treat them like low-information images.
+        small projections, so their code bits mostly follow the fixed thresholds.
 
         Args:
             signatures: uint8 (n, S).
@@ -249,17 +264,27 @@ class PixelRecipe(Recipe):
         Returns:
             float64 (n,).
         """
+        coarse = _coarse(self.check_signatures(signatures))
+        return coarse.std(axis=1) / (16 * 255)
+
+    def screen(self, signatures: np.ndarray) -> Screen:
+        """Sums of 4x4 and then 2x2 blocks of the zero-padded 32x32 grid bound the distance.
+
+        For a block B of |B| cells and the pair's differences d (zero in the padding),
+        ``(sum_B d)^2 / |B| <= sum_B d^2`` (Cauchy-Schwarz), so summing over the blocks,
+        ``RMS >= ||block sums of d|| / sqrt(|B| * gh * gw)`` in gray levels, exactly. On letter
+        candidates the 4x4 level rules out two thirds, the 2x2 level all but a few per cent.
+        """
         signatures = self.check_signatures(signatures)
         n = signatures.shape[0]
-        out = np.zeros(n, dtype=np.float64)
-        grids = signatures[:, HEADER:].reshape(n, GRID, GRID)
-        shapes = signatures[:, 5].astype(np.int64) * 256 + signatures[:, 6]
-        for shape in np.unique(shapes):
-            gh, gw = divmod(int(shape), 256)
-            rows = np.flatnonzero(shapes == shape)
-            coarse = resize.area_mean(grids[rows, :gh, :gw], LSH_GRID, LSH_GRID, 16, 1, bound=255.0)
-            out[rows] = coarse.reshape(rows.size, -1).std(axis=1) / (16 * 255)
-        return out
+        grid = signatures[:, HEADER:].reshape(n, GRID // 2, 2, GRID // 2, 2).astype(np.int16)
+        twos = grid.sum(axis=(2, 4), dtype=np.int16)  # <= 4 * 255
+        fours = twos.reshape(n, GRID // 4, 2, GRID // 4, 2).sum(axis=(2, 4), dtype=np.int16)
+        cells = np.maximum(signatures[:, 5].astype(np.float64) * signatures[:, 6], 1.0)
+        return Screen(
+            levels=((fours.reshape(n, -1), 1.0 / 4), (twos.reshape(n, -1), 1.0 / 2)),
+            scale=1.0 / (255.0 * np.sqrt(cells)),
+        )
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = self.check_pairs(a, b)

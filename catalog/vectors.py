@@ -1,0 +1,47 @@
+"""Small vectorised helpers shared by the hot paths.
+
+`unique` exists because numpy >= 2.3 answers a plain ``np.unique(x)`` of a large integer array
+with a hash table that is 100x slower than sorting (measured with numpy 2.4: 10.3 s against
+0.1 s for 5M int64; the variants with ``return_counts`` and the like still sort).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unique(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a 1-D array, by sorting (see the module docstring).
+
+    Args:
+        values: 1-D array of any sortable dtype.
+
+    Returns:
+        A new sorted 1-D array without repeats.
+    """
+    ordered = np.sort(values, kind="stable")
+    if ordered.size == 0:
+        return ordered
+    keep = np.empty(ordered.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def unique_rows(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(first[i], second[i])`` pairs, sorted by first then second.
+
+    ``np.unique(np.stack(...), axis=0)`` does the same through a structured view and took 7 s
+    for 5M int64 rows; a lexsort takes well under one.
+
+    Args:
+        first, second: 1-D arrays of one length.
+
+    Returns:
+        The two columns of the distinct rows.
+    """
+    order = np.lexsort((second, first))
+    a, b = first[order], second[order]
+    keep = np.ones(a.size, dtype=bool)
+    keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return a[keep], b[keep]
