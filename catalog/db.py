@@ -63,6 +63,10 @@ def _alembic_config() -> Config:
     return config
 
 
+PAGE_SIZE = 16384
+"""SQLite page size of new catalogs, bytes."""
+
+
 def _attach_sqlite_pragmas(engine: Engine) -> None:
     # pysqlite's own transaction handling defers BEGIN until the first DML statement, which
     # breaks atomic DDL+DML and read consistency; take control of BEGIN ourselves (the recipe
@@ -72,6 +76,10 @@ def _attach_sqlite_pragmas(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
+        # Takes effect only on a new, empty file (before WAL): 16 KB pages hold a 1 KB
+        # signature inside its WITHOUT ROWID leaf, where 4 KB pages gave each one an overflow
+        # page of its own (220k images: a 1 GB signature table, now 0.3 GB, 3x faster inserts).
+        cursor.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

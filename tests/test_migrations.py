@@ -97,3 +97,5 @@ def test_sqlite_pragmas_are_set_on_the_catalog_engine(engine) -> None:  # type: 
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        # A new catalog gets big pages: a pixel signature stays inside its B-tree leaf.
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 16384
