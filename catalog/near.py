@@ -1,7 +1,7 @@
 """Near duplicates in the catalog: store signatures and band keys, join, verify, store pairs.
 
 During an ingest, `NearIndexer.add` takes each chunk's new, informative images and computes
-every recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) in a worker thread;
+every recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) in worker threads;
 signatures are stored as they come, band keys kept. After the last chunk, `NearIndexer.finish`
 stores the band keys in one sorted insert, joins only the NEW images' keys against all band keys
 of the recipe, verifies every candidate exactly on the stored signatures, and stores the pairs
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -174,6 +175,12 @@ def _band_pairs(
     return pairs, int(sizes.max()), int((sizes > cap).sum())
 
 
+def _sign(recipe: Recipe, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures, band keys) of a chunk under one recipe; pure, runs in a worker thread."""
+    signatures = recipe.signatures(unit)
+    return signatures, recipe.band_keys(signatures)
+
+
 class NearIndexer:
     """Signs the new images of one ingest and, at the end, finds and stores their pairs."""
 
@@ -188,17 +195,20 @@ class NearIndexer:
         ).scalar_one()
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-sign")
-        self._pending: deque[tuple[Future[list[tuple[np.ndarray, np.ndarray]]], np.ndarray]] = (
+        # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
+        workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
+        self._pending: deque[tuple[list[Future[tuple[np.ndarray, np.ndarray]]], np.ndarray]] = (
             deque()
         )
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
-        """Sign new images (in a worker thread), store their signatures, keep their band keys.
+        """Sign new images (in worker threads), store their signatures, keep their band keys.
 
-        The hashing is numpy work that releases the GIL, so it runs in one worker thread while
-        this thread goes on reading, digesting and inserting the next chunk; results are stored
-        here, on the caller's connection, in submission order. At most `MAX_PENDING` chunks
+        The hashing is numpy work that releases the GIL, so it runs in worker threads (one per
+        recipe, up to the number of cores) while this thread goes on reading, digesting and
+        inserting the next chunk; results are stored here, on the caller's connection, in
+        submission order. At most `MAX_PENDING` chunks
         wait, which keeps memory bounded.
 
         Args:
@@ -207,32 +217,28 @@ class NearIndexer:
         """
         if image_ids.size == 0:
             return
-        self._pending.append((self._pool.submit(self._sign, unit), image_ids))
+        jobs = [self._pool.submit(_sign, recipe, unit) for recipe in self.recipes]
+        self._pending.append((jobs, image_ids))
         self._drain(wait=False)
-
-    def _sign(self, unit: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(signatures, band keys) of a chunk under every recipe; pure, runs in the worker."""
-        out = []
-        for recipe in self.recipes:
-            signatures = recipe.signatures(unit)
-            out.append((signatures, recipe.band_keys(signatures)))
-        return out
 
     def _drain(self, *, wait: bool) -> None:
         """Store finished signing jobs, oldest first; with ``wait``, all of them."""
         while self._pending and (
-            wait or self._pending[0][0].done() or len(self._pending) > MAX_PENDING
+            wait
+            or all(job.done() for job in self._pending[0][0])
+            or len(self._pending) > MAX_PENDING
         ):
-            future, image_ids = self._pending.popleft()
-            for recipe, (signatures, keys) in zip(self.recipes, future.result(), strict=True):
+            jobs, image_ids = self._pending.popleft()
+            for recipe, job in zip(self.recipes, jobs, strict=True):
+                signatures, keys = job.result()
                 recipe_id = self.ids[recipe.name]
                 bulk_insert(
                     self.conn,
                     core_table(Signature),
                     ("recipe_id", "image_id", "value"),
                     [
-                        (recipe_id, int(i), s.tobytes())
-                        for i, s in zip(image_ids, signatures, strict=True)
+                        (recipe_id, i, s.tobytes())
+                        for i, s in zip(image_ids.tolist(), signatures, strict=True)
                     ],
                     unique="recipe_id, image_id",
                 )
@@ -241,8 +247,9 @@ class NearIndexer:
 
     def close(self) -> None:
         """Stop the worker; pending jobs are dropped (the caller's transaction rolls back)."""
-        for future, _ids in self._pending:
-            future.cancel()
+        for jobs, _ids in self._pending:
+            for job in jobs:
+                job.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
 
