@@ -229,6 +229,47 @@ class DuplicateGroup:
 
 
 @dataclass(frozen=True)
+class NearPair:
+    """Two images of different audited splits within a recipe's threshold."""
+
+    distance: float
+    a: GroupMember
+    b: GroupMember
+
+
+@dataclass(frozen=True)
+class NearLeaks:
+    """Near pairs across splits under one recipe: the total and the closest ones."""
+
+    recipe: str
+    threshold: float
+    pairs_total: int
+    pairs: tuple[NearPair, ...]
+    """The closest pairs first, at most the query's ``limit``."""
+
+
+@dataclass(frozen=True)
+class LeaksReport:
+    """What leaks between the audited splits, image by image (the matrices count items)."""
+
+    exact_images: int
+    """Images that occur in more than one audited split."""
+    exact: tuple[GroupMember, ...]
+    """The most widespread of them first, with their items, at most ``limit``."""
+    near: tuple[NearLeaks, ...]
+
+
+@dataclass(frozen=True)
+class LowInfoReport:
+    """Low-information (blank, near-constant) images among the audited splits."""
+
+    images: int
+    items: int
+    shown: tuple[GroupMember, ...]
+    """The images with the most items first, at most the query's ``limit``."""
+
+
+@dataclass(frozen=True)
 class DupsReport:
     recipe: str | None
     threshold: float | None
@@ -247,6 +288,8 @@ def to_json(value: Any, schema: str | None = None) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data: dict[str, Any] = {} if schema is None else {"schema": schema}
         for field in dataclasses.fields(value):
+            if not field.metadata.get("json", True):
+                continue  # e.g. embedded pictures: for the HTML, not for the JSON
             data[field.name] = to_json(getattr(value, field.name))
         if isinstance(value, SplitInfo):
             data["ref"] = value.ref

@@ -8,6 +8,8 @@ or were arrays in memory give no preview (and say why).
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +34,42 @@ def read_row(path: str, fmt: str, key: str, row: int, size: int) -> np.ndarray |
         path, fmt, key, row: the item's provenance (source path and format, array key, row).
         size: the size the file had at ingest; a different size means it changed.
     """
+    return read_rows(path, fmt, key, [row], size).get(row)
+
+
+def read_rows(
+    path: str, fmt: str, key: str, rows: Sequence[int], size: int
+) -> dict[int, np.ndarray]:
+    """Several rows of one array of one source file in one pass (an ``.npz`` member is
+    streamed once, up to the last row wanted). Rows that cannot be read are missing.
+
+    Args:
+        rows: row numbers in the array, any order.
+        size: the size the file had at ingest; a different size means it changed.
+    """
     file = Path(path)
-    if fmt not in ("npy", "npz") or not file.is_file() or file.stat().st_size != size:
-        return None
+    wanted = sorted(set(rows))
+    if not wanted or fmt not in ("npy", "npz") or not file.is_file():
+        return {}
+    if file.stat().st_size != size:
+        return {}
+    found: dict[int, np.ndarray] = {}
     try:
         if fmt == "npy":
             array = np.load(file, mmap_mode="r")
-            return np.asarray(array[row]) if row < array.shape[0] else None
+            return {r: np.array(array[r]) for r in wanted if r < array.shape[0]}
         member = NpzMember(file, key)
         seen = 0
         for chunk in member.chunks(4096):
-            if row < seen + len(chunk):
-                return np.asarray(chunk[row - seen])
+            for r in wanted:
+                if seen <= r < seen + len(chunk):
+                    found[r] = np.array(chunk[r - seen])
             seen += len(chunk)
+            if seen > wanted[-1]:
+                break
     except Exception:  # a preview is a courtesy: a file that fails to read shows none
-        return None
-    return None
+        return found
+    return found
 
 
 def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Preview:
@@ -72,3 +94,15 @@ def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Previe
     rgb = np.clip(np.rint(small[:, :, :3] * 255), 0, 255).astype(np.uint8)
     rows = tuple(tuple((int(r), int(g), int(b)) for r, g, b in line) for line in rgb.tolist())
     return Preview(rows=rows, source=source)
+
+
+def to_png(preview: Preview) -> bytes:
+    """The preview as PNG bytes: 8-bit gray when every pixel is gray, else RGB."""
+    from PIL import Image  # only reports with pictures need Pillow loaded
+
+    rgb = np.array(preview.rows, dtype=np.uint8).reshape(len(preview.rows), -1, 3)
+    gray = bool((rgb == rgb[:, :, :1]).all())
+    picture = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0] if gray else rgb))
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=True)
+    return out.getvalue()

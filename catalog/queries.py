@@ -24,8 +24,12 @@ from catalog.model import (
     GroupMember,
     ItemRef,
     LabelConflict,
+    LeaksReport,
     Listing,
+    LowInfoReport,
     NearConflict,
+    NearLeaks,
+    NearPair,
     NearTier,
     Neighbour,
     OverlapReport,
@@ -570,6 +574,120 @@ def _near_tier(
             NearConflict(distance=d, a=tuple(items[a][1]), b=tuple(items[b][1]))
             for a, b, d in closest
         ),
+    )
+
+
+_MULTI_SPLIT_SQL = text(
+    """
+    SELECT image_id, COUNT(DISTINCT split_id), COUNT(*) FROM item
+    WHERE split_id IN :splits
+    GROUP BY image_id HAVING COUNT(DISTINCT split_id) > 1
+    """
+).bindparams(bindparam("splits", expanding=True))
+
+# Pairs within the threshold whose two images sit in different audited splits.
+_CROSS_PAIR_WHERE = """
+    WHERE p.recipe_id = :recipe AND p.distance <= :t
+      AND EXISTS (
+          SELECT 1 FROM item a JOIN item b ON b.image_id = p.image_b
+          WHERE a.image_id = p.image_a AND a.split_id IN :splits AND b.split_id IN :splits
+            AND a.split_id <> b.split_id
+      )
+"""
+_CROSS_PAIRS_COUNT_SQL = text(f"SELECT COUNT(*) FROM pair p {_CROSS_PAIR_WHERE}").bindparams(
+    bindparam("splits", expanding=True)
+)
+_CROSS_PAIRS_SQL = text(
+    f"""
+    SELECT p.image_a, p.image_b, p.distance FROM pair p {_CROSS_PAIR_WHERE}
+    ORDER BY p.distance, p.image_a, p.image_b LIMIT :limit
+    """
+).bindparams(bindparam("splits", expanding=True))
+
+
+def _members(
+    conn: Connection, image_ids: Sequence[int], splits: dict[int, SplitInfo]
+) -> list[GroupMember]:
+    """Each image with its items among ``splits``, in the order given."""
+    found = _items_of(conn, image_ids, splits)
+    return [GroupMember(found[i][0], tuple(found[i][1])) for i in image_ids if i in found]
+
+
+def cross_split_copies(
+    conn: Connection,
+    refs: Sequence[Ref | str],
+    *,
+    recipes: Sequence[str] | None = None,
+    limit: int = 20,
+) -> LeaksReport:
+    """The images behind the leakage matrices: images in more than one of the refs' splits
+    (most splits, then most items first) and, per recipe at its default threshold, near pairs
+    whose images sit in different splits (closest first). Counts are complete; ``limit`` bounds
+    the ones returned with their items and provenance.
+    """
+    splits = resolve_all(conn, refs)
+    by_id = {s.split_id: s for s in splits}
+    ids = list(by_id)
+    multi = sorted(
+        conn.execute(_MULTI_SPLIT_SQL, {"splits": ids}).all(),
+        key=lambda row: (-row[1], -row[2], row[0]),
+    )
+    exact = _members(conn, [row[0] for row in multi[:limit]], by_id) if limit > 0 else []
+    near = []
+    for recipe_id, name, threshold in select_recipes(conn, recipes, None):
+        params = {"splits": ids, "recipe": recipe_id, "t": threshold}
+        total = conn.execute(_CROSS_PAIRS_COUNT_SQL, params).scalar_one()
+        closest = (
+            conn.execute(_CROSS_PAIRS_SQL, {**params, "limit": limit}).all() if limit > 0 else []
+        )
+        found = _items_of(conn, sorted({i for a, b, _d in closest for i in (a, b)}), by_id)
+        near.append(
+            NearLeaks(
+                recipe=name,
+                threshold=threshold,
+                pairs_total=int(total),
+                pairs=tuple(
+                    NearPair(
+                        distance=float(d),
+                        a=GroupMember(found[a][0], tuple(found[a][1])),
+                        b=GroupMember(found[b][0], tuple(found[b][1])),
+                    )
+                    for a, b, d in closest
+                ),
+            )
+        )
+    return LeaksReport(exact_images=len(multi), exact=tuple(exact), near=tuple(near))
+
+
+def low_info_images(
+    conn: Connection, refs: Sequence[Ref | str], *, limit: int = 20
+) -> LowInfoReport:
+    """Low-information images of the refs' splits (flagged at ingest: blank or near-constant),
+    the ones with most items first."""
+    splits = resolve_all(conn, refs)
+    by_id = {s.split_id: s for s in splits}
+    item, image = core_table(Item), core_table(Image)
+    rows = sorted(
+        conn.execute(
+            select(item.c.image_id, func.count())
+            .join(image, image.c.id == item.c.image_id)
+            .where(item.c.split_id.in_(list(by_id)), image.c.low_info.is_(True))
+            .group_by(item.c.image_id)
+        ).all(),
+        key=lambda row: (-row[1], row[0]),
+    )
+    shown = _members(conn, [row[0] for row in rows[:limit]], by_id) if limit > 0 else []
+    return LowInfoReport(images=len(rows), items=sum(int(n) for _i, n in rows), shown=tuple(shown))
+
+
+def distinct_images(conn: Connection, refs: Sequence[Ref | str]) -> int:
+    """Distinct images over all of the refs' splits."""
+    ids = [s.split_id for s in resolve_all(conn, refs)]
+    item = core_table(Item)
+    return int(
+        conn.execute(
+            select(func.count(item.c.image_id.distinct())).where(item.c.split_id.in_(ids))
+        ).scalar_one()
     )
 
 
