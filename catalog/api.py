@@ -35,6 +35,15 @@ from catalog.model import (
     ShowReport,
 )
 from catalog.recipes import DEFAULT_RECIPES
+from catalog.report import (
+    DEFAULT_LIMIT,
+    DEFAULT_THUMBNAILS,
+    AuditReport,
+    FailOn,
+    assemble,
+    collect_pictures,
+    validate_gates,
+)
 from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
 
@@ -47,6 +56,7 @@ __all__ = [
     "list_recipes",
     "overlap",
     "plan",
+    "report",
     "run_demo",
     "run_sql",
     "show_image",
@@ -206,6 +216,48 @@ def list_recipes(db: str | Engine | None) -> tuple[RecipeInfo, ...]:
     """The catalog's near-duplicate recipes, with what their thresholds mean."""
     with _reading(db) as conn:
         return queries.list_recipes(conn)
+
+
+def report(
+    db: str | Engine | None,
+    ref: str,
+    *,
+    against: Sequence[str] = (),
+    recipes: Sequence[str] | None = None,
+    limit: int = DEFAULT_LIMIT,
+    thumbnails: int = DEFAULT_THUMBNAILS,
+    pictures: bool = False,
+    max_leakage: float | None = None,
+    fail_on: Sequence[FailOn | str] = (),
+) -> AuditReport:
+    """The audit report of ``ref``: summary, leakage matrices, copies across splits, duplicate
+    groups, label conflicts, low-information images, diffs from ``against``, recipes, gates.
+
+    Args:
+        against: older refs, each diffed to ``ref``.
+        recipes: near recipes (None: all in the catalog; empty: exact findings only).
+        limit: findings listed in detail per section; counts are always complete.
+        thumbnails: pictures read back at most (with ``pictures``).
+        pictures: read the listed findings' images back from their source files (for HTML
+            and terminal previews).
+        max_leakage: gate: fail when a split has a larger share of its items (exact or near
+            copies) in another split. ``fail_on``: fail on any finding of these kinds.
+
+    ``report.passed`` is False when a gate tripped; ``report.gates`` says why.
+    """
+    validate_gates(max_leakage)  # before opening anything: a typo costs no query
+    with _reading(db) as conn:
+        made = assemble(
+            conn,
+            ref,
+            against=against,
+            recipes=recipes,
+            limit=limit,
+            thumbnails=thumbnails,
+            max_leakage=max_leakage,
+            fail_on=fail_on,
+        )
+    return collect_pictures(made) if pictures else made
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
