@@ -40,6 +40,8 @@ from catalog.model import (
     SHOW_SCHEMA,
     to_json,
 )
+from catalog.report import DEFAULT_LIMIT, DEFAULT_THUMBNAILS, REPORT_SCHEMA, FailOn
+from catalog.report_render import to_html, to_markdown
 from cli import render
 
 app = typer.Typer(
@@ -477,6 +479,146 @@ def sql(
         _stdout().print(render.sql_table(result))
 
 
+def _outputs(**files: str | None) -> dict[str, str]:
+    """The report files asked for; at most one may be ``-`` (stdout). Checked before any query,
+    so a typo in a path costs nothing."""
+    asked = {kind: path for kind, path in files.items() if path is not None}
+    if sum(path == "-" for path in asked.values()) > 1:
+        raise UsageError("only one of --html, --json and --markdown can go to stdout ('-')")
+    for kind, path in asked.items():
+        if path != "-" and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"--{kind} {path}: the directory {Path(path).parent} does not exist")
+    return asked
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    _stderr().print(Text(f"Wrote {path} ({len(text.encode()):,} bytes)"), highlight=False)
+
+
+@_command("report")
+def report_command(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="What to audit: DATASET[@VERSION][:SPLIT].")],
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            "-a",
+            help="An older ref: adds what changed from it to REF. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    html: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also write one self-contained HTML page with the pictures side by side.",
+            show_default=False,
+        ),
+    ] = None,
+    json_file: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="FILE",
+            help=f"Also write JSON (schema {REPORT_SCHEMA}; see README). '-' means stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    markdown: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also write a short Markdown summary for a pull-request comment. '-': stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    max_leakage: Annotated[
+        float | None,
+        typer.Option(
+            metavar="RATE",
+            help="Gate: exit 1 when any split has more than RATE (a fraction: 0.01 = 1 %) of "
+            "its items with an exact or near copy in another split.",
+            show_default=False,
+        ),
+    ] = None,
+    fail_on: Annotated[
+        list[FailOn] | None,
+        typer.Option(
+            "--fail-on",
+            help="Gate: exit 1 when there is any finding of this kind. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: RecipeOption = None,
+    exact: ExactOption = False,
+    limit: Annotated[
+        int, typer.Option(help="Findings listed per section; counts are always complete.", min=0)
+    ] = DEFAULT_LIMIT,
+    thumbnails: Annotated[
+        int,
+        typer.Option(help="Pictures read back and embedded in the HTML at most.", min=0),
+    ] = DEFAULT_THUMBNAILS,
+) -> None:
+    """The audit of a dataset version in one report: terminal, HTML, JSON, Markdown; CI gates.
+
+    Shows what REF covers; the exact and near leakage matrices with rates; the images copied
+    across splits and the closest near pairs; duplicate groups inside splits; label conflicts;
+    low-information images; what changed from each --against ref; the recipes and thresholds
+    used. The top findings are drawn from their source files. Counts are always complete;
+    --limit bounds the findings listed, --thumbnails the pictures.
+
+    Exit codes: 0 when every gate passes (or none is given), 1 when a gate trips (--max-leakage,
+    --fail-on), 2 on a usage error.
+
+    Example:
+
+        dsaudit report notmnist@v2 --against notmnist@v1 --html report.html
+
+        dsaudit report notmnist --json report.json --max-leakage 0.001 --fail-on conflicts
+    """
+    outputs = _outputs(html=html, json=json_file, markdown=markdown)
+    terminal = "-" not in outputs.values()
+    made = api.report(
+        ctx.obj,
+        ref,
+        against=against or [],
+        recipes=_recipes(recipe, exact),
+        limit=limit,
+        thumbnails=thumbnails,
+        pictures=terminal or "html" in outputs,
+        max_leakage=max_leakage,
+        fail_on=fail_on or [],
+    )
+    if terminal:
+        _stdout().print(render.report(made))
+    for kind, path in outputs.items():
+        if kind == "html":
+            _write(path, to_html(made))
+        elif kind == "json":
+            _write(
+                path, json.dumps(to_json(made, REPORT_SCHEMA), indent=2, ensure_ascii=False) + "\n"
+            )
+        else:
+            _write(path, to_markdown(made))
+    tripped = [gate for gate in made.gates if gate.tripped]
+    for gate in tripped:
+        _stderr().print(
+            Text.assemble(("Gate tripped:", "bold red"), f" {gate.gate}: {gate.message}"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if tripped:
+        raise typer.Exit(1)
+
+
 @_command()
 def demo(
     directory: Annotated[
@@ -514,7 +656,9 @@ def demo(
     out.print(render.demo_checks(run))
     out.print(
         f"Explore it: dsaudit --db {run.catalog} ls notmnist; "
-        f'dsaudit --db {run.catalog} sql "SELECT * FROM v_exact_overlap LIMIT 5"',
+        f'dsaudit --db {run.catalog} sql "SELECT * FROM v_exact_overlap LIMIT 5"; '
+        f"dsaudit --db {run.catalog} report notmnist@v2 --against notmnist@v1 "
+        f"--html {run.directory / 'report.html'}",
         soft_wrap=True,
     )
     if not run.all_found:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
+from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -25,19 +26,15 @@ from catalog.model import (
     ShowReport,
     SplitInfo,
 )
+from catalog.report import (
+    DISTANCE_MEANING,
+    AuditReport,
+    percent,
+)
 from catalog.sql import SqlResult
 
 if TYPE_CHECKING:
     from catalog.demo import DemoRun
-
-
-def percent(rate: float) -> str:
-    """A rate as a percentage with enough digits to tell 0.04 % from nothing."""
-    if rate == 0:
-        return "0 %"
-    if rate < 0.001:
-        return f"{rate * 100:.3f} %"
-    return f"{rate * 100:.1f} %"
 
 
 def _table(title: str, *columns: tuple[str, str]) -> Table:
@@ -170,14 +167,16 @@ def leakage_matrix(report: OverlapReport) -> RenderableType:
     )
 
 
-def near_matrix(report: OverlapReport, tier: NearTier) -> RenderableType:
+def near_matrix(
+    report: OverlapReport, tier: NearTier, *, with_conflicts: bool = True
+) -> RenderableType:
     table = _matrix(
         f"Near leakage ({tier.recipe}, distance <= {tier.threshold:g}): items of ROW with no "
         "exact copy in COLUMN but a near copy there",
         report.splits,
         tier.pair,
     )
-    if not tier.conflict_images:
+    if not tier.conflict_images or not with_conflicts:
         return table
     return Group(table, near_conflicts(tier))
 
@@ -491,3 +490,231 @@ def sql_table(result: SqlResult) -> RenderableType:
 def print_all(console: Console, renderables: Sequence[RenderableType]) -> None:
     for renderable in renderables:
         console.print(renderable)
+
+
+# --- dsaudit report ---------------------------------------------------------------------------
+
+REPORT_PICTURES = 3
+"""Findings per kind drawn as pictures in the terminal (the HTML shows every listed one)."""
+_TERMINAL_PIXELS = 28
+"""Terminal pictures are subsampled to at most this many columns."""
+
+
+def _small_picture(report: AuditReport, item: ItemRef) -> RenderableType:
+    found = report.picture(item)
+    if found is None or found.preview is None:
+        return Text("(no picture)", style="dim")
+    rows = found.preview.rows
+    step = max(1, -(-len(rows[0]) // _TERMINAL_PIXELS))
+    return picture([row[::step] for row in rows[::step]])
+
+
+def _pictures(report: AuditReport, captions: Sequence[tuple[str, Sequence[ItemRef]]]) -> Columns:
+    """Findings side by side (wrapping to the terminal's width): its pictures over a caption."""
+    return Columns(
+        [
+            Group(
+                _side_by_side([_small_picture(report, item) for item in items]),
+                Text(caption, style="dim"),
+            )
+            for caption, items in captions
+        ],
+        padding=(1, 4),
+    )
+
+
+def _side_by_side(parts: Sequence[RenderableType]) -> Table:
+    grid = Table.grid(padding=(0, 1))
+    for _ in parts:
+        grid.add_column(no_wrap=True)
+    grid.add_row(*parts)
+    return grid
+
+
+def _more(total: int, shown: int, what: str) -> list[RenderableType]:
+    if total <= shown:
+        return []
+    return [
+        Text(f"({total - shown:,} more {what}; --limit or the HTML report lists more)", style="dim")
+    ]
+
+
+def report_summary(report: AuditReport) -> RenderableType:
+    s = report.summary
+    return Text.assemble(
+        (f"Audit of {report.ref}", "bold"),
+        f"  {s.datasets:,} dataset(s), {s.versions:,} version(s), {s.splits:,} splits, "
+        f"{s.items:,} items, {s.images:,} distinct images",
+        (f"  ({report.created_at.isoformat()}, dsaudit {report.tool_version})", "dim"),
+    )
+
+
+def cross_split_copies(report: AuditReport) -> RenderableType:
+    leaks = report.leaks
+    parts: list[RenderableType] = []
+    if not leaks.exact_images:
+        parts.append(Text("No image occurs in more than one split.", style="green"))
+    else:
+        table = _table(
+            f"Copies across splits: {leaks.exact_images:,} images occur in more than one split; "
+            "the most widespread",
+            ("image", "left"),
+            ("items", "right"),
+            ("where (item label, source)", "left"),
+        )
+        for member in leaks.exact:
+            table.add_row(
+                member.image_digest[:12],
+                f"{len(member.items):,}",
+                _member_lines(member.items),
+                end_section=True,
+            )
+        parts.append(table)
+        parts.append(
+            _pictures(
+                report,
+                [
+                    (", ".join(sorted({i.split.rsplit(":", 1)[-1] for i in m.items})), m.items[:1])
+                    for m in leaks.exact[:REPORT_PICTURES]
+                ],
+            )
+        )
+        parts.extend(_more(leaks.exact_images, len(leaks.exact), "images"))
+    for tier in leaks.near:
+        if not tier.pairs_total:
+            parts.append(Text(f"No near pair across splits under {tier.recipe}.", style="green"))
+            continue
+        table = _table(
+            f"Near pairs across splits ({tier.recipe}, distance <= {tier.threshold:g}): "
+            f"{tier.pairs_total:,}; the closest",
+            ("distance", "right"),
+            ("one", "left"),
+            ("the other", "left"),
+        )
+        for pair in tier.pairs:
+            table.add_row(
+                f"{pair.distance:.3f}",
+                _member_lines(pair.a.items, 2),
+                _member_lines(pair.b.items, 2),
+            )
+        parts.append(table)
+        parts.append(
+            _pictures(
+                report,
+                [
+                    (f"{p.distance:.3f}", (p.a.items[0], p.b.items[0]))
+                    for p in tier.pairs[:REPORT_PICTURES]
+                ],
+            )
+        )
+        parts.extend(_more(tier.pairs_total, len(tier.pairs), "pairs"))
+    return Group(*parts)
+
+
+def _member_lines(items: Sequence[ItemRef], most: int = 3) -> str:
+    """One line per item: split#position label source (the report's ref names the version)."""
+    lines = [
+        f"{i.split.rsplit(':', 1)[-1]}#{i.position} {i.label or ''}  {_where(i)}"
+        for i in items[:most]
+    ]
+    if len(items) > most:
+        lines.append(f"... {len(items) - most:,} more")
+    return "\n".join(lines)
+
+
+def low_info(report: AuditReport) -> RenderableType:
+    low = report.low_info
+    if not low.items:
+        return Text("No low-information items.", style="green")
+    table = _table(
+        f"Low-information items: {low.items:,} ({low.images:,} distinct images, blank or "
+        "near-constant)",
+        ("image", "left"),
+        ("items", "right"),
+        ("where (item label, source)", "left"),
+    )
+    for member in low.shown:
+        table.add_row(
+            member.image_digest[:12], f"{len(member.items):,}", _member_lines(member.items)
+        )
+    return Group(table, *_more(low.images, len(low.shown), "images"))
+
+
+def report_recipes(report: AuditReport) -> RenderableType:
+    if not report.recipes:
+        return Text("Exact copies only: no near-duplicate recipe was used.")
+    table = _table(
+        "Recipes and thresholds: a near copy is a verified distance at most the threshold",
+        ("recipe", "left"),
+        ("distance means", "left"),
+        ("threshold", "right"),
+        ("radius", "right"),
+        ("P(found) at threshold", "right"),
+    )
+    for recipe in report.recipes:
+        found = dict(recipe.candidate_probability).get(recipe.default_threshold)
+        table.add_row(
+            recipe.name,
+            DISTANCE_MEANING.get(recipe.family, recipe.family),
+            f"{recipe.default_threshold:g}",
+            f"{recipe.radius:g}",
+            "?"
+            if found is None
+            else f"{found:.3f}" + (" (lower bound)" if recipe.probability_is_bound else ""),
+        )
+    return table
+
+
+def gates(report: AuditReport) -> RenderableType:
+    table = _table("Gates", ("gate", "left"), ("verdict", "left"), ("why", "left"))
+    for gate in report.gates:
+        table.add_row(
+            gate.gate,
+            Text("tripped", style="bold red") if gate.tripped else Text("passed", style="green"),
+            gate.message,
+        )
+    return table
+
+
+def report(data: AuditReport) -> RenderableType:
+    """The whole audit report for the terminal, with pictures of the top findings."""
+    overlap = data.overlap
+    parts: list[RenderableType] = [
+        report_summary(data),
+        split_summary(overlap),
+        leakage_matrix(overlap),
+        *[near_matrix(overlap, tier, with_conflicts=False) for tier in overlap.near],
+        cross_split_copies(data),
+        dups(data.duplicates),
+    ]
+    groups = data.duplicates.groups[:REPORT_PICTURES]
+    if groups:
+        parts.append(
+            _pictures(
+                data,
+                [
+                    (
+                        f"{g.split.rsplit(':', 1)[-1]}, {g.items} items",
+                        [m.items[0] for m in g.members[:3]],
+                    )
+                    for g in groups
+                ],
+            )
+        )
+    parts.append(
+        label_conflicts(overlap.conflict_images, overlap.conflict_items, overlap.conflicts)
+    )
+    if overlap.conflicts:
+        parts.append(
+            _pictures(
+                data,
+                [(" / ".join(c.labels), c.items[:1]) for c in overlap.conflicts[:REPORT_PICTURES]],
+            )
+        )
+    parts.extend(near_conflicts(tier) for tier in overlap.near)
+    parts.append(low_info(data))
+    parts.extend(diff(d) for d in data.diffs)
+    parts.append(report_recipes(data))
+    if data.gates:
+        parts.append(gates(data))
+    return Group(*parts)
