@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import Connection, Engine
 from typer.testing import CliRunner
 
+from catalog import api
 from catalog.db import open_catalog
+from catalog.demo import DemoRun
 
 
 @pytest.fixture
@@ -42,3 +44,9 @@ def runner() -> CliRunner:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo's two versions ingested once for every test that audits them (read-only)."""
+    return api.run_demo(tmp_path_factory.mktemp("demo"))
