@@ -26,7 +26,6 @@ from catalog.errors import UsageError
 from catalog.model import (
     DiffReport,
     DupsReport,
-    GroupMember,
     ItemRef,
     LeaksReport,
     LowInfoReport,
@@ -364,11 +363,6 @@ def picture_items(report: AuditReport) -> Iterator[ItemRef]:
 
 GROUP_PICTURES = 8
 """Members of a duplicate group shown as pictures; the rest are counted."""
-
-
-def representative(member: GroupMember) -> ItemRef:
-    """The item whose picture stands for an image."""
-    return member.items[0]
 
 
 def collect_pictures(report: AuditReport) -> AuditReport:
