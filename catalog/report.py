@@ -42,6 +42,10 @@ DEFAULT_LIMIT = 20
 DEFAULT_THUMBNAILS = 200
 THUMBNAIL_PIXELS = 64
 """Pictures are downsampled (block mean) to at most this many pixels across."""
+GROUP_MEMBERS = 20
+"""Members of a duplicate group kept in the report (its image and item counts are complete)."""
+GROUP_PICTURES = 8
+"""Members of a duplicate group shown as pictures; the rest are counted."""
 
 DISTANCE_MEANING = {
     "pixel": "RMS pixel difference on a 0-1 scale (gray, aligned arrays of one shape)",
@@ -192,6 +196,12 @@ def assemble(
     used = [tier.recipe for tier in overlap.near]
     duplicates = queries.duplicate_groups(
         conn, [ref], recipe=used[0] if used else None, exact_only=not used, limit=limit
+    )
+    # A chain of near copies can join thousands of images: list the first members only (the
+    # group's `images` and `items` stay complete).
+    duplicates = replace(
+        duplicates,
+        groups=tuple(replace(g, members=g.members[:GROUP_MEMBERS]) for g in duplicates.groups),
     )
     low_info = queries.low_info_images(conn, [ref], limit=limit)
     diffs = tuple(
@@ -359,10 +369,6 @@ def picture_items(report: AuditReport) -> Iterator[ItemRef]:
         yield low.items[0]
     for diff in report.diffs:
         yield from diff.relabelled
-
-
-GROUP_PICTURES = 8
-"""Members of a duplicate group shown as pictures; the rest are counted."""
 
 
 def collect_pictures(report: AuditReport) -> AuditReport:
