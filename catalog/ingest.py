@@ -353,7 +353,8 @@ def _resolve_images(
     for index, digest in enumerate(chunk_digests):
         first.setdefault(digest, index)
     ids = image_ids(conn, list(first))
-    missing = [d for d in first if d not in ids]
+    # In digest order: the unique index on digest then takes its new keys in order.
+    missing = sorted(d for d in first if d not in ids)
     if not missing:
         return ids, []
     height, width = canon.shape[1], canon.shape[2]
