@@ -55,6 +55,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Help is plain text: "[@VERSION]" in a usage line must not be read as rich markup.
+    rich_markup_mode=None,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -243,6 +243,12 @@ def test_every_command_has_help_with_an_example(runner: CliRunner) -> None:
     assert "Audit image datasets" in runner.invoke(app, ["--help"]).stdout
 
 
+def test_help_shows_brackets_literally(runner: CliRunner) -> None:
+    # Usage lines are full of [...]; help must not read them as rich markup and drop them.
+    for name in ("overlap", "diff", "show"):
+        assert "DATASET[@VERSION]" in runner.invoke(app, [name, "--help"]).stdout, name
+
+
 def test_readme_commands_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     code = "\n".join(re.findall(r"```bash\n(.*?)```", readme, flags=re.S))
