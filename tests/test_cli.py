@@ -245,7 +245,7 @@ def test_every_command_has_help_with_an_example(runner: CliRunner) -> None:
 
 def test_help_shows_brackets_literally(runner: CliRunner) -> None:
     # Usage lines are full of [...]; help must not read them as rich markup and drop them.
-    for name in ("overlap", "diff", "show"):
+    for name in ("overlap", "conflicts", "show", "report"):
         assert "DATASET[@VERSION]" in runner.invoke(app, [name, "--help"]).stdout, name
 
 
