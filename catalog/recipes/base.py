@@ -21,6 +21,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +50,16 @@ class Screen:
     scale: np.ndarray
     """float64 (n,)."""
 
+    @cached_property
+    def _exact_types(self) -> tuple[type[np.signedinteger[Any]], ...]:
+        """Per level, int32 when no sum of squares can overflow it (half the memory traffic of
+        int64), else int64."""
+        types: list[type[np.signedinteger[Any]]] = []
+        for vectors, _factor in self.levels:
+            widest = 2 * int(np.abs(vectors.astype(np.int64)).max(initial=0))
+            types.append(np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64)
+        return tuple(types)
+
     def may_be_within(self, left: np.ndarray, right: np.ndarray, radius: float) -> np.ndarray:
         """Which pairs ``(left[k], right[k])`` no level rules out at ``radius``.
 
@@ -62,12 +73,12 @@ class Screen:
             bool (p,).
         """
         keep = np.ones(left.size, dtype=bool)
-        for vectors, factor in self.levels:
+        for (vectors, factor), exact in zip(self.levels, self._exact_types, strict=True):
             rows = np.flatnonzero(keep)
             if rows.size == 0:
                 break
             a, b = left[rows], right[rows]
-            diff = vectors[a].astype(np.int64) - vectors[b]
+            diff = vectors[a].astype(exact) - vectors[b]
             bound = self.scale[a] * factor * np.sqrt(np.einsum("ij,ij->i", diff, diff))
             keep[rows] = np.minimum(bound, 1.0) <= radius
         return keep
