@@ -44,6 +44,8 @@ MAX_PENDING = 2
 VERIFY_BATCH = 50_000
 """Candidate pairs verified per numpy call (memory bound: 2 x batch x signature bytes)."""
 LOOKUP_BATCH = 5000
+INSERT_BATCH = 500_000
+"""Band-key rows per executemany (memory bound of the Python rows)."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -259,21 +261,24 @@ class NearIndexer:
         # Once, after the last chunk, in primary-key order, so each B-tree page is written
         # once, in order, rather than split at random places chunk after chunk.
         order = np.lexsort((images, keys, band))
-        # zip over 1-D lists builds each row in C; a 2-D .tolist() cost 2x as much.
-        rows = zip(
-            itertools.repeat(recipe_id),
-            band[order].tolist(),
-            keys[order].tolist(),
-            images[order].tolist(),
-            strict=False,
-        )
-        bulk_insert(
-            self.conn,
-            core_table(BandKey),
-            ("recipe_id", "band", "key", "image_id"),
-            rows,
-            unique="recipe_id, band, key, image_id",
-        )
+        # In slices: Python ints cost about 30 bytes each, so lists of every row at once would
+        # be gigabytes at a million images. zip over 1-D lists builds each row in C; a 2-D
+        # .tolist() cost 2x as much.
+        for start in range(0, order.size, INSERT_BATCH):
+            part = order[start : start + INSERT_BATCH]
+            bulk_insert(
+                self.conn,
+                core_table(BandKey),
+                ("recipe_id", "band", "key", "image_id"),
+                zip(
+                    itertools.repeat(recipe_id),
+                    band[part].tolist(),
+                    keys[part].tolist(),
+                    images[part].tolist(),
+                    strict=False,
+                ),
+                unique="recipe_id, band, key, image_id",
+            )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs."""
