@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -513,6 +514,8 @@ def measure(
         record("brute force", brute.extrapolated_seconds)
         record("brute force sample", brute.read_seconds + brute.compute_seconds)
     assert brute is not None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _log(f"this script's peak RSS so far (the in-memory baselines): {peak:,.0f} MB")
     ours = catalog_pairs(db, brute.sample.tolist())
     truth = set(brute.pairs)
     found = truth & ours.keys()
