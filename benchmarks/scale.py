@@ -100,10 +100,25 @@ def parse_size(text: str) -> int:
     """``"125k"`` -> 125000, ``"1M"`` -> 1000000, ``"3000"`` -> 3000."""
     text = text.strip()
     scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
-    number = float(text[:-1] if scale > 1 else text)
+    try:
+        number = float(text[:-1] if scale > 1 else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not a number like 125k or 1M") from None
     if number * scale < 100:
         raise argparse.ArgumentTypeError(f"size {text!r}: at least 100 images")
     return int(number * scale)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"125k,1M"`` -> [125000, 1000000], ascending."""
+    return sorted(parse_size(part) for part in text.split(","))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
 def images_path(version: Path, split: str) -> Path:
@@ -681,10 +696,12 @@ def plot(results: Sequence[dict], path: Path) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=None, help=f"comma-separated (default {DEFAULT_SIZES})")
-    parser.add_argument("--runs", type=int, default=None, help="median of this many (default 3)")
-    parser.add_argument("--sample", type=int, default=None, help="test rows brute-forced (1000)")
-    parser.add_argument("--loop-sample", type=int, default=None, help="train rows looped (200)")
+    parser.add_argument(
+        "--sizes", type=parse_sizes, help=f"comma-separated (default {DEFAULT_SIZES})"
+    )
+    parser.add_argument("--runs", type=_positive, help="median of this many (default 3)")
+    parser.add_argument("--sample", type=_positive, help="test rows brute-forced (1000)")
+    parser.add_argument("--loop-sample", type=_positive, help="train rows looped (200)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: print)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG (default scale.png)")
@@ -694,19 +711,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     quick = args.quick
-    sizes = [
-        parse_size(s) for s in (args.sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)).split(",")
-    ]
-    runs = args.runs or (1 if quick else 3)
-    sample = args.sample or (500 if quick else 1000)
-    loop_sample = args.loop_sample or (50 if quick else 200)
-    plot_path = args.plot or (args.workdir / "scale-quick.png" if quick else DEFAULT_PLOT)
-    if runs < 1 or sample < 1 or loop_sample < 1:
-        parser.error("--runs, --sample and --loop-sample must be >= 1")
+
+    def chosen(value: object, in_quick: object, default: object) -> object:
+        return value if value is not None else in_quick if quick else default
+
+    sizes = chosen(args.sizes, parse_sizes(QUICK_SIZES), parse_sizes(DEFAULT_SIZES))
+    runs = chosen(args.runs, 1, 3)
+    sample = chosen(args.sample, 500, 1000)
+    loop_sample = chosen(args.loop_sample, 50, 200)
+    plot_path = chosen(args.plot, args.workdir / "scale-quick.png", DEFAULT_PLOT)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = [
         measure(n, args.workdir, runs=runs, sample=sample, loop_sample=loop_sample, seed=args.seed)
-        for n in sorted(sizes)
+        for n in sizes
     ]
     command = "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = header(results, command.strip()) + "\n\n" + table(results) + "\n"

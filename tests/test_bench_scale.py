@@ -7,6 +7,7 @@ each: the script's own subprocess timer is `benchmarks/_common.py`'s, shared wit
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,10 +77,15 @@ def test_generated_data_is_deterministic_notmnist_shaped_and_planted(
         assert changed == round(rows * 0.05)
 
 
+@pytest.fixture(scope="module")
+def measured(scale: ModuleType, workdir: Path) -> dict:
+    return scale.measure(N, workdir, runs=1, sample=150, loop_sample=20)
+
+
 def test_measure_reads_recall_from_the_catalog_and_writes_table_and_plot(
-    scale: ModuleType, workdir: Path
+    scale: ModuleType, workdir: Path, measured: dict
 ) -> None:
-    result = scale.measure(N, workdir, runs=1, sample=150, loop_sample=20)
+    result = measured
     times = result["times"]
     for key in ("ingest", "overlap", "report", "incremental", "loop", "np.unique", "brute force"):
         assert len(times[key]) == 1 and times[key][0] > 0, key
@@ -117,3 +123,36 @@ def test_sizes_parse_with_suffixes(scale: ModuleType) -> None:
         3_000,
         500_000,
     ]
+
+
+def test_main_quick_writes_table_json_and_plot_into_the_workdir(
+    scale: ModuleType, measured: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = []
+
+    def fake_measure(n: int, workdir: Path, **options: int) -> dict:
+        asked.append((n, options))
+        return measured | {"n": n}
+
+    monkeypatch.setattr(scale, "measure", fake_measure)
+    out = tmp_path / "table.md"
+    assert scale.main(["--quick", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert asked == [
+        (20_000, {"runs": 1, "sample": 500, "loop_sample": 50, "seed": 0}),
+        (40_000, {"runs": 1, "sample": 500, "loop_sample": 50, "seed": 0}),
+    ]
+    assert "| measure | 20,000 images | 40,000 images |" in out.read_text()
+    assert "--quick" in out.read_text()  # the command that made it
+    assert [r["n"] for r in json.loads((tmp_path / "scale.json").read_text())] == [20_000, 40_000]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "scale-quick.png").exists()  # --quick leaves benchmarks/ alone
+
+
+def test_bad_sizes_are_usage_errors(scale: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        scale.main(["--sizes", "12x"])
+    assert stop.value.code == 2
+    assert "size '12x' is not a number like 125k or 1M" in capsys.readouterr().err
