@@ -271,9 +271,14 @@ def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = N
 
 
 def run_demo(
-    directory: str | Path, *, seed: int = 0, on_progress: ProgressCallback | None = None
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    on_progress: ProgressCallback | None = None,
+    db: str | None = None,
 ) -> DemoRun:
-    """Generate the demo dataset, ingest both versions into ``directory/demo.db``, audit it."""
+    """Generate the demo dataset, ingest both versions into ``directory/demo.db`` (or the
+    empty catalog ``db``), audit it."""
     from catalog.demo import run_demo as _run_demo  # Pillow only loads for the demo
 
-    return _run_demo(Path(directory), seed=seed, on_progress=on_progress)
+    return _run_demo(Path(directory), seed=seed, on_progress=on_progress, db=db)
