@@ -31,6 +31,8 @@ ENGINES = ("sqlite", "postgresql")
 
 sqlite_only = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 """For tests of SQLite itself (pragmas, the file, its lock): the ``db`` fixture's SQLite case."""
+postgres_only = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+"""For tests of what only PostgreSQL has (concurrent writers, its read-only transactions)."""
 
 
 class PgServer:
