@@ -188,8 +188,10 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
         if version.skipped:
             out += [
                 "",
-                f"⚠️ {version.skipped:,} files of {md(version.dataset)}@{md(version.tag)} were "
-                "skipped (could not be read or decoded):",
+                f"⚠️ {version.skipped:,} {'file' if version.skipped == 1 else 'files'} of "
+                f"{md(version.dataset)}@{md(version.tag)} "
+                f"{'was' if version.skipped == 1 else 'were'} skipped (could not be read or "
+                "decoded):",
                 "",
             ]
             out += [f"- {code(f.path)}: {md(f.reason)}" for f in version.skipped_files[:rows]]

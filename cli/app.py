@@ -134,7 +134,12 @@ def _progress() -> Iterator[api.ProgressCallback]:
                 tasks[task] = progress.add_task(task, total=total)
             progress.advance(tasks[task], advance)
 
-        yield on_progress
+        try:
+            yield on_progress
+        except BaseException:
+            # A failed run leaves no bars behind: its error stays the one line on stderr.
+            progress.live.transient = True
+            raise
 
 
 def _dump_json(data: Any) -> None:

@@ -87,7 +87,8 @@ def ingest_result(result: IngestResult) -> RenderableType:
 
 def skipped_files(total: int, shown: Sequence[SkippedFile]) -> RenderableType:
     """Files left out of a version as undecodable: the count, then the first few with why."""
-    lines = [Text(f"{total:,} files skipped (could not be decoded):", style="yellow")]
+    files = "file" if total == 1 else "files"
+    lines = [Text(f"{total:,} {files} skipped (could not be decoded):", style="yellow")]
     lines += [Text(f"  {f.path}: {f.reason}") for f in shown]
     if total > len(shown):
         lines.append(Text(f"  ... and {total - len(shown):,} more (dsaudit sql: skipped_file)"))

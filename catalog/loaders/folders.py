@@ -137,6 +137,15 @@ def decode(data: bytes) -> np.ndarray:
             return np.ascontiguousarray(canonical_pixels(picture))
 
 
+def _why(exc: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a format Pillow recognises, or a damaged header"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text or type(exc).__name__
+
+
 def _decode_one(path: str) -> Decoded:
     try:
         with open(path, "rb") as handle:
@@ -147,8 +156,7 @@ def _decode_one(path: str) -> Decoded:
     try:
         return decode(data), sha256, len(data)
     except Exception as exc:  # any failure to decode an untrusted file is the file's fault
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"cannot be decoded as an image ({detail})", len(data)
+        return None, f"cannot be decoded as an image ({_why(exc)})", len(data)
 
 
 def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
@@ -252,6 +260,10 @@ class FolderSplit:
                 group.add(pixels, position, self.files[index], self.labels[index], info, size)
                 pending += pixels.nbytes
                 position += 1
+                if pending >= budget:
+                    yield from (group.chunk() for group in groups.values())
+                    groups.clear()
+                    pending = 0
             if skipped:
                 yield Chunk(
                     images=np.empty((0, 1, 1), np.uint8),
@@ -260,10 +272,6 @@ class FolderSplit:
                     scale=(0.0, 255.0),
                     skipped=tuple(skipped),
                 )
-            if pending >= budget:
-                yield from (group.chunk() for group in groups.values())
-                groups.clear()
-                pending = 0
         yield from (group.chunk() for group in groups.values())
 
     def _decoded(self, budget: int) -> Iterator[tuple[int, list[Decoded]]]:
@@ -471,19 +479,20 @@ def plan_folder(
         raise InputError(f"{root}: no split folders inside; {_LAYOUT}")
     mapping = read_labels(Path(labels)) if labels is not None else None
     source = SourceFile(path=str(root), format=FOLDER_FORMAT, size=0, sha256="")
+    found = {split: _split_files(root, split) for split in split_names}
+    if mapping is not None:
+        missing = [f for files, _classes in found.values() for f in files if f not in mapping]
+        if missing:
+            more = f" (and {len(missing) - 1:,} more)" if len(missing) > 1 else ""
+            raise InputError(
+                f"{labels}: no label for {missing[0]}{more}; every image under {root} needs "
+                "a path,label row"
+            )
     planned = []
     seen: set[str] = set()
-    for split in split_names:
-        files, classes = _split_files(root, split)
+    for split, (files, classes) in found.items():
         seen.update(files)
         if mapping is not None:
-            missing = [f for f in files if f not in mapping]
-            if missing:
-                more = f" (and {len(missing) - 1:,} more)" if len(missing) > 1 else ""
-                raise InputError(
-                    f"{labels}: no label for {missing[0]}{more}; every image under {root} needs "
-                    "a path,label row"
-                )
             classes = [mapping[f][0] for f in files]
         planned.append(
             FolderSplit(
