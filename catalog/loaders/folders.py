@@ -41,6 +41,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,9 @@ def canonical_pixels(picture: object) -> np.ndarray:
 
     assert isinstance(picture, Image.Image)
     mode = picture.mode
-    if mode in ("1", "L"):
+    if mode == "L":
+        return np.asarray(picture)
+    if mode == "1":
         return np.asarray(picture.convert("L"))
     if mode.startswith("I;16"):
         return np.asarray(picture).astype(np.uint16)
@@ -126,15 +129,25 @@ def decode(data: bytes) -> np.ndarray:
     Raises:
         Exception: whatever Pillow raises for data it cannot decode (callers catch it).
     """
+    with _quiet():
+        return _decode(data)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Pillow warns about palette transparency and odd chunks; the rule handles those, and a
+    warning must not become an error in a worker that inherited strict warning filters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _decode(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    with warnings.catch_warnings():
-        # Pillow warns about palette transparency and odd chunks; the rule handles those, and
-        # a warning must not become an error in a worker that inherited strict filters.
-        warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(data)) as picture:
-            picture.load()
-            return np.ascontiguousarray(canonical_pixels(picture))
+    with Image.open(io.BytesIO(data)) as picture:
+        picture.load()
+        return np.ascontiguousarray(canonical_pixels(picture))
 
 
 def _why(exc: Exception) -> str:
@@ -154,14 +167,15 @@ def _decode_one(path: str) -> Decoded:
         return None, f"cannot be read ({exc.strerror or exc})", 0
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return decode(data), sha256, len(data)
+        return _decode(data), sha256, len(data)
     except Exception as exc:  # any failure to decode an untrusted file is the file's fault
         return None, f"cannot be decoded as an image ({_why(exc)})", len(data)
 
 
 def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
     """Read, digest (sha256) and decode files; runs in a worker process."""
-    return [_decode_one(os.path.join(root, relative)) for relative in relatives]
+    with _quiet():
+        return [_decode_one(os.path.join(root, relative)) for relative in relatives]
 
 
 def read_picture(path: str, sha256: str | None = None) -> np.ndarray | None:
