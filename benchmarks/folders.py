@@ -6,8 +6,10 @@ ROOT/train/<letter>/ and ROOT/test/<letter>/ (a tenth in test), then measures, m
 - decoding alone: the folder's splits read through `FolderSplit.chunks` (read, sha256, Pillow
   decode, canonical rule, grouping into chunks) with ``workers=1`` (this process, no pool) and
   ``workers=2`` (a forkserver pool; its start-up is included);
-- `dsaudit ingest --exact-only` of the folder (fresh catalog, its own process), for comparison
-  with the same letters ingested from an .npz.
+- `dsaudit ingest --exact-only` of the folder (fresh catalog, its own process, one run), for
+  comparison with the same letters ingested from an .npz.
+
+The whole run takes about a minute on an idle 2-core machine.
 
 Usage: python benchmarks/folders.py [--n 20000] [--runs 3]
 """
@@ -117,11 +119,10 @@ def main() -> None:
             )
         print(f"load average (1, 5, 15 min) before timing: {_load()}")
         for name, source in (("folder", root), ("npz", archive)):
-            times = [_ingest(source, directory) for _ in range(args.runs)]
-            median = statistics.median(times)
+            seconds = _ingest(source, directory)
             print(
-                f"dsaudit ingest --exact-only from the {name}: {median:.2f} s "
-                f"({args.n / median:,.0f} images/s; runs {', '.join(f'{t:.2f}' for t in times)})"
+                f"dsaudit ingest --exact-only from the {name} (one run): {seconds:.2f} s "
+                f"({args.n / seconds:,.0f} images/s)"
             )
         print(f"load average after: {_load()}")
 

@@ -452,6 +452,11 @@ def _split_files(root: Path, split: str) -> tuple[list[str], list[str | None]]:
     relatives: list[str] = []
     labels: list[str | None] = []
     for name, found in classes:
+        if len(name) > LABEL_LIMIT:
+            raise InputError(
+                f"{directory / name}: a class folder's name is its label, at most "
+                f"{LABEL_LIMIT} characters; rename it or give --labels"
+            )
         relatives += [f"{split}/{name}/{f}" for f in found]
         labels += [name] * len(found)
     return relatives, labels
