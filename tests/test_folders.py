@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from catalog import api
 from catalog.errors import InputError, UsageError
-from catalog.loaders import plan_folder
+from catalog.loaders import folders, plan_folder
 from catalog.loaders.folders import canonical_pixels, decode
 from catalog.pixels import canonical, digests
 from cli.app import app
@@ -484,8 +485,18 @@ def test_api_refuses_folder_options_for_arrays(tmp_path: Path) -> None:
 
 
 def test_worker_processes_decode_in_order_and_report_bad_files(
-    tmp_path: Path, rng: np.random.Generator
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(folders, "MIN_FILES_FOR_POOL", 100)  # the pool, for 300 files
+    monkeypatch.setattr(folders, "FIRST_BATCH", 16)  # several batches in flight
+    pools: list[object] = []
+
+    class CountedPool(ProcessPoolExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pools.append(self)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folders, "ProcessPoolExecutor", CountedPool)
     root = tmp_path / "root"
     pictures = rng.integers(0, 256, (300, 10, 10), dtype=np.uint8)
     for i, pixels in enumerate(pictures):
@@ -506,6 +517,7 @@ def test_worker_processes_decode_in_order_and_report_bad_files(
     assert positions.tolist() == list(range(299))
     assert np.array_equal(images, kept)
     assert keys == [f"train/{i:04d}.png" for i in range(300) if i != 150]
+    assert len(pools) == 2  # both runs decoded in worker processes
 
 
 # --- provenance: show and report read the pictures back --------------------------------------
