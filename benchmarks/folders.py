@@ -6,6 +6,8 @@ ROOT/train/<letter>/ and ROOT/test/<letter>/ (a tenth in test), then measures, m
 - decoding alone: the folder's splits read through `FolderSplit.chunks` (read, sha256, Pillow
   decode, canonical rule, grouping into chunks) with ``workers=1`` (this process, no pool) and
   ``workers=2`` (a forkserver pool; its start-up is included);
+- the CPU time decoding costs inside 2 worker processes, summed (on a busy machine the wall
+  time says more about the other processes than about the pool);
 - `dsaudit ingest --exact-only` of the folder (fresh catalog, its own process, one run), for
   comparison with the same letters ingested from an .npz.
 
@@ -17,12 +19,14 @@ Usage: python benchmarks/folders.py [--n 20000] [--runs 3]
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from catalog import synth  # noqa: E402
 from catalog.ingest import CHUNK_BYTES  # noqa: E402
 from catalog.loaders import plan_folder  # noqa: E402
+from catalog.loaders.folders import MAX_BATCH, decode_batch  # noqa: E402
 
 
 def _write(n: int, directory: Path) -> tuple[Path, Path]:
@@ -63,6 +68,22 @@ def _decode(root: Path, workers: int) -> tuple[float, float, int]:
     for split in plan_folder(root, workers=workers):
         count += sum(len(chunk) for chunk in split.chunks(CHUNK_BYTES))
     return time.perf_counter() - started, time.process_time() - cpu, count
+
+
+def _timed(root: str, batch: list[str]) -> tuple[int, float]:
+    """decode_batch in a worker, with the worker's own CPU time."""
+    cpu = time.process_time()
+    return len(decode_batch(root, batch)), time.process_time() - cpu
+
+
+def _worker_cpu(root: Path) -> float:
+    """CPU seconds the decoding costs summed over 2 worker processes (what an idle machine
+    would spread over its cores), measured with the same batches as the ingest uses."""
+    files = [f for split in plan_folder(root) for f in (str(split.root / x) for x in split.files)]
+    batches = [files[i : i + MAX_BATCH] for i in range(0, len(files), MAX_BATCH)]
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        return sum(cpu for _n, cpu in pool.map(_timed, ["/"] * len(batches), batches))
 
 
 def _ingest(source: Path, directory: Path) -> float:
@@ -117,6 +138,11 @@ def main() -> None:
                 f"({args.n / median:,.0f} images/s; runs {', '.join(f'{t:.2f}' for t in times)}); "
                 f"main process CPU {statistics.median(cpus):.2f} s"
             )
+        cpus = [_worker_cpu(root) for _ in range(args.runs)]
+        print(
+            f"decode CPU summed over 2 worker processes: {statistics.median(cpus):.2f} s "
+            f"({statistics.median(cpus) / args.n * 1e6:.0f} us per image)"
+        )
         print(f"load average (1, 5, 15 min) before timing: {_load()}")
         for name, source in (("folder", root), ("npz", archive)):
             seconds = _ingest(source, directory)

@@ -68,6 +68,7 @@ LABEL_LIMIT = 200
 
 _LAYOUT = "an image folder is ROOT/<split>/<class>/*.png (or ROOT/<split>/*.png, unlabelled)"
 
+_PILLOW_MODULES = ("PIL.Image", "PIL.PngImagePlugin", "PIL.JpegImagePlugin")
 Decoded = tuple[np.ndarray | None, str, int]
 """(canonical pixels or None, the file's sha256 hex or why it failed, the file's bytes)."""
 
@@ -302,7 +303,8 @@ class FolderSplit:
         # forkserver, not fork: the ingest has threads (signing, SQLite), and forking a
         # threaded process can deadlock the child.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        # Workers fork from a server that has imported the decoder and Pillow's common plugins.
+        context.set_forkserver_preload([__name__, *_PILLOW_MODULES])
         batches = sizes.batches(self.files)
         in_flight: deque[tuple[int, Future[list[Decoded]]]] = deque()
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
