@@ -573,3 +573,14 @@ def test_api_plan_and_ingest_take_a_folder(tmp_path: Path, unlabelled: Path) -> 
     result = api.ingest(str(tmp_path / "c.db"), "d", "v1", str(unlabelled), near=False)
     assert result.items == 6 and result.skipped == 0
     assert os.path.exists(tmp_path / "c.db")
+
+
+def test_decoding_batches_shrink_to_keep_pictures_in_flight_within_the_budget() -> None:
+    sizer = folders._BatchSizer(budget=1 << 20, workers=2)
+    assert sizer.size() == folders.FIRST_BATCH
+    sizer.observe([(np.zeros((28, 28), np.uint8), "", 0)])
+    assert sizer.size() == (1 << 20) // (784 * folders.IN_FLIGHT * 2)
+    sizer.observe([(np.zeros((1000, 1000, 3), np.uint8), "", 0), (None, "bad", 0)])
+    assert sizer.size() == 1  # one photo per task: a few in flight, never hundreds
+    files = tuple(f"{i}.png" for i in range(5))
+    assert [batch for _start, batch in sizer.batches(files)] == [(f,) for f in files]

@@ -55,8 +55,9 @@ from catalog.pixels import value_range
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_FORMAT = "folder"
 """`SourceFile.format` of an image folder."""
-FIRST_BATCH = 64
-"""Files per decoding task until the first results say how large the pictures are."""
+FIRST_BATCH = 8
+"""Files per decoding task until the first results say how large the pictures are (a few
+photos of 12 megapixels each is already a lot of memory)."""
 MAX_BATCH = 512
 IN_FLIGHT = 2
 """Decoding tasks in flight per worker process."""
@@ -330,25 +331,22 @@ class FolderSplit:
 
 class _BatchSizer:
     """Files per decoding task: every task in flight holds its pictures, so the batches are
-    sized from the pictures decoded so far to keep all of them within the chunk budget."""
+    sized from the largest picture decoded so far to keep all of them within the chunk budget."""
 
     def __init__(self, budget: int, workers: int) -> None:
         self.budget = budget
         self.workers = max(1, workers)
-        self.seen = 0
-        self.total = 0
+        self.largest = 0
 
     def observe(self, results: list[Decoded]) -> None:
         for pixels, _info, _size in results:
             if pixels is not None:
-                self.seen += 1
-                self.total += pixels.nbytes
+                self.largest = max(self.largest, pixels.nbytes)
 
     def size(self) -> int:
-        if not self.seen:
+        if not self.largest:
             return FIRST_BATCH
-        mean = max(1, self.total // self.seen)
-        return max(1, min(MAX_BATCH, self.budget // (mean * IN_FLIGHT * self.workers)))
+        return max(1, min(MAX_BATCH, self.budget // (self.largest * IN_FLIGHT * self.workers)))
 
     def batches(self, files: tuple[str, ...]) -> Iterator[tuple[int, tuple[str, ...]]]:
         start = 0
