@@ -533,7 +533,11 @@ def test_show_and_report_read_pictures_back_from_the_files(
     save(root / "test" / "a" / "copy.png", pictures[2])
     _corrupt_png(root / "test" / "a" / "zz.png", rng)
     db = tmp_path / "c.db"
-    assert _run(runner, db, "ingest", "d", "v1", str(root), "--skip-bad").exit_code == 0
+    ingested = _run(runner, db, "ingest", "d", "v1", str(root), "--skip-bad", "--json")
+    assert ingested.exit_code == 0, ingested.output
+    result = json.loads(ingested.stdout)
+    assert [s["skipped"] for s in result["splits"]] == [1, 0]
+    assert result["skipped_files"][0]["path"] == str(root / "test" / "a" / "zz.png")
     shown = api.show_image(str(db), "d@v1:test:0")
     assert shown.preview is not None and shown.preview.source.endswith("test/a/copy.png")
     assert np.array_equal(np.array(shown.preview.rows)[:, :, 0], pictures[2])
