@@ -283,10 +283,9 @@ def ingest(
     finally:
         if indexer is not None:
             indexer.close()
-    for split in splits:
-        if split.source.format == FOLDER_FORMAT:
-            source_id = source_ids[split.source.path]
-            _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
+    folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
+    for source_id in sorted(folders):
+        _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
     return IngestResult(
         dataset=dataset,
         version=version,
@@ -308,7 +307,12 @@ def _seal_folder(conn: Connection, version_id: int, source_id: int, size: int) -
         select(item.c.source_key, item.c.source_sha256)
         .join(split, split.c.id == item.c.split_id)
         .where(split.c.version_id == version_id, item.c.source_id == source_id)
-        .order_by(item.c.source_key)
+        # Code-point order everywhere: PostgreSQL would otherwise sort by the server's locale.
+        .order_by(
+            item.c.source_key.collate("C")
+            if conn.dialect.name == "postgresql"
+            else item.c.source_key
+        )
     )
     for key, sha256 in rows:
         manifest.update(f"{key}\t{sha256}\n".encode())
