@@ -85,6 +85,11 @@ class SplitInput:
     source: SourceFile
     key: str
 
+    @property
+    def count(self) -> int:
+        """How many images the split has."""
+        return self.images.shape[0]
+
 
 @dataclass(frozen=True)
 class SplitSpec:
