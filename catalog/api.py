@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from catalog import queries
-from catalog.db import open_catalog, writing
+from catalog.db import open_catalog, reading, write_retrying
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
@@ -92,7 +92,7 @@ def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
 
 @contextmanager
 def _reading(db: str | Engine | None) -> Iterator[Connection]:
-    with _engine(db, create=False) as engine, engine.connect() as conn, conn.begin():
+    with _engine(db, create=False) as engine, reading(engine) as conn:
         # One read transaction: every query of a report sees the same snapshot.
         yield conn
 
@@ -172,16 +172,20 @@ def ingest(
         planned = list(from_memory(splits))
     else:
         planned = list(splits)
-    with _engine(db, create=True) as engine, writing(engine) as conn:
-        return _ingest(
-            conn,
-            dataset,
-            version,
-            planned,
-            note=note,
-            parent=parent,
-            on_progress=on_progress,
-            recipes=DEFAULT_RECIPES if near else (),
+    with _engine(db, create=True) as engine:
+        # Retried from the start if it lost a race with another writer (PostgreSQL only).
+        return write_retrying(
+            engine,
+            lambda conn: _ingest(
+                conn,
+                dataset,
+                version,
+                planned,
+                note=note,
+                parent=parent,
+                on_progress=on_progress,
+                recipes=DEFAULT_RECIPES if near else (),
+            ),
         )
 
 
@@ -313,9 +317,14 @@ def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = N
 
 
 def run_demo(
-    directory: str | Path, *, seed: int = 0, on_progress: ProgressCallback | None = None
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    on_progress: ProgressCallback | None = None,
+    db: str | None = None,
 ) -> DemoRun:
-    """Generate the demo dataset, ingest both versions into ``directory/demo.db``, audit it."""
+    """Generate the demo dataset, ingest both versions into ``directory/demo.db`` (or the
+    empty catalog ``db``), audit it."""
     from catalog.demo import run_demo as _run_demo  # Pillow only loads for the demo
 
-    return _run_demo(Path(directory), seed=seed, on_progress=on_progress)
+    return _run_demo(Path(directory), seed=seed, on_progress=on_progress, db=db)

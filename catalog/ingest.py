@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, Insert, Table, func, insert, select
 
 from catalog import __version__
-from catalog.db import bulk_insert, placeholder
+from catalog.db import bulk_insert, insert_absent, placeholder
 from catalog.errors import InputError, NotFoundError, VersionExistsError
 from catalog.loaders import Chunk, ImageArray, PlannedSplit, SkippedFile, SplitInput
 from catalog.loaders.folders import FOLDER_FORMAT
@@ -464,7 +464,9 @@ def _resolve_images(
     height, width = canon.shape[1], canon.shape[2]
     channels = canon.shape[3] if canon.ndim == 4 else 1
     dtype = canon.dtype.name
-    bulk_insert(
+    # Only the rows inserted here are new to this ingest: on PostgreSQL a concurrent ingest
+    # may have added some of the same images first (theirs get signed by them).
+    inserted = insert_absent(
         conn,
         core_table(Image),
         _IMAGE_COLUMNS,
@@ -472,4 +474,4 @@ def _resolve_images(
         unique="digest",
     )
     ids.update(image_ids(conn, missing))
-    return ids, [first[d] for d in missing]
+    return ids, [first[d] for d in missing if d in inserted]

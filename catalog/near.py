@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, select
 
-from catalog.db import bulk_insert, placeholder
+from catalog.db import bulk_insert, lock_pair_finding, placeholder
 from catalog.errors import SchemaError
 from catalog.recipes import DEFAULT_RECIPES, Recipe
 from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
@@ -249,11 +249,6 @@ class NearIndexer:
         self.conn = conn
         self.recipes = tuple(recipes)
         self.ids = ensure_recipes(conn, self.recipes)
-        # SQLite has one writer at a time and ids only grow, so every image above this id is
-        # new in this ingest: "join the new band keys against all band keys".
-        self.max_before = conn.exec_driver_sql(
-            "SELECT COALESCE(MAX(id), 0) FROM image"
-        ).scalar_one()
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
@@ -301,7 +296,6 @@ class NearIndexer:
                         (recipe_id, i, s.tobytes())
                         for i, s in zip(image_ids.tolist(), signatures, strict=True)
                     ],
-                    unique="recipe_id, image_id",
                 )
                 self._keys[recipe.name].append(keys)
                 self._images[recipe.name].append(image_ids)
@@ -336,11 +330,14 @@ class NearIndexer:
                     images[part].tolist(),
                     strict=False,
                 ),
-                unique="recipe_id, band, key, image_id",
             )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs.
+
+        Under `catalog.db.lock_pair_finding`, held until the caller's transaction ends, so a
+        concurrent ingest's new images are either all visible (committed) or joined later by
+        that ingest against ours.
 
         SQL runs on this thread (the caller's connection); the numpy stages run in the worker
         threads meanwhile: every recipe's candidate pairs are computed while this thread
@@ -349,6 +346,7 @@ class NearIndexer:
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
+        lock_pair_finding(self.conn)
         try:
             jobs = [self._join(recipe) for recipe in self.recipes]
             for recipe, job in zip(self.recipes, jobs, strict=True):
@@ -420,7 +418,6 @@ class NearIndexer:
                 distance.tolist(),
                 strict=False,
             ),
-            unique="recipe_id, image_a, image_b",
         )
         step(task, 1, 3)
         return NearStats(
@@ -439,12 +436,15 @@ class NearIndexer:
         """Catalogued images (before this ingest) sharing a bucket with a new image.
 
         At most `BUCKET_CAP` per bucket (the lowest ids), the same members the guard keeps.
+        Runs before this ingest stores its own band keys for the recipe, so every band key it
+        reads is another ingest's, committed (SQLite: before ours began; PostgreSQL: before
+        `lock_pair_finding` let us in). Image ids say nothing about that order: a PostgreSQL
+        sequence hands them out to concurrent ingests interleaved.
         """
         empty = np.empty(0, np.int64)
         mark = placeholder(self.conn)
         has_old = self.conn.exec_driver_sql(
-            f"SELECT 1 FROM signature WHERE recipe_id = {mark} AND image_id <= {mark} LIMIT 1",
-            (recipe_id, self.max_before),
+            f"SELECT 1 FROM band_key WHERE recipe_id = {mark} LIMIT 1", (recipe_id,)
         ).first()
         if has_old is None:
             return empty, empty, empty
@@ -467,11 +467,10 @@ class NearIndexer:
                        ROW_NUMBER() OVER (PARTITION BY k.band, k.key ORDER BY b.image_id) AS rank
                 FROM dsaudit_new_key k
                 JOIN band_key b ON b.recipe_id = {mark} AND b.band = k.band AND b.key = k.key
-                WHERE b.image_id <= {mark}
             ) AS members
             WHERE rank <= {mark}
             """,
-            (recipe_id, self.max_before, BUCKET_CAP),
+            (recipe_id, BUCKET_CAP),
         ).all()
         if not rows:
             return empty, empty, empty

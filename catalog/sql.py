@@ -4,6 +4,7 @@ Read-only is enforced by the connection, never by parsing the statement: on SQLi
 opened with ``mode=ro`` and ``PRAGMA query_only``, and an authorizer refuses ATTACH and DETACH
 (an attached database would be writable) and every PRAGMA that is not a plain read of schema
 information. Extension loading stays disabled, and the driver runs one statement per call.
+On PostgreSQL see `_run_postgres`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.pool import NullPool
 
 from catalog.db import describe, open_catalog, resolve_url
 from catalog.errors import QueryError
@@ -92,11 +94,10 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
     # Opening normally first creates nothing (create=False) but upgrades an old schema.
     open_catalog(url, create=False).dispose()
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "")
-        engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
-    else:
-        engine = create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    if parsed.get_backend_name() == "postgresql":
+        return _run_postgres(url, statement, max_rows)
+    path = Path(parsed.database or "")
+    engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
     try:
         with engine.connect() as conn:
             result = conn.exec_driver_sql(statement)
@@ -118,3 +119,64 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
 def _plain(value: Any) -> Any:
     """Bytes as hex so results print and serialise; everything else as the driver gave it."""
     return value.hex() if isinstance(value, bytes | memoryview) else value
+
+
+def _run_postgres(url: str, statement: str, max_rows: int | None) -> SqlResult:
+    """`run_sql` on PostgreSQL: one statement in a READ ONLY transaction that is never committed.
+
+    Three locks, each closing a way around the others:
+
+    - the session starts with ``default_transaction_read_only=on`` and the transaction is
+      begun READ ONLY, so INSERT, UPDATE, DELETE, DDL, nextval() and friends fail;
+    - ``SELECT 1`` runs first and takes the transaction's snapshot, after which PostgreSQL
+      refuses ``SET TRANSACTION READ WRITE`` ("must be set before any query");
+    - the statement goes through the extended query protocol (psycopg's ``stream``), where
+      the server accepts exactly one statement: ``COMMIT; SET ...; INSERT ...`` is an error,
+      so nothing can end our transaction and start a writable one. A lone ``COMMIT`` or
+      ``SET SESSION CHARACTERISTICS`` changes nothing, as the connection is closed after it.
+    """
+    import psycopg  # the optional `postgres` extra; installed whenever the URL works at all
+
+    parsed = make_url(url)
+    options = " ".join(
+        filter(
+            None, [str(parsed.query.get("options") or ""), "-c default_transaction_read_only=on"]
+        )
+    )
+    engine = create_engine(url, poolclass=NullPool, connect_args={"options": options})
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.rollback()
+            raw.read_only = True
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                fetched: list[tuple[Any, ...]] = []
+                try:
+                    for row in cursor.stream(statement):
+                        fetched.append(row)
+                        if max_rows is not None and len(fetched) > max_rows:
+                            break
+                    description = cursor.description
+                except psycopg.ProgrammingError as exc:
+                    # A statement without rows (SET, LOCK, COMMIT) ran: psycopg's
+                    # stream() says so with a plain client-side ProgrammingError (no SQLSTATE);
+                    # server errors are subclasses and carry one.
+                    if type(exc) is not psycopg.ProgrammingError or exc.sqlstate is not None:
+                        raise
+                    description = None
+            raw.rollback()
+    except psycopg.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QueryError(f"{describe(url)}: SQL failed: {message}") from None
+    finally:
+        engine.dispose()
+    if description is None:
+        return SqlResult(columns=(), rows=(), truncated=False)
+    truncated = max_rows is not None and len(fetched) > max_rows
+    return SqlResult(
+        columns=tuple(column.name for column in description),
+        rows=tuple(tuple(_plain(v) for v in row) for row in fetched[: max_rows or None]),
+        truncated=truncated,
+    )
