@@ -41,9 +41,9 @@ BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another writer's lock before giving up with "catalog busy"."""
 WRITE_ATTEMPTS = 3
 """How many times `write_retrying` runs a PostgreSQL write whose transaction lost a race."""
-_MIGRATION_LOCK = 0x647361756469_0001
+MIGRATION_LOCK = 0x647361756469_0001
 """PostgreSQL advisory lock keys (any 64-bit numbers, "dsaudi" + a counter): schema upgrades..."""
-_PAIR_LOCK = 0x647361756469_0002
+PAIR_LOCK = 0x647361756469_0002
 """...and the band join + pair insert of an ingest (`lock_pair_finding`)."""
 
 T = TypeVar("T")
@@ -185,7 +185,7 @@ def migrate(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             # Two processes opening a new catalog at once: the second waits here, then finds
             # the schema made (DDL is transactional on PostgreSQL; SQLite has one writer).
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             if set(MigrationContext.configure(conn).get_current_heads()) == heads:
                 return
         config.attributes["connection"] = conn
@@ -282,7 +282,7 @@ def lock_pair_finding(conn: Connection) -> None:
     SQLite needs nothing: its writer holds the whole catalog from BEGIN IMMEDIATE.
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PAIR_LOCK})")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PAIR_LOCK})")
 
 
 def placeholder(conn: Connection) -> str:
