@@ -132,31 +132,43 @@ def candidate_pairs(
         return np.empty((0, 2), np.int64), 0, 0
     # One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
     # memory at 220k images fell from 3.3 GB), and pairs are deduplicated as they accumulate.
+    # Rows are grouped by band with one stable sort (a radix sort on int16 band numbers): a
+    # mask per band cost a pass over all rows for each band.
+    narrow = np.int16 if int(band.min()) >= 0 and int(band.max()) < 2**15 else np.int64
+    order = np.argsort(band.astype(narrow), kind="stable")
+    bounds = np.flatnonzero(np.diff(band[order])) + 1
+    # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
+    # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
+    packed = int(image.min()) >= 0 and int(image.max()) < 2**31
     found: list[np.ndarray] = []
     largest = capped = 0
-    for value in unique(band):
-        rows = band == value
-        pairs, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
-        found.append(pairs)
+    for rows in np.split(order, bounds):
+        low, high, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
+        found.append(_distinct(low, high, packed))
         largest, capped = max(largest, big), capped + over
-    return _unique_pairs(np.concatenate(found)), largest, capped
+    if not packed:
+        return np.unique(np.concatenate(found), axis=0).reshape(-1, 2), largest, capped
+    distinct = unique(np.concatenate(found))
+    return np.stack([distinct >> 32, distinct & 0xFFFFFFFF], axis=1), largest, capped
 
 
-def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """Distinct rows of an int64 (p, 2) array of ordered pairs."""
-    if pairs.size == 0:
-        return pairs.reshape(0, 2)
-    # One int64 per pair for a fast unique: image ids stay far below 2**31 in one catalog...
-    if int(pairs.max()) < 2**31:
-        packed = unique((pairs[:, 0] << 32) | pairs[:, 1])
-        return np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
-    return np.unique(pairs, axis=0)  # ...and when they do not, the general (slower) path.
+def _distinct(low: np.ndarray, high: np.ndarray, packed: bool) -> np.ndarray:
+    """The distinct pairs ``(low[k], high[k])``: int64 ``low << 32 | high`` when ``packed``,
+    else int64 (p, 2) rows."""
+    if packed:
+        return unique((low << 32) | high)
+    return np.unique(np.stack([low, high], axis=1), axis=0)
 
 
 def _band_pairs(
     key: np.ndarray, image: np.ndarray, new: np.ndarray, cap: int, link: int
-) -> tuple[np.ndarray, int, int]:
-    """`candidate_pairs` for the rows of one band: a bucket is one key."""
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """`candidate_pairs` for the rows of one band, where a bucket is one key.
+
+    Returns:
+        (smaller image ids, larger image ids, the largest bucket's size, buckets over ``cap``);
+        a pair may repeat.
+    """
     order = np.lexsort((image, key))
     key, image, new = key[order], image[order], new[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -166,21 +178,68 @@ def _band_pairs(
     rank = np.arange(key.size) - np.repeat(starts, sizes)
     partners = np.where(rank < cap, rank, min(link, cap))
     total = int(partners.sum())
+    big, over = int(sizes.max()), int((sizes > cap).sum())
     if total == 0:
-        return np.empty((0, 2), np.int64), int(sizes.max()), int((sizes > cap).sum())
+        return np.empty(0, np.int64), np.empty(0, np.int64), big, over
     left = np.repeat(np.arange(key.size), partners)
     offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
     right = np.repeat(np.repeat(starts, sizes), partners) + offsets
     keep = (new[left] | new[right]) & (image[left] != image[right])
-    a, b = image[left][keep], image[right][keep]
-    pairs = _unique_pairs(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-    return pairs, int(sizes.max()), int((sizes > cap).sum())
+    a, b = image[left[keep]], image[right[keep]]
+    return np.minimum(a, b), np.maximum(a, b), big, over
 
 
 def _sign(recipe: Recipe, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(signatures, band keys) of a chunk under one recipe; pure, runs in a worker thread."""
     signatures = recipe.signatures(unit)
     return signatures, recipe.band_keys(signatures)
+
+
+_Verified = tuple[np.ndarray, np.ndarray]
+"""(int64 (p, 2) pairs within the radius, float64 (p,) their distances)."""
+
+
+@dataclass(frozen=True)
+class _Join:
+    """One recipe's band join under way (see `NearIndexer.finish`)."""
+
+    images: int
+    members: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """The new images' (band, key, image id) rows, to store."""
+    candidates: Future[tuple[np.ndarray, int, int]]
+    """`candidate_pairs`, computing in a worker thread."""
+    started: float
+
+
+def _verify(
+    recipe: Recipe, pairs: np.ndarray, involved: np.ndarray, signatures: np.ndarray
+) -> _Verified:
+    """The candidate pairs within the recipe's radius, with their exact distances.
+
+    Args:
+        pairs: int64 (p, 2) candidate image ids.
+        involved: int64 sorted unique ids of every image in ``pairs``.
+        signatures: uint8 (len(involved), S), row k the signature of image ``involved[k]``.
+    """
+    screen = recipe.screen(signatures) if pairs.size else None
+    kept: list[np.ndarray] = []
+    distances: list[np.ndarray] = []
+    for start in range(0, len(pairs), VERIFY_BATCH):
+        batch = pairs[start : start + VERIFY_BATCH]
+        left = np.searchsorted(involved, batch[:, 0])
+        right = np.searchsorted(involved, batch[:, 1])
+        if screen is not None:
+            # Most candidates are far apart: a cheap lower bound rules them out before the
+            # exact distance reads whole signatures.
+            maybe = screen.may_be_within(left, right, recipe.radius)
+            batch, left, right = batch[maybe], left[maybe], right[maybe]
+        distance = recipe.distances(signatures[left], signatures[right])
+        close = distance <= recipe.radius
+        kept.append(batch[close])
+        distances.append(distance[close])
+    if not kept:
+        return np.empty((0, 2), np.int64), np.empty(0, np.float64)
+    return np.concatenate(kept), np.concatenate(distances)
 
 
 class NearIndexer:
@@ -279,45 +338,99 @@ class NearIndexer:
         Under `catalog.db.lock_pair_finding`, held until the caller's transaction ends, so a
         concurrent ingest's new images are either all visible (committed) or joined later by
         that ingest against ours.
+
+        SQL runs on this thread (the caller's connection); the numpy stages run in the worker
+        threads meanwhile: every recipe's candidate pairs are computed while this thread
+        inserts the band keys, and a recipe's candidates are verified while this thread reads
+        the next recipe's signatures or stores the previous recipe's pairs.
         """
         self._drain(wait=True)
-        self.close()
         lock_pair_finding(self.conn)
-        return tuple(self._finish_recipe(recipe, on_progress) for recipe in self.recipes)
+        step = on_progress or (lambda _task, _advance, _total: None)
+        try:
+            jobs = [self._join(recipe) for recipe in self.recipes]
+            for recipe, job in zip(self.recipes, jobs, strict=True):
+                if job is not None:
+                    self._store_band_keys(self.ids[recipe.name], *job.members)
+                    step(f"{recipe.name}: store band keys, join, verify", 1, 3)
+            verifying = [
+                self._start_verify(recipe, job) if job is not None else None
+                for recipe, job in zip(self.recipes, jobs, strict=True)
+            ]
+            return tuple(
+                self._store_pairs(recipe, job, verify, step)
+                for recipe, job, verify in zip(self.recipes, jobs, verifying, strict=True)
+            )
+        finally:
+            self.close()
 
-    def _finish_recipe(self, recipe: Recipe, on_progress: Progress | None) -> NearStats:
+    def _join(self, recipe: Recipe) -> _Join | None:
+        """Start the band join of one recipe: the new images' keys against the catalog's."""
         started = time.perf_counter()
         recipe_id = self.ids[recipe.name]
         if not self._keys[recipe.name]:
-            return NearStats(recipe.name, 0, 0, 0, 0, 0, time.perf_counter() - started)
+            return None
         keys = np.concatenate(self._keys[recipe.name])
         images = np.concatenate(self._images[recipe.name])
         n, bands = keys.shape
         band = np.tile(np.arange(bands, dtype=np.int64), n)
         flat_keys = keys.reshape(-1)
         flat_images = np.repeat(images, bands)
-        task = f"{recipe.name}: store band keys, join, verify"
-        step = on_progress or (lambda _task, _advance, _total: None)
         old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
-        self._store_band_keys(recipe_id, band, flat_keys, flat_images)
-        step(task, 1, 3)
-        pairs, largest, capped = candidate_pairs(
+        candidates = self._pool.submit(
+            candidate_pairs,
             np.concatenate([band, old_band]),
             np.concatenate([flat_keys, old_keys]),
             np.concatenate([flat_images, old_images]),
             np.concatenate([np.ones(flat_images.size, bool), np.zeros(old_images.size, bool)]),
         )
+        return _Join(n, (band, flat_keys, flat_images), candidates, started)
+
+    def _start_verify(self, recipe: Recipe, job: _Join) -> Future[_Verified]:
+        """Read the signatures the candidates involve, then verify them in a worker thread."""
+        pairs, _largest, _capped = job.candidates.result()
+        involved = unique(pairs.reshape(-1))
+        signatures = self._signatures(self.ids[recipe.name], involved, recipe.signature_bytes)
+        return self._pool.submit(_verify, recipe, pairs, involved, signatures)
+
+    def _store_pairs(
+        self,
+        recipe: Recipe,
+        job: _Join | None,
+        verify: Future[_Verified] | None,
+        step: Progress,
+    ) -> NearStats:
+        if job is None or verify is None:
+            return NearStats(recipe.name, 0, 0, 0, 0, 0, 0.0)
+        task = f"{recipe.name}: store band keys, join, verify"
+        pairs, largest, capped = job.candidates.result()
         step(task, 1, 3)
-        stored = self._verify_and_store(recipe, recipe_id, pairs)
+        close, distance = verify.result()
+        recipe_id = self.ids[recipe.name]
+        # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
+        # concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no pair is
+        # stored twice; on PostgreSQL that lets the rows go by COPY.
+        bulk_insert(
+            self.conn,
+            core_table(Pair),
+            ("recipe_id", "image_a", "image_b", "distance"),
+            zip(
+                itertools.repeat(recipe_id),
+                close[:, 0].tolist(),
+                close[:, 1].tolist(),
+                distance.tolist(),
+                strict=False,
+            ),
+        )
         step(task, 1, 3)
         return NearStats(
             recipe=recipe.name,
-            images=n,
+            images=job.images,
             candidates=len(pairs),
-            pairs=stored,
+            pairs=len(close),
             largest_bucket=largest,
             capped_buckets=capped,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - job.started,
         )
 
     def _old_members(
@@ -364,7 +477,11 @@ class NearIndexer:
         ).all()
         if not rows:
             return empty, empty, empty
-        found = np.array(rows, dtype=np.int64)
+        # np.array over Row objects probes each one as a sequence (15 s for 175k rows); the
+        # flat values go through fromiter in C.
+        found = np.fromiter(
+            itertools.chain.from_iterable(rows), np.int64, count=3 * len(rows)
+        ).reshape(-1, 3)
         return found[:, 0], found[:, 1], found[:, 2]
 
     def _signatures(self, recipe_id: int, image_ids: np.ndarray, width: int) -> np.ndarray:
@@ -382,34 +499,3 @@ class NearIndexer:
             values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
-
-    def _verify_and_store(self, recipe: Recipe, recipe_id: int, pairs: np.ndarray) -> int:
-        if pairs.size == 0:
-            return 0
-        involved = unique(pairs.reshape(-1))
-        signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
-        screen = recipe.screen(signatures)
-        stored = 0
-        for start in range(0, len(pairs), VERIFY_BATCH):
-            batch = pairs[start : start + VERIFY_BATCH]
-            left = np.searchsorted(involved, batch[:, 0])
-            right = np.searchsorted(involved, batch[:, 1])
-            if screen is not None:
-                # Most candidates are far apart: a cheap lower bound rules them out before the
-                # exact distance reads whole signatures.
-                maybe = screen.may_be_within(left, right, recipe.radius)
-                batch, left, right = batch[maybe], left[maybe], right[maybe]
-            distance = recipe.distances(signatures[left], signatures[right])
-            close = distance <= recipe.radius
-            rows = [
-                (recipe_id, int(a), int(b), float(d))
-                for (a, b), d in zip(batch[close].tolist(), distance[close].tolist(), strict=True)
-            ]
-            bulk_insert(
-                self.conn,
-                core_table(Pair),
-                ("recipe_id", "image_a", "image_b", "distance"),
-                rows,
-            )
-            stored += len(rows)
-        return stored
