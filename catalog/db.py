@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 import migrations
-from catalog.errors import BusyError, NotFoundError, SchemaError
+from catalog.errors import BusyError, InputError, NotFoundError, SchemaError
 
 DEFAULT_CATALOG = "dsaudit.db"
 ENV_VAR = "DSAUDIT_DB"
@@ -118,7 +118,17 @@ def _build_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
         _attach_sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:  # the URL's driver is an optional extra
+        extra = (
+            " (pip install 'dsaudit[postgres]')"
+            if parsed.get_backend_name() == "postgresql"
+            else ""
+        )
+        raise InputError(
+            f"{describe(url)}: the database driver is not installed: {exc.name or exc}{extra}"
+        ) from None
 
 
 def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:

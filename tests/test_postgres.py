@@ -312,3 +312,18 @@ def test_a_lost_race_is_run_again(db: str) -> None:
     with engine.connect() as conn:  # the first attempt rolled back: one row
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM dataset").scalar_one() == 1
     engine.dispose()
+
+
+def test_a_postgres_url_without_the_driver_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    result = CliRunner().invoke(app, ["--db", "postgresql+psycopg://me@/cat?host=/tmp", "ls"])
+    assert result.exit_code == 2, result.output
+    assert "driver is not installed: psycopg" in result.stderr
+    assert "pip install 'dsaudit[postgres]'" in result.stderr
+    assert "Traceback" not in result.output
