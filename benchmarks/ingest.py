@@ -12,7 +12,12 @@ them; default 60k train / 10k test, 1 % of test copied from train; `--n-train 20
   and extrapolated to all of train;
 - baseline 2, `np.unique(axis=0)` over all rows (exact duplicates in memory, no catalog).
 
+With ``--db postgresql+psycopg://USER@HOST/DB`` the catalogs are PostgreSQL databases instead
+of SQLite files: each run creates its own scratch databases on that server (the user needs
+CREATEDB) and drops them afterwards.
+
 Usage: python benchmarks/ingest.py [--n-train 60000] [--n-valid 0] [--n-test 10000] [--runs 3]
+       [--db URL]
 """
 
 from __future__ import annotations
@@ -58,6 +63,42 @@ def _dsaudit(*args: str) -> tuple[float, float]:
     return done.seconds, done.peak_rss_mb
 
 
+class Catalogs:
+    """Fresh catalogs for each run: SQLite files in a directory, or databases on a server."""
+
+    def __init__(self, directory: Path, server: str | None) -> None:
+        self.directory = directory
+        self.server = server
+        self.made: list[str] = []
+
+    def new(self, name: str) -> str:
+        if self.server is None:
+            return str(self.directory / f"{name}.db")
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.server)
+        database = f"dsaudit_bench_{name}"
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            conn.exec_driver_sql(f"CREATE DATABASE {database}")
+        admin.dispose()
+        self.made.append(database)
+        return url.set(database=database).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        if self.server is None or not self.made:
+            return
+        from sqlalchemy import create_engine
+
+        admin = create_engine(self.server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for database in self.made:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=60_000)
@@ -65,6 +106,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--loop-sample", type=int, default=300)
+    parser.add_argument(
+        "--db", default=None, help="a PostgreSQL server URL; default SQLite files in a temp dir"
+    )
     options = parser.parse_args()
     n = options.n_train + options.n_valid + options.n_test
     exact_times, ingest_times, overlap_times, loop_times, unique_times = [], [], [], [], []
@@ -72,12 +116,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         archive, train, test = _make(options.n_train, options.n_valid, options.n_test, directory)
+        catalogs = Catalogs(directory, options.db)
         for run in range(options.runs):
-            db = str(directory / f"exact{run}.db")
+            db = catalogs.new(f"exact{run}")
             exact_times.append(
                 _dsaudit("--db", db, "ingest", "bench", "v1", str(archive), "--exact-only")[0]
             )
-            db = str(directory / f"run{run}.db")
+            db = catalogs.new(f"run{run}")
             seconds, peak = _dsaudit("--db", db, "ingest", "bench", "v1", str(archive))
             ingest_times.append(seconds)
             rss.append(peak)
@@ -89,12 +134,14 @@ def main() -> None:
             started = time.perf_counter()
             rows = np.concatenate([train, test]).reshape(len(train) + len(test), -1)
             unique_times.append(time.perf_counter() - started + unique_rows_seconds(rows))
+        catalogs.drop_all()
     exact = statistics.median(exact_times)
     ingest = statistics.median(ingest_times)
     overlap = statistics.median(overlap_times)
     loop = statistics.median(loop_times)
     unique = statistics.median(unique_times)
-    print(f"images: {n:,} (28x28 float32 letters), median of {options.runs} runs")
+    engine = "PostgreSQL" if options.db else "SQLite"
+    print(f"images: {n:,} (28x28 float32 letters), {engine}, median of {options.runs} runs")
     print(f"dsaudit ingest --exact-only: {exact:.2f} s = {n / exact:,.0f} images/s")
     print(
         f"dsaudit ingest, exact + near: {ingest:.2f} s = {n / ingest:,.0f} images/s, "

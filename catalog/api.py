@@ -43,6 +43,7 @@ from catalog.model import (
     RecipeInfo,
     ShowReport,
 )
+from catalog.near import ensure_recipes
 from catalog.recipes import DEFAULT_RECIPES
 from catalog.report import (
     DEFAULT_LIMIT,
@@ -172,7 +173,12 @@ def ingest(
         planned = list(from_memory(splits))
     else:
         planned = list(splits)
+    recipes = DEFAULT_RECIPES if near else ()
     with _engine(db, create=True) as engine:
+        if recipes and engine.dialect.name == "postgresql":
+            # Recipes are registered in a short transaction of their own: inside the ingest's,
+            # a second ingest into a new catalog would wait for the first one's commit.
+            write_retrying(engine, lambda conn: ensure_recipes(conn, recipes))
         # Retried from the start if it lost a race with another writer (PostgreSQL only).
         return write_retrying(
             engine,
@@ -184,7 +190,7 @@ def ingest(
                 note=note,
                 parent=parent,
                 on_progress=on_progress,
-                recipes=DEFAULT_RECIPES if near else (),
+                recipes=recipes,
             ),
         )
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 import migrations
-from catalog.errors import BusyError, NotFoundError, SchemaError
+from catalog.errors import BusyError, InputError, NotFoundError, SchemaError
 
 DEFAULT_CATALOG = "dsaudit.db"
 ENV_VAR = "DSAUDIT_DB"
@@ -42,9 +42,9 @@ BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another writer's lock before giving up with "catalog busy"."""
 WRITE_ATTEMPTS = 3
 """How many times `write_retrying` runs a PostgreSQL write whose transaction lost a race."""
-_MIGRATION_LOCK = 0x647361756469_0001
+MIGRATION_LOCK = 0x647361756469_0001
 """PostgreSQL advisory lock keys (any 64-bit numbers, "dsaudi" + a counter): schema upgrades..."""
-_PAIR_LOCK = 0x647361756469_0002
+PAIR_LOCK = 0x647361756469_0002
 """...and the band join + pair insert of an ingest (`lock_pair_finding`)."""
 
 T = TypeVar("T")
@@ -118,7 +118,17 @@ def _build_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
         _attach_sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:  # the URL's driver is an optional extra
+        extra = (
+            " (pip install 'dsaudit[postgres]')"
+            if parsed.get_backend_name() == "postgresql"
+            else ""
+        )
+        raise InputError(
+            f"{describe(url)}: the database driver is not installed: {exc.name or exc}{extra}"
+        ) from None
 
 
 def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
@@ -186,7 +196,7 @@ def migrate(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             # Two processes opening a new catalog at once: the second waits here, then finds
             # the schema made (DDL is transactional on PostgreSQL; SQLite has one writer).
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             if set(MigrationContext.configure(conn).get_current_heads()) == heads:
                 return
         config.attributes["connection"] = conn
@@ -283,7 +293,7 @@ def lock_pair_finding(conn: Connection) -> None:
     SQLite needs nothing: its writer holds the whole catalog from BEGIN IMMEDIATE.
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PAIR_LOCK})")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PAIR_LOCK})")
 
 
 def placeholder(conn: Connection) -> str:

@@ -437,6 +437,9 @@ class NearIndexer:
         step(task, 1, 3)
         close, distance = verify.result()
         recipe_id = self.ids[recipe.name]
+        # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
+        # concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no pair is
+        # stored twice; on PostgreSQL that lets the rows go by COPY.
         bulk_insert(
             self.conn,
             core_table(Pair),

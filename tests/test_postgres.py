@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from catalog import api, synth
-from catalog.db import open_catalog
+from catalog.db import PAIR_LOCK, open_catalog, write_retrying
 from catalog.errors import QueryError
 from catalog.recipes import DEFAULT_RECIPES
 from tests.conftest import postgres_only
@@ -38,22 +38,60 @@ def _archive(path: Path, train: np.ndarray, test: np.ndarray) -> str:
 
 
 def _start(db: str, dataset: str, version: str, archive: str) -> subprocess.Popen[str]:
+    """``dsaudit ingest`` as a process; its output goes to files (a full pipe would block it)."""
     command = [sys.executable, "-m", "cli", "--db", db, "ingest", dataset, version, archive]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    log = Path(archive).with_suffix(f".{dataset}.{version}.log")
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out, text=True)
+
+
+def _output(process: subprocess.Popen[str]) -> str:
+    return (
+        Path(process.args[-1])
+        .with_suffix(  # type: ignore[index]
+            f".{process.args[-3]}.{process.args[-2]}.log"  # type: ignore[index]
+        )
+        .read_text()
     )
 
 
 def _together(*jobs: tuple[str, str, str], db: str) -> list[subprocess.CompletedProcess[str]]:
-    """Run several ingests as processes started at the same moment; wait for all."""
-    open_catalog(db).dispose()  # the schema exists, so both start on the data at once
+    """Run ingests as processes started at the same moment, and make them meet; wait for all.
+
+    The test holds the pair-finding lock (`catalog.db.PAIR_LOCK`) until every ingest is
+    blocked on a lock: at the band join (that lock), or behind another ingest's uncommitted
+    images. So they are truly in flight together, and the band joins would race if the lock
+    did not order them (without it, this wait would time out).
+    """
+    engine = open_catalog(db)  # the schema exists, so all start on the data at once
     processes = [_start(db, *job) for job in jobs]
+    with engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PAIR_LOCK})")
+        deadline = time.monotonic() + 180
+        while _waiting(conn) < len(processes):
+            finished = [p for p in processes if p.poll() is not None]
+            assert not finished, [_output(p) for p in finished]
+            assert time.monotonic() < deadline, "the ingests never met at a lock"
+            time.sleep(0.1)
+    engine.dispose()
     done = []
     for process in processes:
-        out, err = process.communicate(timeout=600)
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        process.wait(timeout=600)
+        done.append(
+            subprocess.CompletedProcess(process.args, process.returncode, "", _output(process))
+        )
     return done
+
+
+def _waiting(conn: Connection) -> int:
+    """Other sessions on this database that are waiting for a lock."""
+    # Statistics views are a snapshot per transaction unless cleared.
+    conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+    return conn.exec_driver_sql(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+    ).scalar_one()
 
 
 def _counts(db: str) -> dict[str, int]:
@@ -122,17 +160,20 @@ def _scenario(name: str, letters: tuple[np.ndarray, np.ndarray], tmp_path: Path)
     if name == "different datasets":
         first = _archive(tmp_path / "a.npz", images[:1200], images[1200:1400])
         second = _archive(tmp_path / "b.npz", images[1400:2600], copies)
-        return [("a", "v1", first), ("b", "v1", second)]
+        return [], [("a", "v1", first), ("b", "v1", second)]
     if name == "one dataset, two versions":
+        # v0 exists already: v1 and v2 each derive from it, side by side.
+        base = _archive(tmp_path / "v0.npz", images[2600:2700], images[2700:2750])
         first = _archive(tmp_path / "v1.npz", images[:1200], images[1200:1400])
         second = _archive(tmp_path / "v2.npz", images[1400:2600], copies)
-        return [("d", "v1", first), ("d", "v2", second)]
-    # The same images in both, met in opposite orders, plus near copies only the second has.
-    first = _archive(tmp_path / "a.npz", images[:1500], images[1500:1700])
-    second = _archive(
-        tmp_path / "b.npz", images[:1500][::-1], np.concatenate([copies, images[2800:]])
-    )
-    return [("a", "v1", first), ("b", "v1", second)]
+        return [("d", "v0", base)], [("d", "v1", first), ("d", "v2", second)]
+    # The same images in both, met in opposite orders (X then Y, Y then X: the row locks of
+    # two open transactions can deadlock, and the loser is run again), plus near copies and
+    # new images only the second has.
+    x, y = images[:800], images[800:1400]
+    first = _archive(tmp_path / "a.npz", x, y)
+    second = _archive(tmp_path / "b.npz", y, np.concatenate([x, copies, images[2800:]]))
+    return [], [("a", "v1", first), ("b", "v1", second)]
 
 
 @postgres_only
@@ -142,10 +183,12 @@ def _scenario(name: str, letters: tuple[np.ndarray, np.ndarray], tmp_path: Path)
 def test_two_ingests_at_once_equal_the_same_ingests_in_turn(
     db: str, tmp_path: Path, letters, scenario: str
 ) -> None:  # type: ignore[no-untyped-def]
-    jobs = _scenario(scenario, letters, tmp_path)
+    setup, jobs = _scenario(scenario, letters, tmp_path)
+    for dataset, version, archive in setup:
+        api.ingest(db, dataset, version, api.plan([archive]))
     for result in _together(*jobs, db=db):
         assert result.returncode == 0, result.stderr
-    reference = _sequential(tmp_path, jobs)
+    reference = _sequential(tmp_path, setup + jobs)
     assert _counts(db) == _counts(reference)
     _check_complete(db)
     pairs = _pairs(db)
@@ -186,8 +229,7 @@ def test_readers_during_an_ingest_see_only_complete_versions(
         report = api.overlap(db, ["d"])  # one snapshot: splits and their counts agree
         assert sum(s.items for s in report.splits) in (100, 2900)
         time.sleep(0.05)
-    _out, err = process.communicate()
-    assert process.returncode == 0, err
+    assert process.returncode == 0, _output(process)
     assert "v1" in seen
     assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1", "v2"]
 
@@ -252,3 +294,36 @@ def test_sql_on_postgres_reads_and_runs_harmless_commands(db: str) -> None:
     assert truncated.truncated and len(truncated.rows) == 3
     digest = api.run_sql(db, "SELECT digest FROM v_item LIMIT 1").rows[0][0]
     assert len(digest) == 64  # hex text, as on SQLite
+
+
+@postgres_only
+def test_a_lost_race_is_run_again(db: str) -> None:
+    engine = open_catalog(db)
+    attempts = []
+
+    def work(conn: Connection) -> int:
+        attempts.append(1)
+        conn.exec_driver_sql("INSERT INTO dataset (name) VALUES ('d')")
+        if len(attempts) == 1:  # what PostgreSQL raises on the deadlock victim
+            conn.exec_driver_sql("DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '40P01'; END $$")
+        return len(attempts)
+
+    assert write_retrying(engine, work) == 2
+    with engine.connect() as conn:  # the first attempt rolled back: one row
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM dataset").scalar_one() == 1
+    engine.dispose()
+
+
+def test_a_postgres_url_without_the_driver_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    result = CliRunner().invoke(app, ["--db", "postgresql+psycopg://me@/cat?host=/tmp", "ls"])
+    assert result.exit_code == 2, result.output
+    assert "driver is not installed: psycopg" in result.stderr
+    assert "pip install 'dsaudit[postgres]'" in result.stderr
+    assert "Traceback" not in result.output
