@@ -118,7 +118,11 @@ def main_options(
 
 @contextmanager
 def _progress() -> Iterator[api.ProgressCallback]:
-    """A rich progress display on stderr, fed by the library's ``on_progress`` callback."""
+    """A rich progress display on stderr, fed by the library's ``on_progress`` callback.
+
+    It starts with the first report, so a command that fails before any work prints only its
+    error; one that fails midway erases its bars and leaves the one line of the error.
+    """
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -126,15 +130,27 @@ def _progress() -> Iterator[api.ProgressCallback]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_stderr(), transient=False) as progress:
-        tasks: dict[str, TaskID] = {}
+    progress: Progress | None = None
+    tasks: dict[str, TaskID] = {}
 
-        def on_progress(task: str, advance: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.advance(tasks[task], advance)
+    def on_progress(task: str, advance: int, total: int) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(*columns, console=_stderr(), transient=False)
+            progress.start()
+        if task not in tasks:
+            tasks[task] = progress.add_task(task, total=total)
+        progress.advance(tasks[task], advance)
 
+    try:
         yield on_progress
+    except BaseException:
+        if progress is not None:
+            progress.live.transient = True
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 def _dump_json(data: Any) -> None:

@@ -85,6 +85,16 @@ class SplitInput:
     source: SourceFile
     key: str
 
+    @property
+    def where(self) -> str:
+        """How messages name this split's array: the file, and the key inside it if any."""
+        return array_where(self.source, self.key)
+
+
+def array_where(source: SourceFile, key: str) -> str:
+    """``file: array 'key'``, or just the file for a .npy (it holds one array)."""
+    return f"{source.path}: array '{key}'" if source.format != "npy" else source.path
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -384,7 +394,7 @@ def _make_split(
     key: str,
     labels_where: str,
 ) -> SplitInput:
-    where = f"{source.path}: array '{key}'" if source.format != "npy" else source.path
+    where = array_where(source, key)
     if len(images.shape) not in (3, 4):
         raise InputError(
             f"{where}: images must be shaped (N, H, W) or (N, H, W, C), not {images.shape}"
@@ -544,6 +554,7 @@ def _npy_labels(
 
 
 def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
+    _check_npy_size(path)
     try:
         return np.load(path, mmap_mode=None if allow_pickle else "r", allow_pickle=allow_pickle)
     except ValueError as exc:
@@ -552,6 +563,32 @@ def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     except (OSError, EOFError, OverflowError, MemoryError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy whose header promises more data than the file holds, before mapping it.
+
+    numpy would fail with "mmap length is greater than file size" (or try to allocate what a
+    corrupt header claims); the person needs to hear that the file is truncated.
+    """
+    try:
+        with path.open("rb") as stream:
+            shape, _fortran, dtype = _read_npy_header(stream, str(path))
+            offset = stream.tell()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if dtype.hasobject:
+        return  # a pickled array has no fixed size; unpickling finds the damage
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    expected = count * dtype.itemsize
+    actual = path.stat().st_size - offset
+    if actual < expected:
+        raise InputError(
+            f"{path}: truncated or corrupt: its header declares shape {shape} {dtype} "
+            f"({expected:,} bytes of data) but the file holds {max(actual, 0):,}"
+        )
 
 
 def from_memory(
