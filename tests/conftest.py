@@ -50,3 +50,13 @@ def rng() -> np.random.Generator:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """The demo's two versions ingested once for every test that audits them (read-only)."""
     return api.run_demo(tmp_path_factory.mktemp("demo"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow run only when asked for (``-m slow``); the default run stays short."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

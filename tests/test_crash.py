@@ -1,8 +1,16 @@
-"""A killed ingest (SIGKILL, no chance to clean up) leaves the catalog exactly as it was."""
+"""A killed ingest (SIGKILL, no chance to clean up) leaves the catalog exactly as it was.
+
+Two ways of choosing the moment: at set amounts of written log (early: items and images being
+written; late: band keys and pairs), and at seeded random times stratified over the ingest's
+measured duration (5 in the default run, 25 with ``-m slow``). After every kill the catalog must
+pass ``PRAGMA integrity_check`` and ``foreign_key_check``, hold exactly the rows it held before
+(no partial version is visible), and the same ingest must then succeed.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -94,3 +102,115 @@ def test_sigkill_mid_ingest_leaves_catalog_unchanged(
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert api.overlap(str(db), ["big"]).splits[0].items == N_IMAGES
+
+
+def _ingest_command(db: Path, archive: Path) -> list[str]:
+    return [sys.executable, "-m", "cli", "--db", str(db), "ingest", "big", "v1", str(archive)]
+
+
+_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _start(db: Path, archive: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the ingest; return it and the moment it opened the catalog (its WAL appears)."""
+    process = subprocess.Popen(
+        _ingest_command(db, archive),
+        cwd=ROOT,
+        env=_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wal = Path(f"{db}-wal")
+    deadline = time.monotonic() + 60
+    while not wal.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return process, time.monotonic()
+
+
+def _base_catalog(directory: Path) -> Path:
+    db = directory / "base.db"
+    api.ingest(str(db), "small", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    assert not Path(f"{db}-wal").exists()  # everything is in the one file: copies are whole
+    return db
+
+
+def _ingest_seconds(base: Path, archive: Path, directory: Path) -> float:
+    """How long the ingest runs once it has opened the catalog (a full run on a copy)."""
+    db = directory / "measured.db"
+    shutil.copy(base, db)
+    process, opened = _start(db, archive)
+    assert process.wait(timeout=300) == 0
+    return time.monotonic() - opened
+
+
+def kill_points(count: int, seconds: float, seed: int) -> np.ndarray:
+    """``count`` moments in (0, seconds): one uniformly at random in each of ``count`` equal
+    strata, so the kills spread over every phase of the ingest."""
+    edges = np.linspace(0.0, seconds, count + 1)
+    return np.random.default_rng(seed).uniform(edges[:-1], edges[1:])
+
+
+def test_kill_points_are_seeded_and_stratified() -> None:
+    points = kill_points(20, 10.0, seed=3)
+    assert np.array_equal(points, kill_points(20, 10.0, seed=3))
+    assert np.array_equal(np.floor(points / 0.5), np.arange(20))
+
+
+def _kill_at_random_points(tmp_path: Path, archive: Path, count: int, seed: int) -> None:
+    base = _base_catalog(tmp_path)
+    before = _state(base)
+    seconds = _ingest_seconds(base, archive, tmp_path)
+    killed: list[Path] = []
+    for index, delay in enumerate(kill_points(count, seconds, seed)):
+        db = tmp_path / f"killed-{index}.db"
+        shutil.copy(base, db)
+        process, opened = _start(db, archive)
+        time.sleep(max(0.0, opened + delay - time.monotonic()))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        integrity, foreign, counts = _state(db)
+        assert integrity == [("ok",)], (index, delay)
+        assert foreign == [], (index, delay)
+        datasets = [d.name for d in api.list_catalog(str(db)).datasets]
+        if datasets == ["big", "small"]:
+            # Killed after the commit (while printing its result): the version must be whole.
+            assert api.overlap(str(db), ["big"]).splits[0].items == N_SMALL, (index, delay)
+            continue
+        assert (integrity, foreign, counts) == before, (index, delay)
+        assert datasets == ["small"]
+        killed.append(db)
+    # Timing is measured, so a busy machine may commit a run early; most must be real kills.
+    assert len(killed) >= count // 2 + 1, f"only {len(killed)} of {count} runs were killed"
+    # The same ingest then succeeds, on the catalog killed latest into its run.
+    rerun = subprocess.run(
+        _ingest_command(killed[-1], archive), cwd=ROOT, env=_ENV, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert api.overlap(str(killed[-1]), ["big"]).splits[0].items == N_SMALL
+    integrity, foreign, _counts = _state(killed[-1])
+    assert (integrity, foreign) == ([("ok",)], [])
+
+
+N_SMALL = 2000
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ingest of a few seconds: five kills fit the default run."""
+    images, labels = synth.render_letters(N_SMALL, np.random.default_rng(11))
+    path = tmp_path_factory.mktemp("crash-small") / "small.npz"
+    np.savez(path, x_train=images, y_train=labels)
+    return path
+
+
+def test_sigkill_at_random_moments_leaves_catalog_unchanged(
+    tmp_path: Path, small_archive: Path
+) -> None:
+    _kill_at_random_points(tmp_path, small_archive, count=5, seed=20261130)
+
+
+@pytest.mark.slow
+def test_sigkill_at_many_random_moments_leaves_catalog_unchanged(
+    tmp_path: Path, small_archive: Path
+) -> None:
+    _kill_at_random_points(tmp_path, small_archive, count=25, seed=8)
