@@ -174,6 +174,14 @@ CASES: dict[str, Case] = {
         "impossibly large shape",
         "absurd.npy",
     ),
+    "npy header that is not a literal": Case(
+        _npy_split("mangled.npy", raw=b"\x93NUMPY\x01\x00\x09\x00{'descr':\n" + bytes(64)),
+        "not a readable .npy array",
+        "mangled.npy",
+    ),
+    "images over 65535 pixels on a side": Case(
+        _npz("tall.npz", x_train=np.zeros((1, 70_000, 1), np.uint8)), "over 65535", "tall.npz"
+    ),
     "npz without image arrays": Case(
         _npz("flat.npz", a=np.zeros(5), b=np.zeros((3, 3))), "no image arrays", "flat.npz"
     ),

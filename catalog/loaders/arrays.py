@@ -173,10 +173,18 @@ def _read_npy_header(stream: IO[bytes], where: str) -> tuple[tuple[int, ...], bo
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
-        raise InputError(f"{where}: not a readable .npy array ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        # numpy parses the header (a Python literal) of an untrusted file: a damaged one fails
+        # with ValueError, SyntaxError, tokenize.TokenError, UnicodeDecodeError, a zip error...
+        # Every one of them means the same thing to the person: this file is not readable.
+        raise InputError(f"{where}: not a readable .npy array ({_first_line(exc)})") from None
     _check_shape(tuple(shape), dtype, where)
     return tuple(shape), bool(fortran), dtype
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _MAX_ARRAY_BYTES = 1 << 50
