@@ -21,7 +21,10 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from catalog import queries
-from catalog.db import open_catalog, writing
+from catalog.check import DEFAULT_SAMPLE, CheckReport
+from catalog.check import check as _check
+from catalog.db import describe, open_catalog, writing
+from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
@@ -49,6 +52,7 @@ from catalog.sql import run_sql as _run_sql
 
 __all__ = [
     "ProgressCallback",
+    "check",
     "duplicate_groups",
     "label_conflicts",
     "ingest",
@@ -258,6 +262,16 @@ def report(
             fail_on=fail_on,
         )
     return collect_pictures(made) if pictures else made
+
+
+def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> CheckReport:
+    """Verify the catalog: integrity, foreign keys, orphans, pair order, recipe fingerprints,
+    band keys, and the digests of ``sample`` items (seeded) recomputed from their source files.
+    ``report.ok`` is False when anything is wrong; see `catalog.check`."""
+    if sample < 0:
+        raise UsageError(f"--sample {sample}: must be 0 or more")
+    with _reading(db) as conn:
+        return _check(conn, describe(str(conn.engine.url)), sample=sample, seed=seed)
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:

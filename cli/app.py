@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.text import Text
 
 from catalog import __version__, api
+from catalog.check import CHECK_SCHEMA, DEFAULT_SAMPLE
 from catalog.errors import CatalogError, UsageError
 from catalog.model import (
     CONFLICTS_SCHEMA,
@@ -495,6 +496,47 @@ def sql(
         writer.writerows(result.rows)
     else:
         _stdout().print(render.sql_table(result))
+
+
+@_command()
+def check(
+    ctx: typer.Context,
+    sample: Annotated[
+        int,
+        typer.Option(
+            help="Items whose digests are recomputed from their source files (0: none).", min=0
+        ),
+    ] = DEFAULT_SAMPLE,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the sample: the same seed draws the same items.")
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Verify the catalog; exit 1 if anything is wrong.
+
+    Checks SQLite's integrity and foreign keys; orphans (images no item holds; signatures, band
+    keys and pairs of missing images or recipes); pairs stored out of order; each recipe's
+    fingerprint recomputed from its stored parameters; one band key per LSH band for every
+    signed informative image; and the digests of a seeded sample of items read again from their
+    source files, where those are present and unchanged (same sha256).
+
+    Exit codes: 0 all checks pass, 1 a problem was found, 2 usage error (e.g. no catalog).
+
+    Example:
+
+        dsaudit check
+
+        dsaudit --db team.db check --sample 1000 --json
+    """
+    report = api.check(ctx.obj, sample=sample, seed=seed)
+    if as_json:
+        data = to_json(report, schema=CHECK_SCHEMA)
+        data["ok"] = report.ok
+        _dump_json(data)
+    else:
+        _stdout().print(render.check_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _outputs(**files: str | None) -> dict[str, str]:
