@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from catalog import queries
-from catalog.check import DEFAULT_SAMPLE, CheckReport
+from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
 from catalog.db import describe, open_catalog, writing
 from catalog.errors import UsageError
@@ -51,6 +51,8 @@ from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
 
 __all__ = [
+    "CheckReport",
+    "CheckResult",
     "ProgressCallback",
     "check",
     "duplicate_groups",
@@ -270,8 +272,13 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     ``report.ok`` is False when anything is wrong; see `catalog.check`."""
     if sample < 0:
         raise UsageError(f"--sample {sample}: must be 0 or more")
-    with _reading(db) as conn:
-        return _check(conn, describe(str(conn.engine.url)), sample=sample, seed=seed)
+    with _engine(db, create=False) as engine, engine.connect() as conn:
+        # One read transaction, rolled back: on a damaged file even a read's COMMIT can fail.
+        transaction = conn.begin()
+        try:
+            return _check(conn, describe(str(engine.url)), sample=sample, seed=seed)
+        finally:
+            transaction.rollback()
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
