@@ -501,7 +501,8 @@ def check_report(report: CheckReport) -> RenderableType:
     if report.ok:
         parts.append(Text("All checks passed.", style="bold green"))
     else:
-        parts.append(Text(f"{report.problems:,} problems found.", style="bold red"))
+        plural = "s" if report.problems != 1 else ""
+        parts.append(Text(f"{report.problems:,} problem{plural} found.", style="bold red"))
     return Group(*parts)
 
 
