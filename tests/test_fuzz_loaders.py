@@ -127,6 +127,10 @@ def test_damaged_npy_files_are_user_errors(
     cut=st.none() | st.integers(0, len(VALID_NPZ_DEFLATED)),
     compressed=st.booleans(),
 )
+# Found by fuzzing: a garbled compression method (NotImplementedError) and a garbled flag that
+# marks a member encrypted (RuntimeError) escaped as tracebacks.
+@example(edits=[(24100, 1)], cut=None, compressed=False)
+@example(edits=[(24098, 1)], cut=None, compressed=False)
 def test_damaged_npz_files_are_user_errors(
     scratch: Path, edits: list[tuple[int, int]], cut: int | None, compressed: bool
 ) -> None:

@@ -14,10 +14,12 @@ split candidate, named by stripping common affixes (``x_train``, ``train_images`
 from __future__ import annotations
 
 import hashlib
+import lzma
 import pickle
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -33,8 +35,19 @@ PICKLE_HINT = (
     "a file you trust, or convert it with numpy.savez"
 )
 
-_CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
-"""What reading a damaged zip member raises (bad CRC, bad deflate stream, short file)."""
+_CORRUPT_ZIP = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
+"""What opening or reading a damaged zip member raises: bad CRC, bad deflate stream, short file,
+and (found by fuzzing) NotImplementedError for a garbled compression method and RuntimeError for
+a garbled flag that marks the member encrypted."""
 
 _IMAGE_PREFIXES = ("x_", "X_", "images_")
 _IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
@@ -130,13 +143,24 @@ class NpzMember:
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
         self.key = key
-        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as stream:
+        with ExitStack() as stack:
+            stream = self._open(stack)
             self._shape, fortran, self._dtype = _read_npy_header(stream, f"{path}:{key}")
         if fortran and len(self._shape) > 1:
             raise InputError(
                 f"{path}: array '{key}' is stored in Fortran order, which cannot be streamed; "
                 "save it with numpy.ascontiguousarray first"
             )
+
+    def _open(self, stack: ExitStack) -> IO[bytes]:
+        """The member's stream (closed with ``stack``); a damaged zip is the file's fault."""
+        try:
+            archive = stack.enter_context(zipfile.ZipFile(self.path))
+            return stack.enter_context(archive.open(f"{self.key}.npy"))
+        except _CORRUPT_ZIP as exc:
+            raise InputError(
+                f"{self.path}: array '{self.key}' cannot be opened ({_first_line(exc)})"
+            ) from None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -149,7 +173,8 @@ class NpzMember:
     def chunks(self, rows: int) -> Iterator[np.ndarray]:
         row_shape = self._shape[1:]
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self._dtype.itemsize
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as stream:
+        with ExitStack() as stack:
+            stream = self._open(stack)
             _read_npy_header(stream, f"{self.path}:{self.key}")
             for start in range(0, self._shape[0], rows):
                 count = min(rows, self._shape[0] - start)
@@ -267,8 +292,10 @@ class _Container:
                     with archive.open(f"{key}.npy") as stream:
                         shape, _fortran, dtype = _read_npy_header(stream, f"{self.path}:{key}")
                     self.shapes[key] = (shape, dtype)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"{self.path}: not a readable .npz archive ({exc})") from None
+        except _CORRUPT_ZIP as exc:
+            raise InputError(
+                f"{self.path}: not a readable .npz archive ({_first_line(exc)})"
+            ) from None
         for key, (_shape, dtype) in self.shapes.items():
             if dtype.hasobject and not allow_pickle:
                 raise InputError(
