@@ -10,6 +10,7 @@ writes in `writing(engine)` so that a version becomes visible whole or not at al
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,6 +204,10 @@ def placeholder(conn: Connection) -> str:
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
+ROWS_PER_STATEMENT = 1000
+"""Rows per multi-row ``INSERT ... VALUES (...), (...)`` on SQLite (see `bulk_insert`)."""
+
+
 def bulk_insert(
     conn: Connection,
     table: Table | str,
@@ -211,25 +216,52 @@ def bulk_insert(
     *,
     unique: str | None = None,
 ) -> None:
-    """executemany of positional rows (any iterable of tuples) on the connection's DBAPI cursor.
+    """Insert positional rows (any iterable of tuples) on the connection's DBAPI cursor.
 
     The same connection, so the same transaction as everything else the caller does.
 
-    The hot tables get rows by the hundred thousand; Core's per-row parameter processing cost
-    more than SQLite's own inserts when measured (70k items: 1.0 s against 0.3 s), so these
-    bypass it. Column and table names come from the schema, never from input.
+    The hot tables get rows by the million; Core's per-row parameter processing cost more than
+    SQLite's own inserts when measured (70k items: 1.0 s against 0.3 s), so these bypass it.
+    On SQLite, each statement carries `ROWS_PER_STATEMENT` rows (``VALUES (...), (...), ...``)
+    instead of one executemany step per row: the per-row statement reset and Python call were
+    most of the cost (2M band-key rows: 5.4 s of CPU with executemany, 2.3 s this way).
+    Column and table names come from the schema, never from input.
 
     Args:
         unique: a unique column; rows whose value exists already are skipped (ON CONFLICT DO
             NOTHING, the same text on SQLite and PostgreSQL, and safe when two ingests race).
     """
-    marks = ", ".join([placeholder(conn)] * len(columns))
     name = table if isinstance(table, str) else table.name
-    statement = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
-    if unique is not None:
-        statement += f" ON CONFLICT ({unique}) DO NOTHING"
+    mark = placeholder(conn)
+    conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique is not None else ""
+
+    def statement(count: int) -> str:
+        values = ", ".join([f"({', '.join([mark] * len(columns))})"] * count)
+        return f"INSERT INTO {name} ({', '.join(columns)}) VALUES {values}{conflict}"
+
     cursor = conn.connection.cursor()
     try:
-        cursor.executemany(statement, rows)  # type: ignore[arg-type]  # any iterable works
+        if conn.dialect.name != "sqlite":
+            cursor.executemany(statement(1), rows)  # type: ignore[arg-type]  # any iterable
+            return
+        per = max(1, min(ROWS_PER_STATEMENT, _variable_limit(cursor) // len(columns)))
+        full = statement(per)
+        source = iter(rows)
+        while True:
+            flat = list(itertools.chain.from_iterable(itertools.islice(source, per)))
+            if len(flat) == per * len(columns):
+                cursor.execute(full, flat)
+                continue
+            if flat:
+                cursor.execute(statement(len(flat) // len(columns)), flat)
+            return
     finally:
         cursor.close()
+
+
+def _variable_limit(cursor: Any) -> int:
+    """SQLite's bound-parameter limit for one statement (999 on old builds, 32766 since 3.32)."""
+    connection = cursor.connection
+    if hasattr(connection, "getlimit"):
+        return int(connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return 999

@@ -51,13 +51,21 @@ class Screen:
     """float64 (n,)."""
 
     @cached_property
-    def _exact_types(self) -> tuple[type[np.signedinteger[Any]], ...]:
-        """Per level, int32 when no sum of squares can overflow it (half the memory traffic of
-        int64), else int64."""
-        types: list[type[np.signedinteger[Any]]] = []
+    def _exact_types(
+        self,
+    ) -> tuple[tuple[type[np.signedinteger[Any]], type[np.signedinteger[Any]]], ...]:
+        """Per level, (difference type, sum-of-squares type): the narrowest exact ones.
+
+        int16 differences when no difference of two values can overflow them, and int32 sums
+        when no sum of squares can: casting gathered int16 rows to a wider type cost 3x more
+        than the arithmetic itself (8.5M candidate pairs: 10 s of the screen's 11).
+        """
+        types = []
         for vectors, _factor in self.levels:
             widest = 2 * int(np.abs(vectors.astype(np.int64)).max(initial=0))
-            types.append(np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64)
+            difference = np.int16 if widest < 2**15 else np.int32
+            square = np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64
+            types.append((difference, square))
         return tuple(types)
 
     def may_be_within(self, left: np.ndarray, right: np.ndarray, radius: float) -> np.ndarray:
@@ -73,13 +81,19 @@ class Screen:
             bool (p,).
         """
         keep = np.ones(left.size, dtype=bool)
-        for (vectors, factor), exact in zip(self.levels, self._exact_types, strict=True):
+        for (vectors, factor), (difference, square) in zip(
+            self.levels, self._exact_types, strict=True
+        ):
             rows = np.flatnonzero(keep)
             if rows.size == 0:
                 break
             a, b = left[rows], right[rows]
-            diff = vectors[a].astype(exact) - vectors[b]
-            bound = self.scale[a] * factor * np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            if difference is np.int16:
+                diff = vectors[a] - vectors[b]
+            else:
+                diff = vectors[a].astype(difference) - vectors[b]
+            sums = np.einsum("ij,ij->i", diff, diff, dtype=square)
+            bound = self.scale[a] * factor * np.sqrt(sums)
             keep[rows] = np.minimum(bound, 1.0) <= radius
         return keep
 

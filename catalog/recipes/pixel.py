@@ -165,6 +165,13 @@ def _header(n: int, h: int, w: int, c: int) -> np.ndarray:
     return head
 
 
+def _block_sums(grids: np.ndarray) -> np.ndarray:
+    """Sums of the 2x2 blocks of (n, h, w) grids (h, w even), as two strided adds: a sum over
+    reshaped axes cost 3x as much."""
+    rows = grids[:, 0::2, :] + grids[:, 1::2, :]
+    return rows[:, :, 0::2] + rows[:, :, 1::2]
+
+
 def _coarse(signatures: np.ndarray) -> np.ndarray:
     """The exact 8x8 area mean of each signature's gray grid, in 1/16 gray levels.
 
@@ -277,9 +284,9 @@ class PixelRecipe(Recipe):
         """
         signatures = self.check_signatures(signatures)
         n = signatures.shape[0]
-        grid = signatures[:, HEADER:].reshape(n, GRID // 2, 2, GRID // 2, 2).astype(np.int16)
-        twos = grid.sum(axis=(2, 4), dtype=np.int16)  # <= 4 * 255
-        fours = twos.reshape(n, GRID // 4, 2, GRID // 4, 2).sum(axis=(2, 4), dtype=np.int16)
+        grid = signatures[:, HEADER:].reshape(n, GRID, GRID).astype(np.int16)
+        twos = _block_sums(grid)  # <= 4 * 255
+        fours = _block_sums(twos)  # <= 16 * 255
         cells = np.maximum(signatures[:, 5].astype(np.float64) * signatures[:, 6], 1.0)
         return Screen(
             levels=((fours.reshape(n, -1), 1.0 / 4), (twos.reshape(n, -1), 1.0 / 2)),
@@ -294,8 +301,10 @@ class PixelRecipe(Recipe):
             pb = b[start : start + _ROWS_PER_CHUNK]
             same = (pa[:, :HEADER] == pb[:, :HEADER]).all(axis=1)
             cells = np.maximum(pa[:, 5].astype(np.int64) * pa[:, 6], 1)
-            diff = pa[:, HEADER:].astype(np.int32) - pb[:, HEADER:].astype(np.int32)
-            sq = np.einsum("ij,ij->i", diff, diff)
+            # int16 differences, int32 sums (<= 1024 * 255**2): exact, and 3x faster than
+            # widening both sides to int32 before subtracting.
+            diff = np.subtract(pa[:, HEADER:], pb[:, HEADER:], dtype=np.int16)
+            sq = np.einsum("ij,ij->i", diff, diff, dtype=np.int32)
             rms = np.sqrt(sq / cells) / 255.0
             out[start : start + pa.shape[0]] = np.where(same, np.minimum(rms, 1.0), 1.0)
         return out
