@@ -9,6 +9,7 @@ pass ``PRAGMA integrity_check`` and ``foreign_key_check``, hold exactly the rows
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -16,12 +17,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from catalog import api, synth
+from catalog.db import storage_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,3 +218,72 @@ def test_sigkill_at_many_random_moments_leaves_catalog_unchanged(
     tmp_path: Path, small_archive: Path
 ) -> None:
     _kill_at_random_points(tmp_path, small_archive, count=25, seed=8)
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+
+        # Writes past the limit fail with EFBIG instead of the signal killing the process.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_ingest_past_the_file_size_limit_is_one_clear_line_and_changes_nothing(
+    tmp_path: Path, small_archive: Path
+) -> None:
+    pytest.importorskip("resource", reason="file size limits are POSIX")
+    if not hasattr(signal, "SIGXFSZ"):
+        pytest.skip("no SIGXFSZ on this platform")
+    db = _base_catalog(tmp_path)
+    checksum = hashlib.sha256(db.read_bytes()).hexdigest()
+    before = _state(db)
+    limit = 1_000_000  # the catalog is a few hundred KB; the ingest's log needs megabytes
+    assert db.stat().st_size < limit
+    failed = subprocess.run(
+        _ingest_command(db, small_archive),
+        cwd=ROOT,
+        env=_ENV,
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(limit),  # safe: this test starts no threads
+    )
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert str(db) in message and "file size limit reached" in message, message
+    assert "catalog is unchanged" in message
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == checksum
+    assert _state(db) == before
+    # With room again, the same ingest succeeds.
+    rerun = subprocess.run(
+        _ingest_command(db, small_archive), cwd=ROOT, env=_ENV, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "sqlstate", "expected"),
+    [
+        ("SQLITE_FULL", None, "disk full"),
+        ("SQLITE_IOERR_WRITE", None, "disk I/O error"),
+        ("", "53100", "disk full"),
+        ("SQLITE_CONSTRAINT", None, None),
+    ],
+)
+def test_storage_errors_are_recognised(
+    tmp_path: Path, name: str, sqlstate: str | None, expected: str | None
+) -> None:
+    class Driver(Exception):
+        sqlite_errorname = name
+
+    Driver.sqlstate = sqlstate  # type: ignore[attr-defined]
+    error = OperationalError("INSERT ...", {}, Driver("write failed"))
+    found = storage_error(f"sqlite:///{tmp_path / 'c.db'}", error)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None and expected in str(found) and "c.db" in str(found)
