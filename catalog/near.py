@@ -133,31 +133,43 @@ def candidate_pairs(
         return np.empty((0, 2), np.int64), 0, 0
     # One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
     # memory at 220k images fell from 3.3 GB), and pairs are deduplicated as they accumulate.
+    # Rows are grouped by band with one stable sort (a radix sort on int16 band numbers): a
+    # mask per band cost a pass over all rows for each band.
+    narrow = np.int16 if int(band.min()) >= 0 and int(band.max()) < 2**15 else np.int64
+    order = np.argsort(band.astype(narrow), kind="stable")
+    bounds = np.flatnonzero(np.diff(band[order])) + 1
+    # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
+    # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
+    packed = int(image.min()) >= 0 and int(image.max()) < 2**31
     found: list[np.ndarray] = []
     largest = capped = 0
-    for value in unique(band):
-        rows = band == value
-        pairs, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
-        found.append(pairs)
+    for rows in np.split(order, bounds):
+        low, high, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
+        found.append(_distinct(low, high, packed))
         largest, capped = max(largest, big), capped + over
-    return _unique_pairs(np.concatenate(found)), largest, capped
+    if not packed:
+        return np.unique(np.concatenate(found), axis=0).reshape(-1, 2), largest, capped
+    distinct = unique(np.concatenate(found))
+    return np.stack([distinct >> 32, distinct & 0xFFFFFFFF], axis=1), largest, capped
 
 
-def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """Distinct rows of an int64 (p, 2) array of ordered pairs."""
-    if pairs.size == 0:
-        return pairs.reshape(0, 2)
-    # One int64 per pair for a fast unique: image ids stay far below 2**31 in one catalog...
-    if int(pairs.max()) < 2**31:
-        packed = unique((pairs[:, 0] << 32) | pairs[:, 1])
-        return np.stack([packed >> 32, packed & 0xFFFFFFFF], axis=1)
-    return np.unique(pairs, axis=0)  # ...and when they do not, the general (slower) path.
+def _distinct(low: np.ndarray, high: np.ndarray, packed: bool) -> np.ndarray:
+    """The distinct pairs ``(low[k], high[k])``: int64 ``low << 32 | high`` when ``packed``,
+    else int64 (p, 2) rows."""
+    if packed:
+        return unique((low << 32) | high)
+    return np.unique(np.stack([low, high], axis=1), axis=0)
 
 
 def _band_pairs(
     key: np.ndarray, image: np.ndarray, new: np.ndarray, cap: int, link: int
-) -> tuple[np.ndarray, int, int]:
-    """`candidate_pairs` for the rows of one band: a bucket is one key."""
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """`candidate_pairs` for the rows of one band, where a bucket is one key.
+
+    Returns:
+        (smaller image ids, larger image ids, the largest bucket's size, buckets over ``cap``);
+        a pair may repeat.
+    """
     order = np.lexsort((image, key))
     key, image, new = key[order], image[order], new[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -167,15 +179,15 @@ def _band_pairs(
     rank = np.arange(key.size) - np.repeat(starts, sizes)
     partners = np.where(rank < cap, rank, min(link, cap))
     total = int(partners.sum())
+    big, over = int(sizes.max()), int((sizes > cap).sum())
     if total == 0:
-        return np.empty((0, 2), np.int64), int(sizes.max()), int((sizes > cap).sum())
+        return np.empty(0, np.int64), np.empty(0, np.int64), big, over
     left = np.repeat(np.arange(key.size), partners)
     offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
     right = np.repeat(np.repeat(starts, sizes), partners) + offsets
     keep = (new[left] | new[right]) & (image[left] != image[right])
-    a, b = image[left][keep], image[right][keep]
-    pairs = _unique_pairs(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-    return pairs, int(sizes.max()), int((sizes > cap).sum())
+    a, b = image[left[keep]], image[right[keep]]
+    return np.minimum(a, b), np.maximum(a, b), big, over
 
 
 def _sign(recipe: Recipe, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
