@@ -108,45 +108,58 @@ def check_foreign_keys(conn: Connection) -> CheckResult:
             "foreign-keys", description, 0, (), skipped="PostgreSQL enforces foreign keys"
         )
     found = [
+        # WITHOUT ROWID tables (item, signature, pair) have no rowid to show.
         f"{table} row {rowid} refers to a missing {parent} row"
+        if rowid is not None
+        else f"a row of {table} refers to a missing {parent} row"
         for table, rowid, parent, _fk in conn.exec_driver_sql("PRAGMA foreign_key_check")
     ]
     return _result("foreign-keys", description, found)
 
 
-_ORPHANS = {
-    "image held by no item": """
-        SELECT i.id, NULL FROM image i
+_ORPHANS = (
+    (
+        "image {0} is held by no item",
+        """SELECT i.id, NULL FROM image i
         WHERE NOT EXISTS (SELECT 1 FROM item t WHERE t.image_id = i.id)""",
-    "signature of a missing image": """
-        SELECT s.image_id, s.recipe_id FROM signature s
+    ),
+    (
+        "signature of a missing image: image {0}, recipe {1}",
+        """SELECT s.image_id, s.recipe_id FROM signature s
         WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)""",
-    "signature of a missing recipe": """
-        SELECT s.image_id, s.recipe_id FROM signature s
+    ),
+    (
+        "signature of a missing recipe: image {0}, recipe {1}",
+        """SELECT s.image_id, s.recipe_id FROM signature s
         WHERE NOT EXISTS (SELECT 1 FROM recipe r WHERE r.id = s.recipe_id)""",
-    "band keys of a missing image": """
-        SELECT DISTINCT b.image_id, b.recipe_id FROM band_key b
+    ),
+    (
+        "band keys of a missing image: image {0}, recipe {1}",
+        """SELECT DISTINCT b.image_id, b.recipe_id FROM band_key b
         WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = b.image_id)""",
-    "band keys of a missing recipe": """
-        SELECT DISTINCT b.image_id, b.recipe_id FROM band_key b
+    ),
+    (
+        "band keys of a missing recipe: image {0}, recipe {1}",
+        """SELECT DISTINCT b.image_id, b.recipe_id FROM band_key b
         WHERE NOT EXISTS (SELECT 1 FROM recipe r WHERE r.id = b.recipe_id)""",
-    "pair with a missing image": """
-        SELECT p.image_a, p.image_b FROM pair p
+    ),
+    (
+        "pair with a missing image: images {0} and {1}",
+        """SELECT p.image_a, p.image_b FROM pair p
         WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = p.image_a)
            OR NOT EXISTS (SELECT 1 FROM image i WHERE i.id = p.image_b)""",
-}
+    ),
+)
+"""(problem, query of its (first, second) ids). Band keys have no foreign keys, by design
+(`catalog.schema.BandKey`), so only this finds theirs."""
 
 
 def check_orphans(conn: Connection) -> CheckResult:
-    problems = []
-    for what, sql in _ORPHANS.items():
-        for first, second in _rows(conn, sql):
-            detail = f"image {first}" if second is None else f"{first}/{second}"
-            if what.startswith(("signature", "band")):
-                detail = f"image {first}, recipe {second}"
-            elif what.startswith("pair"):
-                detail = f"images {first} and {second}"
-            problems.append(f"{what}: {detail}")
+    problems = [
+        message.format(first, second)
+        for message, sql in _ORPHANS
+        for first, second in _rows(conn, sql)
+    ]
     return _result(
         "orphans",
         "images held by items; signatures, band keys and pairs of existing images and recipes",
@@ -213,7 +226,9 @@ def _bands(params: str) -> int | None:
 
 
 def check_band_keys(conn: Connection) -> CheckResult:
-    bands = {row.id: _bands(row.params) for row in _rows(conn, "SELECT id, params FROM recipe")}
+    recipes = _rows(conn, "SELECT id, name, params FROM recipe")
+    bands = {row.id: _bands(row.params) for row in recipes}
+    names = {row.id: row.name for row in recipes}
     # One pass over band_key grouped by image: its primary key starts with (recipe, band, key),
     # so a per-image lookup would scan the table once per image.
     keyed = """
@@ -234,11 +249,13 @@ def check_band_keys(conn: Connection) -> CheckResult:
         want = bands.get(recipe_id)
         if low_info:
             problems.append(
-                f"image {image_id} is low-information but has a signature under recipe {recipe_id}"
+                f"image {image_id} is low-information but has a signature under "
+                f"{names.get(recipe_id, recipe_id)}"
             )
         elif want is not None and have != want:
             problems.append(
-                f"image {image_id}: {have} of the {want} band keys of recipe {recipe_id}"
+                f"image {image_id}: {have} of the {want} band keys of "
+                f"{names.get(recipe_id, recipe_id)}"
             )
     for recipe_id, image_id in _rows(
         conn,
@@ -250,7 +267,8 @@ def check_band_keys(conn: Connection) -> CheckResult:
         yes=True,
     ):
         problems.append(
-            f"image {image_id} is low-information but has band keys under recipe {recipe_id}"
+            f"image {image_id} is low-information but has band keys under "
+            f"{names.get(recipe_id, recipe_id)}"
         )
     return _result(
         "band-keys",

@@ -90,7 +90,7 @@ DAMAGE = {
             "VALUES (zeroblob(32), 16, 16, 1, 'uint8', 0)"
         ],
         "orphans",
-        "image held by no item",
+        "is held by no item",
     ),
     "signature of a missing image": (
         ["INSERT INTO signature (recipe_id, image_id, value) VALUES (1, 99999, x'00')"],
@@ -126,7 +126,7 @@ DAMAGE = {
             "VALUES (99, 0, 1, NULL, 1, 'x')"
         ],
         "foreign-keys",
-        "item row",
+        "a row of item refers to a missing split row",
     ),
     "recipe parameters edited": (
         ["UPDATE recipe SET params = json_set(params, '$.lsh.seed', 12345) WHERE id = 1"],
