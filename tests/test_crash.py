@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +287,39 @@ def test_storage_errors_are_recognised(
         assert found is None
     else:
         assert found is not None and expected in str(found) and "c.db" in str(found)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs: a real full disk. Needs root (mount); skipped otherwise."""
+    point = tmp_path / "disk"
+    point.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_ingest_on_a_full_disk_is_one_clear_line_and_changes_nothing(
+    small_disk: Path, small_archive: Path
+) -> None:
+    db = _base_catalog(small_disk)
+    checksum = hashlib.sha256(db.read_bytes()).hexdigest()
+    before = _state(db)
+    failed = subprocess.run(
+        _ingest_command(db, small_archive), cwd=ROOT, env=_ENV, capture_output=True, text=True
+    )
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert str(db) in message and "disk full" in message, message
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == checksum
+    assert _state(db) == before
