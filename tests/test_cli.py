@@ -182,6 +182,15 @@ def sql_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
+def _checksum(db: Path) -> str:
+    """sha256 of the catalog file and of its WAL, if any: a committed write lands in the WAL."""
+    digest = hashlib.sha256(db.read_bytes())
+    wal = Path(f"{db}-wal")
+    if wal.exists():
+        digest.update(wal.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -221,12 +230,12 @@ def test_sql_cannot_change_anything(
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
     db = sql_catalog
-    checksum = hashlib.sha256(db.read_bytes()).hexdigest()
+    checksum = _checksum(db)
     before = _snapshot(db)
     schema = api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows
     result = _run(runner, db, "sql", statement)
     _assert_user_error(result, "SQL failed", str(db))
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == checksum
+    assert _checksum(db) == checksum
     assert _snapshot(db) == before
     assert api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows == schema
     assert not (tmp_path / "other.db").exists()
