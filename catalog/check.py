@@ -226,50 +226,54 @@ def _bands(params: str) -> int | None:
 
 
 def check_band_keys(conn: Connection) -> CheckResult:
-    recipes = _rows(conn, "SELECT id, name, params FROM recipe")
-    bands = {row.id: _bands(row.params) for row in recipes}
-    names = {row.id: row.name for row in recipes}
-    # One pass over band_key grouped by image: its primary key starts with (recipe, band, key),
-    # so a per-image lookup would scan the table once per image.
+    # Per recipe, one pass over its band keys grouped by image (the primary key starts with
+    # (recipe, band, key): a lookup per image would scan the recipe's keys once per image), and
+    # only the rows that are wrong come back to Python.
     keyed = """
-        SELECT recipe_id, image_id, COUNT(DISTINCT band) AS bands FROM band_key
-        GROUP BY recipe_id, image_id"""
+        SELECT image_id, COUNT(*) AS bands FROM band_key
+        WHERE recipe_id = :recipe GROUP BY image_id"""
     problems = []
     signed = 0
-    for recipe_id, image_id, low_info, have in _rows(
-        conn,
-        f"""
-        WITH keyed AS ({keyed})
-        SELECT s.recipe_id, s.image_id, i.low_info, COALESCE(k.bands, 0)
-        FROM signature s
-        JOIN image i ON i.id = s.image_id
-        LEFT JOIN keyed k ON k.recipe_id = s.recipe_id AND k.image_id = s.image_id""",
-    ):
-        signed += 1
-        want = bands.get(recipe_id)
-        if low_info:
+    for recipe in _rows(conn, "SELECT id, name, params FROM recipe ORDER BY id"):
+        want = _bands(recipe.params)
+        signed += conn.execute(
+            text("SELECT COUNT(*) FROM signature WHERE recipe_id = :recipe"),
+            {"recipe": recipe.id},
+        ).scalar_one()
+        for image_id, low_info, have in _rows(
+            conn,
+            f"""
+            WITH keyed AS ({keyed})
+            SELECT s.image_id, i.low_info, COALESCE(k.bands, 0)
+            FROM signature s
+            JOIN image i ON i.id = s.image_id
+            LEFT JOIN keyed k ON k.image_id = s.image_id
+            WHERE s.recipe_id = :recipe AND (i.low_info = :yes OR COALESCE(k.bands, 0) <> :want)
+            ORDER BY s.image_id""",
+            recipe=recipe.id,
+            yes=True,
+            want=want if want is not None else -1,
+        ):
+            if low_info:
+                problems.append(
+                    f"image {image_id} is low-information but has a signature under {recipe.name}"
+                )
+            elif want is not None:
+                problems.append(
+                    f"image {image_id}: {have} of the {want} band keys of {recipe.name}"
+                )
+        for (image_id,) in _rows(
+            conn,
+            f"""
+            WITH keyed AS ({keyed})
+            SELECT k.image_id FROM keyed k JOIN image i ON i.id = k.image_id
+            WHERE i.low_info = :yes ORDER BY k.image_id""",
+            recipe=recipe.id,
+            yes=True,
+        ):
             problems.append(
-                f"image {image_id} is low-information but has a signature under "
-                f"{names.get(recipe_id, recipe_id)}"
+                f"image {image_id} is low-information but has band keys under {recipe.name}"
             )
-        elif want is not None and have != want:
-            problems.append(
-                f"image {image_id}: {have} of the {want} band keys of "
-                f"{names.get(recipe_id, recipe_id)}"
-            )
-    for recipe_id, image_id in _rows(
-        conn,
-        f"""
-        WITH keyed AS ({keyed})
-        SELECT k.recipe_id, k.image_id FROM keyed k
-        JOIN image i ON i.id = k.image_id
-        WHERE i.low_info = :yes""",
-        yes=True,
-    ):
-        problems.append(
-            f"image {image_id} is low-information but has band keys under "
-            f"{names.get(recipe_id, recipe_id)}"
-        )
     return _result(
         "band-keys",
         "one key per LSH band for every signed informative image; none for low-information ones",
