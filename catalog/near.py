@@ -196,6 +196,53 @@ def _sign(recipe: Recipe, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return signatures, recipe.band_keys(signatures)
 
 
+_Verified = tuple[np.ndarray, np.ndarray]
+"""(int64 (p, 2) pairs within the radius, float64 (p,) their distances)."""
+
+
+@dataclass(frozen=True)
+class _Join:
+    """One recipe's band join under way (see `NearIndexer.finish`)."""
+
+    images: int
+    members: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """The new images' (band, key, image id) rows, to store."""
+    candidates: Future[tuple[np.ndarray, int, int]]
+    """`candidate_pairs`, computing in a worker thread."""
+    started: float
+
+
+def _verify(
+    recipe: Recipe, pairs: np.ndarray, involved: np.ndarray, signatures: np.ndarray
+) -> _Verified:
+    """The candidate pairs within the recipe's radius, with their exact distances.
+
+    Args:
+        pairs: int64 (p, 2) candidate image ids.
+        involved: int64 sorted unique ids of every image in ``pairs``.
+        signatures: uint8 (len(involved), S), row k the signature of image ``involved[k]``.
+    """
+    screen = recipe.screen(signatures) if pairs.size else None
+    kept: list[np.ndarray] = []
+    distances: list[np.ndarray] = []
+    for start in range(0, len(pairs), VERIFY_BATCH):
+        batch = pairs[start : start + VERIFY_BATCH]
+        left = np.searchsorted(involved, batch[:, 0])
+        right = np.searchsorted(involved, batch[:, 1])
+        if screen is not None:
+            # Most candidates are far apart: a cheap lower bound rules them out before the
+            # exact distance reads whole signatures.
+            maybe = screen.may_be_within(left, right, recipe.radius)
+            batch, left, right = batch[maybe], left[maybe], right[maybe]
+        distance = recipe.distances(signatures[left], signatures[right])
+        close = distance <= recipe.radius
+        kept.append(batch[close])
+        distances.append(distance[close])
+    if not kept:
+        return np.empty((0, 2), np.int64), np.empty(0, np.float64)
+    return np.concatenate(kept), np.concatenate(distances)
+
+
 class NearIndexer:
     """Signs the new images of one ingest and, at the end, finds and stores their pairs."""
 
@@ -296,44 +343,97 @@ class NearIndexer:
             )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
-        """Store the new band keys, join them against the catalog, verify, store pairs."""
-        self._drain(wait=True)
-        self.close()
-        return tuple(self._finish_recipe(recipe, on_progress) for recipe in self.recipes)
+        """Store the new band keys, join them against the catalog, verify, store pairs.
 
-    def _finish_recipe(self, recipe: Recipe, on_progress: Progress | None) -> NearStats:
+        SQL runs on this thread (the caller's connection); the numpy stages run in the worker
+        threads meanwhile: every recipe's candidate pairs are computed while this thread
+        inserts the band keys, and a recipe's candidates are verified while this thread reads
+        the next recipe's signatures or stores the previous recipe's pairs.
+        """
+        self._drain(wait=True)
+        step = on_progress or (lambda _task, _advance, _total: None)
+        try:
+            jobs = [self._join(recipe) for recipe in self.recipes]
+            for recipe, job in zip(self.recipes, jobs, strict=True):
+                if job is not None:
+                    self._store_band_keys(self.ids[recipe.name], *job.members)
+                    step(f"{recipe.name}: store band keys, join, verify", 1, 3)
+            verifying = [
+                self._start_verify(recipe, job) if job is not None else None
+                for recipe, job in zip(self.recipes, jobs, strict=True)
+            ]
+            return tuple(
+                self._store_pairs(recipe, job, verify, step)
+                for recipe, job, verify in zip(self.recipes, jobs, verifying, strict=True)
+            )
+        finally:
+            self.close()
+
+    def _join(self, recipe: Recipe) -> _Join | None:
+        """Start the band join of one recipe: the new images' keys against the catalog's."""
         started = time.perf_counter()
         recipe_id = self.ids[recipe.name]
         if not self._keys[recipe.name]:
-            return NearStats(recipe.name, 0, 0, 0, 0, 0, time.perf_counter() - started)
+            return None
         keys = np.concatenate(self._keys[recipe.name])
         images = np.concatenate(self._images[recipe.name])
         n, bands = keys.shape
         band = np.tile(np.arange(bands, dtype=np.int64), n)
         flat_keys = keys.reshape(-1)
         flat_images = np.repeat(images, bands)
-        task = f"{recipe.name}: store band keys, join, verify"
-        step = on_progress or (lambda _task, _advance, _total: None)
         old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
-        self._store_band_keys(recipe_id, band, flat_keys, flat_images)
-        step(task, 1, 3)
-        pairs, largest, capped = candidate_pairs(
+        candidates = self._pool.submit(
+            candidate_pairs,
             np.concatenate([band, old_band]),
             np.concatenate([flat_keys, old_keys]),
             np.concatenate([flat_images, old_images]),
             np.concatenate([np.ones(flat_images.size, bool), np.zeros(old_images.size, bool)]),
         )
+        return _Join(n, (band, flat_keys, flat_images), candidates, started)
+
+    def _start_verify(self, recipe: Recipe, job: _Join) -> Future[_Verified]:
+        """Read the signatures the candidates involve, then verify them in a worker thread."""
+        pairs, _largest, _capped = job.candidates.result()
+        involved = unique(pairs.reshape(-1))
+        signatures = self._signatures(self.ids[recipe.name], involved, recipe.signature_bytes)
+        return self._pool.submit(_verify, recipe, pairs, involved, signatures)
+
+    def _store_pairs(
+        self,
+        recipe: Recipe,
+        job: _Join | None,
+        verify: Future[_Verified] | None,
+        step: Progress,
+    ) -> NearStats:
+        if job is None or verify is None:
+            return NearStats(recipe.name, 0, 0, 0, 0, 0, 0.0)
+        task = f"{recipe.name}: store band keys, join, verify"
+        pairs, largest, capped = job.candidates.result()
         step(task, 1, 3)
-        stored = self._verify_and_store(recipe, recipe_id, pairs)
+        close, distance = verify.result()
+        recipe_id = self.ids[recipe.name]
+        bulk_insert(
+            self.conn,
+            core_table(Pair),
+            ("recipe_id", "image_a", "image_b", "distance"),
+            zip(
+                itertools.repeat(recipe_id),
+                close[:, 0].tolist(),
+                close[:, 1].tolist(),
+                distance.tolist(),
+                strict=False,
+            ),
+            unique="recipe_id, image_a, image_b",
+        )
         step(task, 1, 3)
         return NearStats(
             recipe=recipe.name,
-            images=n,
+            images=job.images,
             candidates=len(pairs),
-            pairs=stored,
+            pairs=len(close),
             largest_bucket=largest,
             capped_buckets=capped,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - job.started,
         )
 
     def _old_members(
@@ -396,35 +496,3 @@ class NearIndexer:
             values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
-
-    def _verify_and_store(self, recipe: Recipe, recipe_id: int, pairs: np.ndarray) -> int:
-        if pairs.size == 0:
-            return 0
-        involved = unique(pairs.reshape(-1))
-        signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
-        screen = recipe.screen(signatures)
-        stored = 0
-        for start in range(0, len(pairs), VERIFY_BATCH):
-            batch = pairs[start : start + VERIFY_BATCH]
-            left = np.searchsorted(involved, batch[:, 0])
-            right = np.searchsorted(involved, batch[:, 1])
-            if screen is not None:
-                # Most candidates are far apart: a cheap lower bound rules them out before the
-                # exact distance reads whole signatures.
-                maybe = screen.may_be_within(left, right, recipe.radius)
-                batch, left, right = batch[maybe], left[maybe], right[maybe]
-            distance = recipe.distances(signatures[left], signatures[right])
-            close = distance <= recipe.radius
-            rows = [
-                (recipe_id, int(a), int(b), float(d))
-                for (a, b), d in zip(batch[close].tolist(), distance[close].tolist(), strict=True)
-            ]
-            bulk_insert(
-                self.conn,
-                core_table(Pair),
-                ("recipe_id", "image_a", "image_b", "distance"),
-                rows,
-                unique="recipe_id, image_a, image_b",
-            )
-            stored += len(rows)
-        return stored
