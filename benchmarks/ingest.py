@@ -19,29 +19,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import dsaudit, exact_loop_seconds, unique_rows_seconds
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from catalog import synth  # noqa: E402
-
-# Runs `python -m cli ...` in this process, then prints its own peak RSS (MB) on stderr.
-_PEAK_RSS = (
-    "import resource, runpy, sys\n"
-    "sys.argv = ['dsaudit', *sys.argv[1:]]\n"
-    "try:\n"
-    "    runpy.run_module('cli', run_name='__main__')\n"
-    "except SystemExit as stop:\n"
-    "    assert not stop.code, stop.code\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
-)
+from catalog import synth
 
 
 def _make(
@@ -69,10 +54,8 @@ def _make(
 
 def _dsaudit(*args: str) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one dsaudit process."""
-    command = [sys.executable, "-c", _PEAK_RSS, *args]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    return time.perf_counter() - started, float(done.stderr.strip().splitlines()[-1])
+    done = dsaudit(*args)
+    return done.seconds, done.peak_rss_mb
 
 
 def main() -> None:
@@ -100,16 +83,12 @@ def main() -> None:
             rss.append(peak)
             overlap_times.append(_dsaudit("--db", db, "overlap", "bench", "--json")[0])
 
-            started = time.perf_counter()
-            for i in range(options.loop_sample):
-                np.equal(test, train[i]).all(axis=(1, 2)).any()
-            per_image = (time.perf_counter() - started) / options.loop_sample
-            loop_times.append(per_image * options.n_train)
+            sample = train[: options.loop_sample]
+            loop_times.append(exact_loop_seconds(sample, test, options.n_train))
 
             started = time.perf_counter()
             rows = np.concatenate([train, test]).reshape(len(train) + len(test), -1)
-            np.unique(rows, axis=0, return_inverse=True)
-            unique_times.append(time.perf_counter() - started)
+            unique_times.append(time.perf_counter() - started + unique_rows_seconds(rows))
     exact = statistics.median(exact_times)
     ingest = statistics.median(ingest_times)
     overlap = statistics.median(overlap_times)

@@ -6,6 +6,7 @@ frozen dataclasses of `catalog.model`, usable after the call returns.
 
     from catalog import api
     api.ingest("cat.db", "mnist", "v1", {"train": (x_train, y_train), "test": (x_test, y_test)})
+    api.ingest("cat.db", "pets", "v1", "pets/")  # an image folder: pets/train/cat/001.png...
     report = api.overlap("cat.db", ["mnist@v1"])
     report.pair("mnist@v1:test", "mnist@v1:train").rate
 """
@@ -19,15 +20,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DatabaseError
 
 from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
-from catalog.db import describe, open_catalog, writing
+from catalog.db import describe, open_catalog, reading, write_retrying
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
-from catalog.loaders import SplitInput, SplitSpec, from_memory, parse_split_spec, plan_arrays
+from catalog.loaders import (
+    PlannedSplit,
+    SplitSpec,
+    from_memory,
+    parse_split_spec,
+    plan_arrays,
+    plan_folder,
+)
 from catalog.model import (
     ConflictsReport,
     DiffReport,
@@ -89,7 +98,7 @@ def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
 
 @contextmanager
 def _reading(db: str | Engine | None) -> Iterator[Connection]:
-    with _engine(db, create=False) as engine, engine.connect() as conn, conn.begin():
+    with _engine(db, create=False) as engine, reading(engine) as conn:
         # One read transaction: every query of a report sees the same snapshot.
         yield conn
 
@@ -99,49 +108,90 @@ def plan(
     splits: Sequence[str | SplitSpec] = (),
     *,
     allow_pickle: bool = False,
-) -> list[SplitInput]:
-    """Which arrays of which files become which splits (reads only headers).
+    labels: str | Path | None = None,
+    skip_bad: bool = False,
+    workers: int | None = None,
+) -> list[PlannedSplit]:
+    """Which arrays of which files, or which image files of a folder, become which splits.
+
+    Reads only headers (arrays) or the folder's listing (images are decoded at ingest).
 
     Args:
-        sources: .npz, .npy or pickle files.
+        sources: .npz, .npy or pickle files; or one image folder (``ROOT/<split>/<class>/*``).
         splits: ``"NAME=ARRAY[:LABELS]"`` strings or `SplitSpec`s; empty means recognise
             splits by array names (``x_train``/``y_train``, ``train_dataset``...).
         allow_pickle: accept pickles (they can run arbitrary code when loaded).
+        labels: image folders only: a CSV of ``path,label`` rows, paths relative to the folder.
+        skip_bad: image folders only: leave out (and record) files that cannot be decoded.
+        workers: image folders only: decoding processes (default one per core).
+
+    Raises:
+        UsageError: a folder given with other sources or ``splits``; folder options with arrays.
     """
+    paths = [Path(s) for s in sources]
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        if len(paths) > 1 or splits:
+            raise UsageError(
+                f"{folders[0]}: is a folder; an image folder is ingested on its own, without "
+                "other sources or --split (its folders are the splits)"
+            )
+        return list(
+            plan_folder(
+                folders[0],
+                None if labels is None else Path(labels),
+                skip_bad=skip_bad,
+                workers=workers,
+            )
+        )
+    if labels is not None or skip_bad:
+        raise UsageError("--labels and --skip-bad apply to image folders only, not to arrays")
     specs = [parse_split_spec(s) if isinstance(s, str) else s for s in splits]
-    return plan_arrays([Path(s) for s in sources], specs, allow_pickle=allow_pickle)
+    return list(plan_arrays(paths, specs, allow_pickle=allow_pickle))
 
 
 def ingest(
     db: str | Engine | None,
     dataset: str,
     version: str,
-    splits: Sequence[SplitInput] | ArraySplits,
+    splits: Sequence[PlannedSplit] | ArraySplits | str | Path,
     *,
     note: str | None = None,
     parent: str | None = None,
     on_progress: ProgressCallback | None = None,
     near: bool = True,
+    labels: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> IngestResult:
     """Add ``dataset@version`` in one transaction: all of it becomes visible, or none.
 
     Args:
         db: catalog path, URL or engine; created if missing.
-        splits: from `plan`, or arrays in memory: ``{"train": (images, labels), "test": images}``
-            with images shaped (N, H, W) or (N, H, W, C).
+        splits: from `plan`; or arrays in memory: ``{"train": (images, labels), "test": images}``
+            with images shaped (N, H, W) or (N, H, W, C); or the path of an image folder.
         near: sign new images under the default recipes and find their near pairs.
+        labels, skip_bad: for an image folder given by path, see `plan`.
     """
-    planned = from_memory(splits) if isinstance(splits, Mapping) else list(splits)
-    with _engine(db, create=True) as engine, writing(engine) as conn:
-        return _ingest(
-            conn,
-            dataset,
-            version,
-            planned,
-            note=note,
-            parent=parent,
-            on_progress=on_progress,
-            recipes=DEFAULT_RECIPES if near else (),
+    if isinstance(splits, str | Path):
+        planned = plan([splits], labels=labels, skip_bad=skip_bad)
+    elif isinstance(splits, Mapping):
+        planned = list(from_memory(splits))
+    else:
+        planned = list(splits)
+    with _engine(db, create=True) as engine:
+        # Retried from the start if it lost a race with another writer (PostgreSQL only).
+        return write_retrying(
+            engine,
+            lambda conn: _ingest(
+                conn,
+                dataset,
+                version,
+                planned,
+                note=note,
+                parent=parent,
+                on_progress=on_progress,
+                recipes=DEFAULT_RECIPES if near else (),
+            ),
         )
 
 
@@ -272,13 +322,16 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     ``report.ok`` is False when anything is wrong; see `catalog.check`."""
     if sample < 0:
         raise UsageError(f"--sample {sample}: must be 0 or more")
-    with _engine(db, create=False) as engine, engine.connect() as conn:
-        # One read transaction, rolled back: on a damaged file even a read's COMMIT can fail.
-        transaction = conn.begin()
+    made: CheckReport | None = None
+    with _engine(db, create=False) as engine:
         try:
-            return _check(conn, describe(str(engine.url)), sample=sample, seed=seed)
-        finally:
-            transaction.rollback()
+            with reading(engine) as conn:
+                made = _check(conn, describe(str(engine.url)), sample=sample, seed=seed)
+        except DatabaseError:
+            # On a damaged file even the read's COMMIT can fail; the checks ran and say why.
+            if made is None:
+                raise
+    return made
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
@@ -288,9 +341,14 @@ def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = N
 
 
 def run_demo(
-    directory: str | Path, *, seed: int = 0, on_progress: ProgressCallback | None = None
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    on_progress: ProgressCallback | None = None,
+    db: str | None = None,
 ) -> DemoRun:
-    """Generate the demo dataset, ingest both versions into ``directory/demo.db``, audit it."""
+    """Generate the demo dataset, ingest both versions into ``directory/demo.db`` (or the
+    empty catalog ``db``), audit it."""
     from catalog.demo import run_demo as _run_demo  # Pillow only loads for the demo
 
-    return _run_demo(Path(directory), seed=seed, on_progress=on_progress)
+    return _run_demo(Path(directory), seed=seed, on_progress=on_progress, db=db)

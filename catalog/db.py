@@ -5,7 +5,14 @@ engine, attaches the SQLite pragmas to *that* engine, and brings the schema to A
 (creating it on first use). A catalog written by a newer dsaudit is refused rather than touched.
 
 The caller owns transactions: library functions take a `Connection` and never commit; wrap
-writes in `writing(engine)` so that a version becomes visible whole or not at all.
+writes in `writing(engine)` (or `write_retrying` for an ingest) so that a version becomes visible
+whole or not at all, and reads in `reading(engine)` so that every query sees one snapshot.
+
+Engines: SQLite (the default, one file) and PostgreSQL through psycopg 3 (``pip install
+'dsaudit[postgres]'``, ``--db postgresql+psycopg://...``). What differs lives here: SQLite
+pragmas and its single writer; on PostgreSQL bulk rows go through ``COPY ... FROM STDIN``
+(`bulk_insert`, `insert_absent`), concurrent writers are coordinated by row locks and one
+advisory lock (`lock_pair_finding`), and transient conflicts are retried (`write_retrying`).
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ import itertools
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -25,7 +32,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 import migrations
 from catalog.errors import BusyError, NotFoundError, SchemaError, StorageError
@@ -34,6 +41,14 @@ DEFAULT_CATALOG = "dsaudit.db"
 ENV_VAR = "DSAUDIT_DB"
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another writer's lock before giving up with "catalog busy"."""
+WRITE_ATTEMPTS = 3
+"""How many times `write_retrying` runs a PostgreSQL write whose transaction lost a race."""
+_MIGRATION_LOCK = 0x647361756469_0001
+"""PostgreSQL advisory lock keys (any 64-bit numbers, "dsaudi" + a counter): schema upgrades..."""
+_PAIR_LOCK = 0x647361756469_0002
+"""...and the band join + pair insert of an ingest (`lock_pair_finding`)."""
+
+T = TypeVar("T")
 
 
 def resolve_url(db: str | None = None) -> str:
@@ -172,6 +187,12 @@ def migrate(engine: Engine) -> None:
                 "(it has tables and no dsaudit schema version)"
             )
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes opening a new catalog at once: the second waits here, then finds
+            # the schema made (DDL is transactional on PostgreSQL; SQLite has one writer).
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+                return
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
@@ -187,7 +208,8 @@ def writing(engine: Engine) -> Iterator[Connection]:
     """A connection inside one write transaction: committed on success, rolled back on error.
 
     On SQLite the write lock is taken at BEGIN (waiting up to `BUSY_TIMEOUT_S` for another
-    writer), so a long ingest never fails halfway because someone else started writing.
+    writer), so a long ingest never fails halfway because someone else started writing. On
+    PostgreSQL writers run side by side (READ COMMITTED); see `write_retrying`.
     """
     with engine.connect() as conn:
         conn = conn.execution_options(dsaudit_write=True)
@@ -256,6 +278,71 @@ def _why_no_room(path: Path | None) -> str | None:
     return None
 
 
+_RETRYABLE = {"40P01", "40001", "23505"}
+"""SQLSTATEs of a lost race: deadlock, serialization failure, unique violation."""
+
+
+def write_retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` inside `writing`, run again (up to `WRITE_ATTEMPTS`) if it lost a race.
+
+    Only PostgreSQL has concurrent writers. Two ingests that add the same new images wait for
+    each other's row locks (the second ``INSERT ... ON CONFLICT DO NOTHING`` of a digest waits
+    until the first transaction ends, then skips it). When they meet the shared images in
+    different orders they can deadlock; PostgreSQL then aborts one, and running it again is
+    cheap and correct: by then the other has committed, so those images are found, not added.
+    A unique violation means another writer committed the same dataset version first: the
+    second run reports it as `VersionExistsError`. Whatever ``work`` does must be repeatable:
+    it runs from the start on a fresh transaction.
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with writing(engine) as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None)
+            if (
+                engine.dialect.name != "postgresql"
+                or state not in _RETRYABLE
+                or attempt == WRITE_ATTEMPTS
+            ):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one read-only transaction: every query sees the same snapshot.
+
+    SQLite's read transaction is a snapshot already (WAL). PostgreSQL's default READ COMMITTED
+    takes a new snapshot per statement, so a report's queries could straddle another ingest's
+    commit; REPEATABLE READ keeps the first query's snapshot for the whole transaction.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        with conn.begin():
+            yield conn
+
+
+def lock_pair_finding(conn: Connection) -> None:
+    """Hold the catalog's pair-finding lock until this transaction ends (PostgreSQL only).
+
+    An ingest joins its new band keys against the band keys other ingests have *committed*,
+    then stores its own. Two ingests running side by side on PostgreSQL would each miss the
+    other's keys and so the pairs between their new images. Serialising only this step
+    closes the gap: the second waits here until the first *commits* (a transaction-level
+    advisory lock is released at commit, not before), and under READ COMMITTED its next
+    statement's snapshot then holds the first one's band keys, signatures and images. So a
+    pair between the two new versions is found by whichever finishes second, exactly once.
+    The lock is taken after the long signing stage, so ingests still sign in parallel.
+    SQLite needs nothing: its writer holds the whole catalog from BEGIN IMMEDIATE.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PAIR_LOCK})")
+
+
 def placeholder(conn: Connection) -> str:
     """The DBAPI's positional parameter marker: ``?`` (sqlite3) or ``%s`` (psycopg)."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -273,22 +360,29 @@ def bulk_insert(
     *,
     unique: str | None = None,
 ) -> None:
-    """Insert positional rows (any iterable of tuples) on the connection's DBAPI cursor.
-
-    The same connection, so the same transaction as everything else the caller does.
+    """Insert many positional rows (any iterable of tuples) on the caller's transaction.
 
     The hot tables get rows by the million; Core's per-row parameter processing cost more than
-    SQLite's own inserts when measured (70k items: 1.0 s against 0.3 s), so these bypass it.
-    On SQLite, each statement carries `ROWS_PER_STATEMENT` rows (``VALUES (...), (...), ...``)
-    instead of one executemany step per row: the per-row statement reset and Python call were
-    most of the cost (2M band-key rows: 5.4 s of CPU with executemany, 2.3 s this way).
-    Column and table names come from the schema, never from input.
+    the database's own inserts when measured (70k items: 1.0 s against 0.3 s), so these go to
+    the connection's DBAPI cursor. SQLite: each statement carries `ROWS_PER_STATEMENT` rows
+    (``VALUES (...), (...), ...``) instead of one executemany step per row: the per-row
+    statement reset and Python call were most of the cost (2M band-key rows: 5.4 s of CPU
+    with executemany, 2.3 s this way). PostgreSQL: binary ``COPY ... FROM STDIN`` (`_copy`),
+    one stream instead of a statement per row. Column and table names come from the schema,
+    never from input.
 
     Args:
         unique: a unique column; rows whose value exists already are skipped (ON CONFLICT DO
-            NOTHING, the same text on SQLite and PostgreSQL, and safe when two ingests race).
+            NOTHING, safe when two ingests race). On PostgreSQL, COPY has no ON CONFLICT, so
+            these rows are COPYed to a temporary table and inserted from there.
     """
     name = table if isinstance(table, str) else table.name
+    if conn.dialect.name == "postgresql":
+        if unique is None:
+            _copy(conn, name, columns, rows)
+        else:
+            _insert_from_stage(conn, name, columns, rows, unique, returning=False)
+        return
     mark = placeholder(conn)
     conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique is not None else ""
 
@@ -322,3 +416,88 @@ def _variable_limit(cursor: Any) -> int:
     if hasattr(connection, "getlimit"):
         return int(connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     return 999
+
+
+def insert_absent(
+    conn: Connection,
+    table: Table | str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    unique: str,
+) -> set[Any]:
+    """Insert the rows whose ``unique`` column's value is not in the table yet (one column).
+
+    Returns:
+        the ``unique`` values of the rows this call inserted. A row another writer added
+        first is not among them, even if it was absent when the caller looked.
+
+    SQLite: one writer holds the catalog from BEGIN IMMEDIATE, so a value absent when the
+    caller looked in this transaction is still absent: every row is inserted. PostgreSQL:
+    the rows are COPYed into a temporary table, then ``INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING RETURNING`` moves them: a value another open transaction is inserting makes this
+    statement wait for that transaction's end, then skips it (or inserts it after a rollback),
+    and RETURNING names exactly the rows inserted here.
+    """
+    name = table if isinstance(table, str) else table.name
+    rows = list(rows)
+    if conn.dialect.name != "postgresql":
+        bulk_insert(conn, table, columns, rows, unique=unique)
+        position = columns.index(unique)
+        return {row[position] for row in rows}
+    inserted = _insert_from_stage(conn, name, columns, rows, unique, returning=True)
+    return {bytes(v) if isinstance(v, memoryview) else v for (v,) in inserted}
+
+
+def _insert_from_stage(
+    conn: Connection,
+    name: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    unique: str,
+    *,
+    returning: bool,
+) -> list[Any]:
+    """PostgreSQL: COPY into a temporary twin of the table, then insert what is absent."""
+    stage = f"dsaudit_stage_{name}"
+    listed = ", ".join(columns)
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} AS SELECT {listed} FROM {name} WITH NO DATA"
+    )
+    conn.exec_driver_sql(f"TRUNCATE {stage}")
+    _copy(conn, stage, columns, rows)
+    # In key order: the unique index takes its new keys in order, and two writers lock the
+    # keys they share in the same order.
+    statement = (
+        f"INSERT INTO {name} ({listed}) SELECT {listed} FROM {stage} ORDER BY {unique} "
+        f"ON CONFLICT ({unique}) DO NOTHING"
+    )
+    if returning:
+        return list(conn.exec_driver_sql(f"{statement} RETURNING {unique}").all())
+    conn.exec_driver_sql(statement)
+    return []
+
+
+def _copy(
+    conn: Connection, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``COPY name (columns) FROM STDIN`` in PostgreSQL's binary format, on this transaction.
+
+    Binary COPY needs every column's type up front (a Python int could be int2, int4 or int8);
+    it is read from the catalog's own pg_attribute, so temporary tables work too.
+    """
+    types: dict[str, int] = dict(
+        conn.exec_driver_sql(
+            "SELECT attname, atttypid::int FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (name,),
+        ).all()
+    )
+    cursor = conn.connection.cursor()
+    try:
+        with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([types[column] for column in columns])
+            for row in rows:
+                copy.write_row(row)
+    finally:
+        cursor.close()

@@ -788,7 +788,8 @@ class DemoRun:
     """What `run_demo` did: files written, versions ingested, audits, and the checks."""
 
     directory: Path
-    catalog: Path
+    catalog: str
+    """The catalog's path (``directory/demo.db``) or the URL it was given."""
     files: dict[str, Path]
     ingested: tuple[IngestResult, ...]
     reports: dict[str, OverlapReport]
@@ -812,19 +813,23 @@ def run_demo(
     *,
     seed: int = 0,
     on_progress: Callable[[str, int, int], None] | None = None,
+    db: str | None = None,
 ) -> DemoRun:
     """Write the demo's two versions as .npz, ingest them into ``directory/demo.db`` (made
     anew each run), audit them, and set every planted exact problem beside what was found.
+
+    ``db`` names another catalog (a URL, e.g. an empty PostgreSQL database) to use instead.
     """
     from catalog import api  # the API imports loaders and db; keep `make_demo` light
 
     directory = Path(directory)
     demo = make_demo(seed=seed)
     files = write_npz(demo, directory)
-    catalog = directory / "demo.db"
-    for stale in (catalog, Path(f"{catalog}-wal"), Path(f"{catalog}-shm")):
-        stale.unlink(missing_ok=True)
-    db = str(catalog)
+    if db is None:
+        path = directory / "demo.db"
+        for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            stale.unlink(missing_ok=True)
+        db = str(path)
     ingested = tuple(
         api.ingest(
             db,
@@ -915,7 +920,7 @@ def run_demo(
     )
     return DemoRun(
         directory=directory,
-        catalog=catalog,
+        catalog=db,
         files=files,
         ingested=ingested,
         reports=reports,

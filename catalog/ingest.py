@@ -10,8 +10,9 @@ run it inside `catalog.db.writing(engine)`.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,9 +20,10 @@ import numpy as np
 from sqlalchemy import Connection, Insert, Table, func, insert, select
 
 from catalog import __version__
-from catalog.db import bulk_insert, placeholder
+from catalog.db import bulk_insert, insert_absent, placeholder
 from catalog.errors import InputError, NotFoundError, VersionExistsError
-from catalog.loaders import ImageArray, SplitInput
+from catalog.loaders import Chunk, ImageArray, PlannedSplit, SkippedFile, SplitInput
+from catalog.loaders.folders import FOLDER_FORMAT
 from catalog.near import NearIndexer, NearStats
 from catalog.pixels import (
     canonical,
@@ -32,7 +34,16 @@ from catalog.pixels import (
     value_range,
 )
 from catalog.recipes import DEFAULT_RECIPES, Recipe
-from catalog.schema import Dataset, Image, Item, Source, Split, Version, core_table
+from catalog.schema import (
+    Dataset,
+    Image,
+    Item,
+    Source,
+    Split,
+    Version,
+    core_table,
+)
+from catalog.schema import SkippedFile as SkippedFileRecord
 
 ProgressCallback = Callable[[str, int, int], None]
 """``on_progress(task, advance, total)``: ``advance`` more units of ``task`` (of ``total``) done."""
@@ -52,7 +63,10 @@ _ITEM_COLUMNS = (
     "source_id",
     "source_key",
     "source_row",
+    "source_sha256",
 )
+SKIPPED_SHOWN = 20
+"""Skipped files an `IngestResult` lists (its count is complete; the catalog keeps them all)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,8 @@ class SplitIngested:
     items: int
     new_images: int
     low_info_items: int
+    skipped: int = 0
+    """Files left out because they could not be decoded (``skip_bad``)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,12 @@ class IngestResult:
     splits: tuple[SplitIngested, ...]
     near: tuple[NearStats, ...]
     seconds: float
+    skipped_files: tuple[SkippedFile, ...] = ()
+    """The first `SKIPPED_SHOWN` files left out; `skipped` counts them all."""
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.splits)
 
     @property
     def items(self) -> int:
@@ -186,7 +208,7 @@ def ingest(
     conn: Connection,
     dataset: str,
     version: str,
-    splits: Sequence[SplitInput],
+    splits: Sequence[PlannedSplit],
     *,
     note: str | None = None,
     parent: str | None = None,
@@ -200,7 +222,7 @@ def ingest(
         conn: a connection inside a write transaction (`catalog.db.writing`).
         dataset: the dataset's name; created on first use.
         version: the new version's tag; a version is immutable, so it must not exist yet.
-        splits: from `catalog.loaders.plan_arrays` (or another loader).
+        splits: from `catalog.loaders.plan_arrays` or `catalog.loaders.plan_folder`.
         note: free text kept on the version.
         parent: the tag of the version this one derives from; default the dataset's latest.
         on_progress: called as images are processed, see `ProgressCallback`.
@@ -263,17 +285,24 @@ def ingest(
             ).scalar_one()
 
     indexer = NearIndexer(conn, recipes) if recipes else None
+    skipped: list[SkippedFile] = []
+    file_bytes: dict[int, int] = {}
     try:
-        done = [
-            _ingest_split(
-                conn, version_id, split, source_ids[split.source.path], indexer, report, chunk_bytes
+        done = []
+        for split in splits:
+            source_id = source_ids[split.source.path]
+            ingested, read = _ingest_split(
+                conn, version_id, split, source_id, indexer, report, chunk_bytes, skipped
             )
-            for split in splits
-        ]
+            done.append(ingested)
+            file_bytes[source_id] = file_bytes.get(source_id, 0) + read
         near = indexer.finish(report) if indexer is not None else ()
     finally:
         if indexer is not None:
             indexer.close()
+    folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
+    for source_id in sorted(folders):
+        _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
     return IngestResult(
         dataset=dataset,
         version=version,
@@ -282,25 +311,42 @@ def ingest(
         splits=tuple(done),
         near=near,
         seconds=time.perf_counter() - started,
+        skipped_files=tuple(skipped),
     )
 
 
-def _ingest_split(
-    conn: Connection,
-    version_id: int,
-    split: SplitInput,
-    source_id: int,
-    indexer: NearIndexer | None,
-    report: ProgressCallback,
-    chunk_bytes: int,
-) -> SplitIngested:
-    splits = core_table(Split)
-    split_id = conn.execute(
-        insert(splits).returning(splits.c.id), {"version_id": version_id, "name": split.name}
-    ).scalar_one()
+def _seal_folder(conn: Connection, version_id: int, source_id: int, size: int) -> None:
+    """Give an image folder's source row its digest: sha256 of the manifest, one line
+    ``relative path TAB file sha256`` per ingested file in path order, and its files' bytes."""
+    item, split = core_table(Item), core_table(Split)
+    manifest = hashlib.sha256()
+    rows = conn.execute(
+        select(item.c.source_key, item.c.source_sha256)
+        .join(split, split.c.id == item.c.split_id)
+        .where(split.c.version_id == version_id, item.c.source_id == source_id)
+        # Code-point order everywhere: PostgreSQL would otherwise sort by the server's locale.
+        .order_by(
+            item.c.source_key.collate("C")
+            if conn.dialect.name == "postgresql"
+            else item.c.source_key
+        )
+    )
+    for key, sha256 in rows:
+        manifest.update(f"{key}\t{sha256}\n".encode())
+    source = core_table(Source)
+    conn.execute(
+        source.update()
+        .where(source.c.id == source_id)
+        .values(sha256=manifest.hexdigest(), size=size)
+    )
+
+
+def _array_chunks(
+    split: SplitInput, report: ProgressCallback, task: str, chunk_bytes: int
+) -> Iterator[Chunk]:
+    """An array split as chunks of consecutive rows, with the array's 0-1 scale."""
     rows = chunk_rows(split.images, chunk_bytes)
-    total = split.images.shape[0]
-    task = f"{split.name} ({split.source.path.rsplit('/', 1)[-1]}:{split.key})"
+    total = split.count
     scale: tuple[float, float] = value_range(split.images.dtype)
     if needs_observed_range(split.images.dtype):
         # Floats have no intrinsic scale: one read of the array finds it (value_range).
@@ -308,13 +354,66 @@ def _ingest_split(
             split.images, rows, split.where, lambda n: report(f"{task}: value range", n, total)
         )
         scale = value_range(split.images.dtype, observed)
-
     position = 0
-    new_images = low_items = 0
-    for chunk in split.images.chunks(rows):
-        canon = canonical(chunk)
+    for images in split.images.chunks(rows):
+        n = len(images)
+        labels: list[str | None] = (
+            split.labels[position : position + n].tolist()
+            if split.labels is not None
+            else [None] * n
+        )
+        yield Chunk(
+            images=images,
+            positions=np.arange(position, position + n, dtype=np.int64),
+            labels=labels,
+            scale=scale,
+        )
+        position += n
+
+
+def _ingest_split(
+    conn: Connection,
+    version_id: int,
+    split: PlannedSplit,
+    source_id: int,
+    indexer: NearIndexer | None,
+    report: ProgressCallback,
+    chunk_bytes: int,
+    skipped: list[SkippedFile],
+) -> tuple[SplitIngested, int]:
+    """Ingest one split chunk by chunk.
+
+    Returns:
+        (what it added, bytes of the files its images were decoded from)
+    """
+    splits = core_table(Split)
+    split_id = conn.execute(
+        insert(splits).returning(splits.c.id), {"version_id": version_id, "name": split.name}
+    ).scalar_one()
+    total = split.count
+    task = f"{split.name} ({split.source.path.rsplit('/', 1)[-1]}:{split.key})"
+    chunks = (
+        _array_chunks(split, report, task, chunk_bytes)
+        if isinstance(split, SplitInput)
+        else split.chunks(chunk_bytes)
+    )
+    items = new_images = low_items = skipped_here = file_bytes = 0
+    for chunk in chunks:
+        if chunk.skipped:
+            bulk_insert(
+                conn,
+                core_table(SkippedFileRecord),
+                ("version_id", "path", "reason"),
+                [(version_id, f.path, f.reason) for f in chunk.skipped],
+            )
+            skipped_here += len(chunk.skipped)
+            skipped.extend(chunk.skipped[: max(0, SKIPPED_SHOWN - len(skipped))])
+            report(task, len(chunk.skipped), total)
+        if not len(chunk):
+            continue
+        canon = canonical(chunk.images)
         chunk_digests = digests(canon)
-        unit = to_unit(canon, scale)
+        unit = to_unit(canon, chunk.scale)
         low = low_information(unit)
         ids, added = _resolve_images(conn, canon, chunk_digests, low)
         new_images += len(added)
@@ -327,34 +426,39 @@ def _ingest_split(
                 unit[informative],
             )
         low_items += int(low.sum())
-        label_text = (
-            split.labels[position : position + len(canon)].tolist()
-            if split.labels is not None
-            else [None] * len(canon)
-        )
+        positions = chunk.positions.tolist()
+        keys = chunk.keys if chunk.keys is not None else [split.key] * len(chunk)
+        # An array's rows are addressed by position; a folder's files by their own path.
+        rows = positions if chunk.keys is None else [None] * len(chunk)
+        sha256 = chunk.sha256 if chunk.sha256 is not None else [None] * len(chunk)
         bulk_insert(
             conn,
             core_table(Item),
             _ITEM_COLUMNS,
-            [
-                (
-                    split_id,
-                    position + offset,
-                    ids[digest],
-                    label,
-                    source_id,
-                    split.key,
-                    position + offset,
-                )
-                for offset, (digest, label) in enumerate(
-                    zip(chunk_digests, label_text, strict=True)
-                )
-            ],
+            zip(
+                [split_id] * len(chunk),
+                positions,
+                [ids[digest] for digest in chunk_digests],
+                chunk.labels,
+                [source_id] * len(chunk),
+                keys,
+                rows,
+                sha256,
+                strict=True,
+            ),
         )
-        position += len(canon)
-        report(task, len(canon), total)
-    return SplitIngested(
-        name=split.name, items=position, new_images=new_images, low_info_items=low_items
+        items += len(chunk)
+        file_bytes += chunk.file_bytes
+        report(task, len(chunk), total)
+    return (
+        SplitIngested(
+            name=split.name,
+            items=items,
+            new_images=new_images,
+            low_info_items=low_items,
+            skipped=skipped_here,
+        ),
+        file_bytes,
     )
 
 
@@ -377,7 +481,9 @@ def _resolve_images(
     height, width = canon.shape[1], canon.shape[2]
     channels = canon.shape[3] if canon.ndim == 4 else 1
     dtype = canon.dtype.name
-    bulk_insert(
+    # Only the rows inserted here are new to this ingest: on PostgreSQL a concurrent ingest
+    # may have added some of the same images first (theirs get signed by them).
+    inserted = insert_absent(
         conn,
         core_table(Image),
         _IMAGE_COLUMNS,
@@ -385,4 +491,4 @@ def _resolve_images(
         unique="digest",
     )
     ids.update(image_ids(conn, missing))
-    return ids, [first[d] for d in missing]
+    return ids, [first[d] for d in missing if d in inserted]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from catalog.loaders.chunk import SkippedFile
 from catalog.preview import Preview
 
 OVERLAP_SCHEMA = "dsaudit.overlap/1"
@@ -23,6 +24,8 @@ RECIPES_SCHEMA = "dsaudit.recipes/1"
 DIFF_SCHEMA = "dsaudit.diff/1"
 CONFLICTS_SCHEMA = "dsaudit.conflicts/1"
 SHOW_SCHEMA = "dsaudit.show/1"
+SKIPPED_LISTED = 20
+"""Skipped files listed per version in ``ls`` and reports (the count is complete)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class VersionInfo:
     tool_version: str
     splits: tuple[SplitInfo, ...]
     sources: tuple[SourceInfo, ...] = ()
+    skipped: int = 0
+    """Files left out of this version because they could not be decoded (``--skip-bad``)."""
+    skipped_files: tuple[SkippedFile, ...] = ()
+    """The first `SKIPPED_LISTED` of them, by path."""
 
     @property
     def items(self) -> int:
@@ -115,7 +122,11 @@ class ItemRef:
     label: str | None
     source_path: str
     source_key: str
+    """The array's key, or the file's path relative to its image folder."""
     source_row: int | None
+    """The row of the array; None for an image file."""
+    source_sha256: str | None = None
+    """sha256 of the item's own file (image folders); None for array rows."""
 
 
 @dataclass(frozen=True)

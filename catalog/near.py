@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, select
 
-from catalog.db import bulk_insert, placeholder
+from catalog.db import bulk_insert, lock_pair_finding, placeholder
 from catalog.errors import SchemaError
 from catalog.pixels import colour_channels
 from catalog.recipes import DEFAULT_RECIPES, Recipe
@@ -200,13 +200,13 @@ _Verified = tuple[np.ndarray, np.ndarray]
 """(int64 (p, 2) pairs within the radius, float64 (p,) their distances)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Join:
     """One recipe's band join under way (see `NearIndexer.finish`)."""
 
     images: int
-    members: tuple[np.ndarray, np.ndarray, np.ndarray]
-    """The new images' (band, key, image id) rows, to store."""
+    members: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    """The new images' (band, key, image id) rows, to store (then dropped: memory)."""
     candidates: Future[tuple[np.ndarray, int, int]]
     """`candidate_pairs`, computing in a worker thread."""
     started: float
@@ -250,16 +250,14 @@ class NearIndexer:
         self.conn = conn
         self.recipes = tuple(recipes)
         self.ids = ensure_recipes(conn, self.recipes)
-        # SQLite has one writer at a time and ids only grow, so every image above this id is
-        # new in this ingest: "join the new band keys against all band keys".
-        self.max_before = conn.exec_driver_sql(
-            "SELECT COALESCE(MAX(id), 0) FROM image"
-        ).scalar_one()
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
         workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
+        # Band joins run one at a time: each holds arrays of its recipe's size, and two at
+        # once raised the peak memory at 220k images by 0.6 GB.
+        self._joiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-join")
         self._pending: deque[tuple[list[Future[tuple[np.ndarray, np.ndarray]]], np.ndarray]] = (
             deque()
         )
@@ -304,7 +302,6 @@ class NearIndexer:
                         (recipe_id, i, s.tobytes())
                         for i, s in zip(image_ids.tolist(), signatures, strict=True)
                     ],
-                    unique="recipe_id, image_id",
                 )
                 self._keys[recipe.name].append(keys)
                 self._images[recipe.name].append(image_ids)
@@ -315,7 +312,8 @@ class NearIndexer:
             for job in jobs:
                 job.cancel()
         self._pending.clear()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._joiner.shutdown(wait=True, cancel_futures=True)
 
     def _store_band_keys(
         self, recipe_id: int, band: np.ndarray, keys: np.ndarray, images: np.ndarray
@@ -339,11 +337,14 @@ class NearIndexer:
                     images[part].tolist(),
                     strict=False,
                 ),
-                unique="recipe_id, band, key, image_id",
             )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs.
+
+        Under `catalog.db.lock_pair_finding`, held until the caller's transaction ends, so a
+        concurrent ingest's new images are either all visible (committed) or joined later by
+        that ingest against ours.
 
         SQL runs on this thread (the caller's connection); the numpy stages run in the worker
         threads meanwhile: every recipe's candidate pairs are computed while this thread
@@ -352,11 +353,13 @@ class NearIndexer:
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
+        lock_pair_finding(self.conn)
         try:
             jobs = [self._join(recipe) for recipe in self.recipes]
             for recipe, job in zip(self.recipes, jobs, strict=True):
-                if job is not None:
+                if job is not None and job.members is not None:
                     self._store_band_keys(self.ids[recipe.name], *job.members)
+                    job.members = None
                     step(f"{recipe.name}: store band keys, join, verify", 1, 3)
             verifying = [
                 self._start_verify(recipe, job) if job is not None else None
@@ -377,12 +380,13 @@ class NearIndexer:
             return None
         keys = np.concatenate(self._keys[recipe.name])
         images = np.concatenate(self._images[recipe.name])
+        self._keys[recipe.name], self._images[recipe.name] = [], []
         n, bands = keys.shape
         band = np.tile(np.arange(bands, dtype=np.int64), n)
         flat_keys = keys.reshape(-1)
         flat_images = np.repeat(images, bands)
         old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
-        candidates = self._pool.submit(
+        candidates = self._joiner.submit(
             candidate_pairs,
             np.concatenate([band, old_band]),
             np.concatenate([flat_keys, old_keys]),
@@ -423,7 +427,6 @@ class NearIndexer:
                 distance.tolist(),
                 strict=False,
             ),
-            unique="recipe_id, image_a, image_b",
         )
         step(task, 1, 3)
         return NearStats(
@@ -442,12 +445,15 @@ class NearIndexer:
         """Catalogued images (before this ingest) sharing a bucket with a new image.
 
         At most `BUCKET_CAP` per bucket (the lowest ids), the same members the guard keeps.
+        Runs before this ingest stores its own band keys for the recipe, so every band key it
+        reads is another ingest's, committed (SQLite: before ours began; PostgreSQL: before
+        `lock_pair_finding` let us in). Image ids say nothing about that order: a PostgreSQL
+        sequence hands them out to concurrent ingests interleaved.
         """
         empty = np.empty(0, np.int64)
         mark = placeholder(self.conn)
         has_old = self.conn.exec_driver_sql(
-            f"SELECT 1 FROM signature WHERE recipe_id = {mark} AND image_id <= {mark} LIMIT 1",
-            (recipe_id, self.max_before),
+            f"SELECT 1 FROM band_key WHERE recipe_id = {mark} LIMIT 1", (recipe_id,)
         ).first()
         if has_old is None:
             return empty, empty, empty
@@ -470,15 +476,18 @@ class NearIndexer:
                        ROW_NUMBER() OVER (PARTITION BY k.band, k.key ORDER BY b.image_id) AS rank
                 FROM dsaudit_new_key k
                 JOIN band_key b ON b.recipe_id = {mark} AND b.band = k.band AND b.key = k.key
-                WHERE b.image_id <= {mark}
             ) AS members
             WHERE rank <= {mark}
             """,
-            (recipe_id, self.max_before, BUCKET_CAP),
+            (recipe_id, BUCKET_CAP),
         ).all()
         if not rows:
             return empty, empty, empty
-        found = np.array(rows, dtype=np.int64)
+        # np.array over Row objects probes each one as a sequence (15 s for 175k rows); the
+        # flat values go through fromiter in C.
+        found = np.fromiter(
+            itertools.chain.from_iterable(rows), np.int64, count=3 * len(rows)
+        ).reshape(-1, 3)
         return found[:, 0], found[:, 1], found[:, 2]
 
     def _signatures(self, recipe_id: int, image_ids: np.ndarray, width: int) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 The catalog keeps digests and signatures, not pixels; provenance (file, array, row) says where
 each item came from, so `show` reads that one row again. An ``.npy`` row is read through a
-memory map; an ``.npz`` member is streamed up to the row. Sources that are gone, changed size,
-or were arrays in memory give no preview (and say why).
+memory map; an ``.npz`` member is streamed up to the row; an image folder's file is decoded
+again under the canonical rule. Sources that are gone, changed (size, or an image file's
+sha256), or were arrays in memory give no preview (and say why).
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def read_rows(
     except Exception:  # a preview is a courtesy: a file that fails to read shows none
         return found
     return found
+
+
+def read_image_file(root: str, key: str, sha256: str | None) -> np.ndarray | None:
+    """An image folder item's pixels, decoded again from ``root/key``; None if the file is
+    gone, changed since ingest (another sha256) or cannot be decoded."""
+    from catalog.loaders.folders import read_picture  # Pillow only loads for pictures
+
+    return read_picture(str(Path(root) / key), sha256)
 
 
 def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Preview:

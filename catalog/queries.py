@@ -15,7 +15,10 @@ import numpy as np
 from sqlalchemy import Connection, bindparam, func, select, text
 
 from catalog.errors import InputError, NotFoundError
+from catalog.loaders.chunk import SkippedFile
+from catalog.loaders.folders import FOLDER_FORMAT
 from catalog.model import (
+    SKIPPED_LISTED,
     ConflictsReport,
     DatasetInfo,
     DiffReport,
@@ -43,7 +46,17 @@ from catalog.model import (
     VersionInfo,
     WithinSplit,
 )
-from catalog.schema import Dataset, Image, Item, RecipeRecord, Source, Split, Version, core_table
+from catalog.schema import (
+    Dataset,
+    Image,
+    Item,
+    RecipeRecord,
+    Source,
+    Split,
+    Version,
+    core_table,
+)
+from catalog.schema import SkippedFile as SkippedFileRecord
 
 _REF = re.compile(r"^(?P<dataset>[^@:]+)(?:@(?P<version>[^@:]+))?(?::(?P<split>[^@:]+))?$")
 
@@ -204,6 +217,26 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
         .order_by(source.c.id)
     ):
         read[r.version_id].append(SourceInfo(r.path, r.format, r.size, r.sha256))
+    skipped_table = core_table(SkippedFileRecord)
+    skipped: dict[int, int] = dict(
+        conn.execute(
+            select(skipped_table.c.version_id, func.count())
+            .where(skipped_table.c.version_id.in_([v.id for v in versions]))
+            .group_by(skipped_table.c.version_id)
+        ).all()
+    )
+    skipped_listed: dict[int, tuple[SkippedFile, ...]] = {
+        version_id: tuple(
+            SkippedFile(r.path, r.reason)
+            for r in conn.execute(
+                select(skipped_table.c.path, skipped_table.c.reason)
+                .where(skipped_table.c.version_id == version_id)
+                .order_by(skipped_table.c.path)
+                .limit(SKIPPED_LISTED)
+            )
+        )
+        for version_id in skipped
+    }
     by_dataset: dict[int, list[VersionInfo]] = defaultdict(list)
     for v in versions:
         by_dataset[v.dataset_id].append(
@@ -216,6 +249,8 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
                 tool_version=v.tool_version,
                 splits=tuple(by_version[v.id]),
                 sources=tuple(read[v.id]),
+                skipped=skipped.get(v.id, 0),
+                skipped_files=skipped_listed.get(v.id, ()),
             )
         )
     return Listing(
@@ -358,6 +393,7 @@ def _items_of(
             source.c.path,
             item.c.source_key,
             item.c.source_row,
+            item.c.source_sha256,
         )
         .join(image, image.c.id == item.c.image_id)
         .join(source, source.c.id == item.c.source_id)
@@ -375,6 +411,7 @@ def _items_of(
                 source_path=row.path,
                 source_key=row.source_key,
                 source_row=row.source_row,
+                source_sha256=row.source_sha256,
             )
         )
     return found
@@ -996,7 +1033,7 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
     Raises:
         NotFoundError: no such item or digest; InputError: an ambiguous prefix or bad target.
     """
-    from catalog.preview import make_preview, read_row
+    from catalog.preview import make_preview, read_image_file, read_row
 
     image = core_table(Image)
     item_match = _ITEM_TARGET.match(target)
@@ -1069,17 +1106,24 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
             core_table(Source).c.size,
             core_table(Item).c.source_key,
             core_table(Item).c.source_row,
+            core_table(Item).c.source_sha256,
         )
         .join(core_table(Item), core_table(Item).c.source_id == core_table(Source).c.id)
         .where(core_table(Item).c.image_id == image_id)
         .limit(20)
     ).all()
-    for path, fmt, size, key, source_row in sources:
-        if source_row is None:
+    for path, fmt, size, key, source_row, sha256 in sources:
+        if fmt == FOLDER_FORMAT:
+            pixels, where = read_image_file(path, key, sha256), f"{path}:{key}"
+        elif source_row is not None:
+            pixels, where = (
+                read_row(path, fmt, key, source_row, size),
+                f"{path}:{key}[{source_row}]",
+            )
+        else:
             continue
-        pixels = read_row(path, fmt, key, source_row, size)
         if pixels is not None:
-            preview = make_preview(pixels, f"{path}:{key}[{source_row}]")
+            preview = make_preview(pixels, where)
             note = ""
             break
     return ShowReport(

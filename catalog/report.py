@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 
 from catalog import __version__, queries
 from catalog.errors import UsageError
+from catalog.loaders.folders import FOLDER_FORMAT
 from catalog.model import (
     DiffReport,
     DupsReport,
@@ -35,7 +36,7 @@ from catalog.model import (
     SourceInfo,
     VersionInfo,
 )
-from catalog.preview import Preview, make_preview, read_rows, to_png
+from catalog.preview import Preview, make_preview, read_image_file, read_rows, to_png
 
 REPORT_SCHEMA = "dsaudit.report/1"
 DEFAULT_LIMIT = 20
@@ -153,7 +154,9 @@ class AuditReport:
 
 
 def picture_key(item: ItemRef) -> str:
-    """Where an item's pixels live: ``path:key[row]``."""
+    """Where an item's pixels live: ``path:key[row]``, or ``folder:relative path``."""
+    if item.source_row is None:
+        return f"{item.source_path}:{item.source_key}"
     return f"{item.source_path}:{item.source_key}[{item.source_row}]"
 
 
@@ -388,10 +391,15 @@ def collect_pictures(report: AuditReport) -> AuditReport:
             break
         chosen.setdefault(picture_key(item), item)
     wanted: dict[tuple[str, str], set[int]] = defaultdict(set)
+    pixels: dict[tuple[str, str, int | None], np.ndarray] = {}
     for item in chosen.values():
         if item.source_row is not None:
             wanted[(item.source_path, item.source_key)].add(item.source_row)
-    pixels: dict[tuple[str, str, int | None], np.ndarray] = {}
+        elif any(s.format == FOLDER_FORMAT for s in sources.get(item.source_path, ())):
+            # One file per item: decode it again (and only if it is the file that was ingested).
+            picture = read_image_file(item.source_path, item.source_key, item.source_sha256)
+            if picture is not None:
+                pixels[(item.source_path, item.source_key, None)] = picture
     for (path, key), rows in wanted.items():
         for source in sources.get(path, ()):
             found = read_rows(path, source.format, key, sorted(rows), source.size)
@@ -414,6 +422,10 @@ def _missing(item: ItemRef, sources: dict[str, list[SourceInfo]]) -> str:
     formats = {s.format for s in sources.get(item.source_path, ())}
     if "memory" in formats:
         return "ingested from arrays in memory: no file to read the picture from"
+    if FOLDER_FORMAT in formats:
+        return (
+            f"image file {item.source_key} under {item.source_path} is gone or changed since ingest"
+        )
     if formats and not formats & {"npy", "npz"}:
         return f"pictures are read back from .npy and .npz files only ({item.source_path})"
     return f"source file {item.source_path} is gone or changed since ingest"

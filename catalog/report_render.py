@@ -184,6 +184,18 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
         f"{s.datasets:,} dataset(s), {s.versions:,} version(s), {s.splits:,} splits, "
         f"{s.items:,} items, {s.images:,} distinct images."
     )
+    for version in report.versions:
+        if version.skipped:
+            out += [
+                "",
+                f"⚠️ {version.skipped:,} {'file' if version.skipped == 1 else 'files'} of "
+                f"{md(version.dataset)}@{md(version.tag)} "
+                f"{'was' if version.skipped == 1 else 'were'} skipped (could not be read or "
+                "decoded):",
+                "",
+            ]
+            out += [f"- {code(f.path)}: {md(f.reason)}" for f in version.skipped_files[:rows]]
+            out += _more(version.skipped, min(rows, len(version.skipped_files)), "files")
     out += ["", "### Leakage between splits", ""]
     leaking = [p for p in report.overlap.pairs if leak_rate(report, p)[0] > 0]
     if not leaking:

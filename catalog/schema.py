@@ -93,7 +93,12 @@ class Split(Base):
 
 
 class Source(Base):
-    """A file read by an ingest, for provenance: where an item came from, and was it changed."""
+    """A file read by an ingest, for provenance: where an item came from, and was it changed.
+
+    An image folder is one source (format ``folder``): its ``sha256`` is the digest of its
+    manifest (every ingested file's relative path and sha256, sorted) and ``size`` the bytes of
+    those files; each item keeps its own file's path (``source_key``) and sha256.
+    """
 
     __tablename__ = "source"
 
@@ -136,6 +141,19 @@ class Item(Base):
     source_id: Mapped[int] = mapped_column(BigId, ForeignKey("source.id"))
     source_key: Mapped[str] = mapped_column(Text)
     source_row: Mapped[int | None] = mapped_column(BigInteger)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    """sha256 (hex) of the item's own file, for items read from an image folder; else NULL
+    (an array's rows share their file's digest, kept on `Source`)."""
+
+
+class SkippedFile(Base):
+    """A file an ingest could not decode and left out (``--skip-bad``), with the reason."""
+
+    __tablename__ = "skipped_file"
+
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("version.id"), primary_key=True)
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class RecipeRecord(Base):

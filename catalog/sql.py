@@ -6,6 +6,7 @@ opened with ``mode=ro`` and ``PRAGMA query_only``, and an authorizer refuses ATT
 not a plain read of schema information or an integrity check. Extension loading stays disabled,
 and the driver runs one statement per call. So writes inside CTEs, ANALYZE, REINDEX and
 ``SELECT load_extension(...)`` all fail, whatever the statement's text looks like.
+On PostgreSQL see `_run_postgres`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.pool import NullPool
 
 from catalog.db import describe, open_catalog, resolve_url
 from catalog.errors import QueryError
@@ -102,11 +104,10 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
     # Opening normally first creates nothing (create=False) but upgrades an old schema.
     open_catalog(url, create=False).dispose()
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "")
-        engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
-    else:
-        engine = create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+    if parsed.get_backend_name() == "postgresql":
+        return _run_postgres(url, statement, max_rows)
+    path = Path(parsed.database or "")
+    engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
     try:
         with engine.connect() as conn:
             result = conn.exec_driver_sql(statement)
@@ -119,14 +120,80 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
             return SqlResult(columns=columns, rows=rows, truncated=truncated)
     except (DBAPIError, StatementError) as exc:
         orig = getattr(exc, "orig", None) or exc
-        message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        if any(word in message.lower() for word in _REFUSALS):
-            message += " (dsaudit sql is read-only: it cannot change the catalog)"
-        raise QueryError(f"{describe(url)}: SQL failed: {message}") from None
+        raise _failed(url, orig) from None
     finally:
         engine.dispose()
+
+
+def _failed(url: str, error: BaseException) -> QueryError:
+    """The driver's error as one line; a refusal to write says the catalog is read-only."""
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    if any(word in message.lower() for word in _REFUSALS):
+        message += " (dsaudit sql is read-only: it cannot change the catalog)"
+    return QueryError(f"{describe(url)}: SQL failed: {message}")
 
 
 def _plain(value: Any) -> Any:
     """Bytes as hex so results print and serialise; everything else as the driver gave it."""
     return value.hex() if isinstance(value, bytes | memoryview) else value
+
+
+def _run_postgres(url: str, statement: str, max_rows: int | None) -> SqlResult:
+    """`run_sql` on PostgreSQL: one statement in a READ ONLY transaction that is never committed.
+
+    Three locks, each closing a way around the others:
+
+    - the session starts with ``default_transaction_read_only=on`` and the transaction is
+      begun READ ONLY, so INSERT, UPDATE, DELETE, DDL, nextval() and friends fail;
+    - ``SELECT 1`` runs first and takes the transaction's snapshot, after which PostgreSQL
+      refuses ``SET TRANSACTION READ WRITE`` ("must be set before any query");
+    - the statement goes through the extended query protocol (psycopg's ``stream``), where
+      the server accepts exactly one statement: ``COMMIT; SET ...; INSERT ...`` is an error,
+      so nothing can end our transaction and start a writable one. A lone ``COMMIT`` or
+      ``SET SESSION CHARACTERISTICS`` changes nothing, as the connection is closed after it.
+    """
+    import psycopg  # the optional `postgres` extra; installed whenever the URL works at all
+
+    parsed = make_url(url)
+    options = " ".join(
+        filter(
+            None, [str(parsed.query.get("options") or ""), "-c default_transaction_read_only=on"]
+        )
+    )
+    engine = create_engine(url, poolclass=NullPool, connect_args={"options": options})
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.rollback()
+            raw.read_only = True
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                fetched: list[tuple[Any, ...]] = []
+                try:
+                    for row in cursor.stream(statement):
+                        fetched.append(row)
+                        if max_rows is not None and len(fetched) > max_rows:
+                            break
+                    description = cursor.description
+                except psycopg.ProgrammingError as exc:
+                    # A statement without rows (SET, LOCK, COMMIT) ran: psycopg's
+                    # stream() says so with a plain client-side ProgrammingError (no SQLSTATE);
+                    # server errors are subclasses and carry one.
+                    if type(exc) is not psycopg.ProgrammingError or exc.sqlstate is not None:
+                        raise
+                    description = None
+            raw.rollback()
+    except psycopg.Error as exc:
+        raise _failed(url, exc) from None
+    finally:
+        engine.dispose()
+    if description is None:
+        return SqlResult(columns=(), rows=(), truncated=False)
+    truncated = max_rows is not None and len(fetched) > max_rows
+    return SqlResult(
+        columns=tuple(column.name for column in description),
+        rows=tuple(tuple(_plain(v) for v in row) for row in fetched[: max_rows or None]),
+        truncated=truncated,
+    )

@@ -146,6 +146,7 @@ def _progress() -> Iterator[api.ProgressCallback]:
     try:
         yield on_progress
     except BaseException:
+        # A failed run leaves no bars behind: its error stays the one line on stderr.
         if progress is not None:
             progress.live.transient = True
         raise
@@ -191,7 +192,9 @@ def ingest(
     sources: Annotated[
         list[Path] | None,
         typer.Argument(
-            help=".npz, .npy or (with --allow-pickle) pickle files.", show_default=False
+            help=".npz, .npy or (with --allow-pickle) pickle files; or one image folder "
+            "ROOT laid out ROOT/<split>/<class>/*.png (or ROOT/<split>/*.png, unlabelled).",
+            show_default=False,
         ),
     ] = None,
     split: Annotated[
@@ -208,6 +211,23 @@ def ingest(
         bool,
         typer.Option(help="Accept pickle files and object arrays (they can run code: trust them)."),
     ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE.csv",
+            help="Image folders: labels from a CSV of path,label rows (paths relative to ROOT, "
+            "e.g. train/001.png) instead of class folders. Every image needs one.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Image folders: leave out files that cannot be read or decoded, and record "
+            "them on the version (dsaudit ls, dsaudit report), instead of stopping.",
+        ),
+    ] = False,
     note: Annotated[str | None, typer.Option(help="Free text kept on the version.")] = None,
     parent: Annotated[
         str | None,
@@ -221,21 +241,29 @@ def ingest(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Add a dataset version to the catalog from numpy files.
+    """Add a dataset version to the catalog from numpy files or an image folder.
 
     Each image is digested (exact content) and recorded with its label and provenance
-    (file, array, row). New images get near-duplicate signatures and LSH band keys under every
-    recipe; their band keys are joined against the catalog and candidates verified exactly.
-    The version appears all at once when ingest finishes; an interrupted ingest leaves the
-    catalog as it was.
+    (file, array, row; or an image file's path and sha256). Image files are decoded in
+    parallel and canonicalised first (README: "Ingest an image folder"); a file that cannot be
+    decoded stops the ingest, naming it, unless --skip-bad is given. New images get
+    near-duplicate signatures and LSH band keys under every recipe; their band keys are joined
+    against the catalog and candidates verified exactly. The version appears all at once when
+    ingest finishes; an interrupted ingest leaves the catalog as it was.
 
     Example:
 
         dsaudit ingest notmnist v1 notMNIST.npz
 
         dsaudit ingest mnist v1 --split train=x_train.npy:y_train.npy --split test=x_test.npy
+
+        dsaudit ingest pets v1 pets/ --skip-bad
+
+        dsaudit ingest pets v2 pets/ --labels pets/labels.csv
     """
-    planned = api.plan(sources or [], split or [], allow_pickle=allow_pickle)
+    planned = api.plan(
+        sources or [], split or [], allow_pickle=allow_pickle, labels=labels, skip_bad=skip_bad
+    )
     with _progress() as on_progress:
         result = api.ingest(
             ctx.obj,

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from catalog.ingest import IngestResult
+from catalog.loaders import SkippedFile
 from catalog.model import (
     ConflictsReport,
     DiffReport,
@@ -60,6 +61,8 @@ def ingest_result(result: IngestResult) -> RenderableType:
         )
     rate = result.items / result.seconds if result.seconds > 0 else 0.0
     parts: list[RenderableType] = [table]
+    if result.skipped:
+        parts.append(skipped_files(result.skipped, result.skipped_files))
     for near in result.near:
         parts.append(
             Text(
@@ -81,6 +84,16 @@ def ingest_result(result: IngestResult) -> RenderableType:
         )
     )
     return Group(*parts)
+
+
+def skipped_files(total: int, shown: Sequence[SkippedFile]) -> RenderableType:
+    """Files left out of a version as undecodable: the count, then the first few with why."""
+    files = "file" if total == 1 else "files"
+    lines = [Text(f"{total:,} {files} skipped (could not be decoded):", style="yellow")]
+    lines += [Text(f"  {f.path}: {f.reason}") for f in shown]
+    if total > len(shown):
+        lines.append(Text(f"  ... and {total - len(shown):,} more (dsaudit sql: skipped_file)"))
+    return Group(*lines)
 
 
 def listing(data: Listing) -> RenderableType:
@@ -114,6 +127,10 @@ def listing(data: Listing) -> RenderableType:
                     end_section=index == len(version.splits) - 1,
                 )
         parts.append(table)
+        for version in dataset.versions:
+            if version.skipped:
+                parts.append(Text(f"{dataset.name}@{version.tag}:", style="bold"))
+                parts.append(skipped_files(version.skipped, version.skipped_files))
     return Group(*parts)
 
 
@@ -717,6 +734,14 @@ def report(data: AuditReport) -> RenderableType:
     overlap = data.overlap
     parts: list[RenderableType] = [
         report_summary(data),
+        *[
+            Group(
+                Text(f"{v.dataset}@{v.tag}:", style="bold"),
+                skipped_files(v.skipped, v.skipped_files),
+            )
+            for v in data.versions
+            if v.skipped
+        ],
         split_summary(overlap),
         leakage_matrix(overlap),
         *[near_matrix(overlap, tier, with_conflicts=False) for tier in overlap.near],

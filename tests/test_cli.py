@@ -40,12 +40,13 @@ def archive(tmp_path: Path, rng: np.random.Generator) -> Path:
     return path
 
 
-def _run(runner: CliRunner, db: Path, *args: str):  # type: ignore[no-untyped-def]
+def _run(runner: CliRunner, db: str | Path, *args: str):  # type: ignore[no-untyped-def]
     return runner.invoke(app, ["--db", str(db), *args])
 
 
-def test_ingest_then_overlap_json(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
-    db = tmp_path / "c.db"
+def test_ingest_then_overlap_json(
+    db: str, runner: CliRunner, tmp_path: Path, archive: Path
+) -> None:
     result = _run(runner, db, "ingest", "letters", "v1", str(archive))
     assert result.exit_code == 0, result.output
     assert "Ingested letters@v1" in result.stdout
@@ -62,8 +63,9 @@ def test_ingest_then_overlap_json(runner: CliRunner, tmp_path: Path, archive: Pa
     assert api.overlap(str(db), ["letters@v1:test"]).splits[0].items == 50
 
 
-def test_overlap_table_shows_the_leak(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
-    db = tmp_path / "c.db"
+def test_overlap_table_shows_the_leak(
+    db: str, runner: CliRunner, tmp_path: Path, archive: Path
+) -> None:
     _run(runner, db, "ingest", "letters", "v1", str(archive))
     result = _run(runner, db, "overlap", "letters@v1")
     assert result.exit_code == 0, result.output
@@ -71,8 +73,9 @@ def test_overlap_table_shows_the_leak(runner: CliRunner, tmp_path: Path, archive
     assert "Label conflicts: 1 images" in result.stdout
 
 
-def test_ls_lists_versions_and_counts(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
-    db = tmp_path / "c.db"
+def test_ls_lists_versions_and_counts(
+    db: str, runner: CliRunner, tmp_path: Path, archive: Path
+) -> None:
     _run(runner, db, "ingest", "letters", "v1", str(archive), "--note", "first")
     _run(runner, db, "ingest", "letters", "v2", str(archive))
     result = _run(runner, db, "ls", "--json")
@@ -87,11 +90,10 @@ def test_ls_lists_versions_and_counts(runner: CliRunner, tmp_path: Path, archive
     assert "letters" in table and "first" in table and "300" in table
 
 
-def test_explicit_split_with_npy_files(runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+def test_explicit_split_with_npy_files(db: str, runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     images = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)
     np.save(tmp_path / "y.npy", np.array(["cat", "dog"] * 10))
-    db = tmp_path / "c.db"
     result = _run(
         runner,
         db,
@@ -116,14 +118,13 @@ def _assert_user_error(result, *fragments: str) -> None:  # type: ignore[no-unty
     assert "Traceback" not in result.output
 
 
-def _snapshot(db: Path) -> list[tuple]:
+def _snapshot(db: str | Path) -> list[tuple]:
     return list(api.run_sql(str(db), "SELECT * FROM v_item ORDER BY split_id, position").rows)
 
 
 def test_user_errors_are_one_line_exit_2_and_leave_the_catalog(
-    runner: CliRunner, tmp_path: Path, archive: Path
+    db: str, runner: CliRunner, tmp_path: Path, archive: Path
 ) -> None:
-    db = tmp_path / "c.db"
     _run(runner, db, "ingest", "letters", "v1", str(archive))
     before = _snapshot(db)
     garbage = tmp_path / "garbage.npz"
@@ -257,8 +258,7 @@ def test_sql_reads_checks_and_schema_pragmas(runner: CliRunner, sql_catalog: Pat
         assert json.loads(result.stdout) == expected, statement
 
 
-def test_sql_outputs(runner: CliRunner, tmp_path: Path, archive: Path) -> None:
-    db = tmp_path / "c.db"
+def test_sql_outputs(db: str, runner: CliRunner, tmp_path: Path, archive: Path) -> None:
     _run(runner, db, "ingest", "letters", "v1", str(archive))
     query = "SELECT split, COUNT(*) AS n FROM v_item GROUP BY split ORDER BY split"
     table = _run(runner, db, "sql", query)

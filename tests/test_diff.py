@@ -15,9 +15,8 @@ from cli.app import app
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_diff_equals_a_brute_force_over_the_demo(tmp_path: Path, seed: int) -> None:
+def test_diff_equals_a_brute_force_over_the_demo(db: str, tmp_path: Path, seed: int) -> None:
     demo = make_demo(seed=seed, n_train=300, n_valid=60, n_test=80, min_rms=0)
-    db = str(tmp_path / "c.db")
     for tag, splits in demo.versions.items():
         api.ingest(db, "d", tag, dict(splits), near=False)
     report = api.version_diff(db, "d@v1", "d@v2", exact_only=True)
@@ -31,11 +30,10 @@ def test_diff_equals_a_brute_force_over_the_demo(tmp_path: Path, seed: int) -> N
     assert report.recipe is None
 
 
-def test_an_image_replaced_by_a_near_copy_is_named(tmp_path: Path) -> None:
+def test_an_image_replaced_by_a_near_copy_is_named(db: str, tmp_path: Path) -> None:
     images, labels = synth.render_letters(60, np.random.default_rng(8))
     replaced = images.copy()
     replaced[0] = synth.brightness(images[:1], 0.03)[0]
-    db = str(tmp_path / "c.db")
     api.ingest(db, "d", "v1", {"train": (images, labels)})
     api.ingest(db, "d", "v2", {"train": (replaced, labels)})
     report = api.version_diff(db, "d@v1", "d@v2", recipe="pixel-v1")
@@ -45,11 +43,10 @@ def test_an_image_replaced_by_a_near_copy_is_named(tmp_path: Path) -> None:
     assert report.relabelled_items == 0 and report.moves == ()
 
 
-def test_diff_command(tmp_path: Path) -> None:
+def test_diff_command(db: str, tmp_path: Path) -> None:
     images, labels = synth.render_letters(40, np.random.default_rng(9))
     relabelled = labels.copy()
     relabelled[3] = "Z"
-    db = str(tmp_path / "c.db")
     api.ingest(
         db, "d", "v1", {"train": (images[:30], labels[:30]), "test": (images[30:], labels[30:])}
     )
@@ -74,10 +71,9 @@ def test_diff_command(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "versions: v1, v2" in bad.stderr
 
 
-def test_conflicts_within_and_across_versions_exact_and_near(tmp_path: Path) -> None:
+def test_conflicts_within_and_across_versions_exact_and_near(db: str, tmp_path: Path) -> None:
     images, labels = synth.render_letters(30, np.random.default_rng(10))
     labels = np.array(["A"] * 30)
-    db = str(tmp_path / "c.db")
     noisy = synth.gaussian_noise(images[:1], 0.02, np.random.default_rng(0))
     api.ingest(db, "d", "v1", {"train": (images, labels), "test": (noisy, np.array(["B"]))})
     relabelled = labels.copy()

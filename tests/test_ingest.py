@@ -49,10 +49,11 @@ def _brute_force(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, 
     return {"pairs": pairs, "within": within, "conflicts": conflicts}
 
 
-def test_overlap_counts_equal_a_brute_force(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_overlap_counts_equal_a_brute_force(
+    db: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
     splits = _planted(rng)
     expected = _brute_force(splits)
-    db = str(tmp_path / "c.db")
     api.ingest(db, "pool", "v1", splits)
     report = api.overlap(db, ["pool"])
     for (a, b), count in expected["pairs"].items():  # type: ignore[attr-defined]
@@ -65,8 +66,9 @@ def test_overlap_counts_equal_a_brute_force(tmp_path: Path, rng: np.random.Gener
     assert report.conflict_images == expected["conflicts"]
 
 
-def test_overlap_across_versions_and_datasets(tmp_path: Path, rng: np.random.Generator) -> None:
-    db = str(tmp_path / "c.db")
+def test_overlap_across_versions_and_datasets(
+    db: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
     base = rng.integers(0, 256, size=(50, 6, 6), dtype=np.uint8)
     api.ingest(db, "a", "v1", {"train": base[:40], "test": base[40:]})
     # v2 moves five train images into test: a leak the new version introduces.
@@ -81,8 +83,7 @@ def test_overlap_across_versions_and_datasets(tmp_path: Path, rng: np.random.Gen
     assert report.pair("a@v2:test", "b@v1:all").images == 2  # base[0] and base[40]
 
 
-def test_latest_version_is_the_default_and_parent_is_recorded(tmp_path: Path) -> None:
-    db = str(tmp_path / "c.db")
+def test_latest_version_is_the_default_and_parent_is_recorded(db: str, tmp_path: Path) -> None:
     api.ingest(db, "d", "v1", {"train": np.zeros((2, 3, 3), np.uint8)})
     result = api.ingest(db, "d", "v2", {"train": np.ones((2, 3, 3), np.uint8)}, note="fix")
     assert result.parent == "v1"
@@ -93,8 +94,7 @@ def test_latest_version_is_the_default_and_parent_is_recorded(tmp_path: Path) ->
     assert api.overlap(db, ["d"]).splits[0].version == "v2"
 
 
-def test_an_image_already_catalogued_is_not_added_again(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_an_image_already_catalogued_is_not_added_again(db: str, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     images = rng.integers(0, 256, size=(100, 5, 5), dtype=np.uint8)
     first = api.ingest(db, "d", "v1", {"train": images})
     second = api.ingest(db, "d", "v2", {"train": np.concatenate([images, images[:1] + 1])})
@@ -106,10 +106,9 @@ def test_an_image_already_catalogued_is_not_added_again(tmp_path: Path, rng) -> 
     engine.dispose()
 
 
-def test_items_keep_label_and_provenance(tmp_path: Path) -> None:
+def test_items_keep_label_and_provenance(db: str, tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, x_train=np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4), y_train=[7, 8, 9])
-    db = str(tmp_path / "c.db")
     api.ingest(db, "d", "v1", api.plan([path]))
     engine = open_catalog(db)
     with engine.connect() as conn:
@@ -136,8 +135,7 @@ def _catalog_counts(db: str) -> dict[str, int]:
     return counts
 
 
-def test_existing_version_is_refused_and_catalog_unchanged(tmp_path: Path) -> None:
-    db = str(tmp_path / "c.db")
+def test_existing_version_is_refused_and_catalog_unchanged(db: str, tmp_path: Path) -> None:
     api.ingest(db, "d", "v1", {"train": np.zeros((2, 3, 3), np.uint8)})
     before = _catalog_counts(db)
     with pytest.raises(VersionExistsError, match="d@v1 is already in the catalog"):
@@ -145,8 +143,7 @@ def test_existing_version_is_refused_and_catalog_unchanged(tmp_path: Path) -> No
     assert _catalog_counts(db) == before
 
 
-def test_a_failure_midway_rolls_the_whole_version_back(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_a_failure_midway_rolls_the_whole_version_back(db: str, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     api.ingest(db, "d", "v1", {"train": rng.integers(0, 256, (10, 4, 4), dtype=np.uint8)})
     before = _catalog_counts(db)
 
@@ -172,8 +169,7 @@ def test_bad_names_are_refused(engine, name: str) -> None:  # type: ignore[no-un
         ingest(conn, name, "v1", from_memory({"train": np.zeros((1, 2, 2), np.uint8)}))
 
 
-def test_unknown_refs_name_what_exists(tmp_path: Path) -> None:
-    db = str(tmp_path / "c.db")
+def test_unknown_refs_name_what_exists(db: str, tmp_path: Path) -> None:
     api.ingest(db, "d", "v1", {"train": np.zeros((1, 2, 2), np.uint8)})
     with pytest.raises(NotFoundError, match=r"dataset 'x' is not in the catalog \(datasets: d\)"):
         api.overlap(db, ["x"])
@@ -192,8 +188,7 @@ def test_parse_ref() -> None:
         parse_ref("a@b@c")
 
 
-def test_mixed_image_shapes_and_dtypes_in_one_catalog(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_mixed_image_shapes_and_dtypes_in_one_catalog(db: str, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     gray = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
     api.ingest(
         db,
@@ -219,8 +214,7 @@ def test_mixed_image_shapes_and_dtypes_in_one_catalog(tmp_path: Path, rng) -> No
     assert versions == 1
 
 
-def test_low_information_images_are_flagged(tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_low_information_images_are_flagged(db: str, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     images = rng.integers(0, 256, (6, 10, 10), dtype=np.uint8)
     images[0] = 0
     images[1] = 255

@@ -9,20 +9,19 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
 from catalog.db import _alembic_config, open_catalog, schema_revision
 from catalog.errors import NotFoundError, SchemaError
 from catalog.schema import Base
+from tests.conftest import sqlite_only
 
 VIEWS = {"v_item", "v_split", "v_exact_overlap"}
 
 
-def test_upgrade_head_matches_the_models(catalog_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{catalog_path}")
+def test_upgrade_head_matches_the_models(engine) -> None:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    engine.dispose()
     assert diff == []
 
 
@@ -33,8 +32,8 @@ def test_views_exist_and_answer(engine) -> None:  # type: ignore[no-untyped-def]
             conn.exec_driver_sql(f"SELECT * FROM {view}").fetchall()
 
 
-def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
-    engine = open_catalog(str(tmp_path / "c.db"))
+def test_upgrade_downgrade_upgrade(db: str) -> None:
+    engine = open_catalog(db)
     config = _alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -92,6 +91,7 @@ def test_missing_catalog_is_not_created_for_reading(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+@sqlite_only
 def test_sqlite_pragmas_are_set_on_the_catalog_engine(engine) -> None:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

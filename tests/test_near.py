@@ -26,13 +26,12 @@ def _count(db: str, sql: str) -> int:
     return api.run_sql(db, sql).rows[0][0]
 
 
-def test_near_copies_across_splits_are_found_and_verified(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_near_copies_across_splits_are_found_and_verified(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     images, labels = letters
     train, test = images[:300], images[300:].copy()
     # Five test items are lightly noised copies of train items: not exact, but near.
     rng = np.random.default_rng(0)
     test[:5] = synth.gaussian_noise(train[:5], 0.02, rng)
-    db = str(tmp_path / "c.db")
     result = api.ingest(db, "l", "v1", {"train": (train, labels[:300]), "test": test})
     assert {s.recipe for s in result.near} == {r.name for r in DEFAULT_RECIPES}
     report = api.overlap(db, ["l"])
@@ -54,9 +53,10 @@ def test_near_copies_across_splits_are_found_and_verified(tmp_path: Path, letter
         assert distance == pytest.approx(rms, abs=1 / 255)
 
 
-def test_second_version_joins_only_new_images_against_the_catalog(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_second_version_joins_only_new_images_against_the_catalog(
+    db: str, tmp_path: Path, letters
+) -> None:  # type: ignore[no-untyped-def]
     images, _labels = letters
-    db = str(tmp_path / "c.db")
     api.ingest(db, "l", "v1", {"train": images[:300]})
     signed = _count(db, "SELECT COUNT(*) FROM signature")
     brighter = synth.brightness(images[:3], 0.03)
@@ -69,13 +69,12 @@ def test_second_version_joins_only_new_images_against_the_catalog(tmp_path: Path
     assert pixel.pair("l@v2:test", "l@v1:train").items == 3
 
 
-def test_low_information_images_stay_out_of_the_band_join(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_low_information_images_stay_out_of_the_band_join(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     images, _labels = letters
     blank = np.zeros((4, 28, 28), np.uint8)
     blank[1] = 1
     blank[2] = 2
     blank[3, 0, 0] = 3
-    db = str(tmp_path / "c.db")
     result = api.ingest(db, "l", "v1", {"train": np.concatenate([images[:20], blank])})
     assert result.splits[0].low_info_items == 4
     assert all(s.images == 20 for s in result.near)
@@ -129,8 +128,7 @@ def test_a_recipe_with_other_parameters_is_refused(engine) -> None:  # type: ign
         ensure_recipes(conn, DEFAULT_RECIPES)
 
 
-def test_threshold_and_recipe_errors(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_threshold_and_recipe_errors(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     api.ingest(db, "l", "v1", {"train": letters[0][:10]})
     with pytest.raises(InputError, match="one recipe"):
         api.overlap(db, ["l"], threshold=0.05)
@@ -141,13 +139,14 @@ def test_threshold_and_recipe_errors(tmp_path: Path, letters) -> None:  # type: 
     assert api.overlap(db, ["l"], recipes=[]).near == ()
 
 
-def test_dups_joins_exact_and_near_copies_and_shows_chaining(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_dups_joins_exact_and_near_copies_and_shows_chaining(
+    db: str, tmp_path: Path, letters
+) -> None:  # type: ignore[no-untyped-def]
     images, _labels = letters
     base = images[0]
     # A chain: each step is within the threshold of the previous, the ends are further apart.
     chain = np.stack([synth.brightness(base[None], 0.03 * k)[0] for k in range(4)])
     train = np.concatenate([chain, chain[:1], images[10:60]])
-    db = str(tmp_path / "c.db")
     api.ingest(db, "l", "v1", {"train": train})
     report = api.duplicate_groups(db, ["l"], recipe=PIXEL.name, threshold=0.05)
     assert report.groups_total >= 1
@@ -158,8 +157,7 @@ def test_dups_joins_exact_and_near_copies_and_shows_chaining(tmp_path: Path, let
     assert exact.groups_total == 1 and exact.groups[0].items == 2
 
 
-def test_recipes_listing_explains_the_threshold(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
-    db = str(tmp_path / "c.db")
+def test_recipes_listing_explains_the_threshold(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     api.ingest(db, "l", "v1", {"train": letters[0][:20]})
     listing = {r.name: r for r in api.list_recipes(db)}
     assert set(listing) == {PIXEL.name, PERCEPTUAL.name}
@@ -172,12 +170,11 @@ def test_recipes_listing_explains_the_threshold(tmp_path: Path, letters) -> None
     )
 
 
-def test_cli_near_outputs(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_cli_near_outputs(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     runner = CliRunner()
     images, _labels = letters
     test = synth.jpeg(images[:4], 75)
     np.savez(tmp_path / "d.npz", x_train=images[:100], x_test=test)
-    db = str(tmp_path / "c.db")
     assert (
         runner.invoke(app, ["--db", db, "ingest", "l", "v1", str(tmp_path / "d.npz")]).exit_code
         == 0
@@ -204,14 +201,13 @@ def test_cli_near_outputs(tmp_path: Path, letters) -> None:  # type: ignore[no-u
 
 
 def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[no-untyped-def]
+    query = "SELECT image_id FROM band_key WHERE recipe_id = 1 AND band = 3 AND key = 42"
     with engine.connect() as conn:
-        plan = " ".join(
-            str(row[-1])
-            for row in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT image_id FROM band_key "
-                "WHERE recipe_id = 1 AND band = 3 AND key = 42"
-            )
-        )
+        if conn.dialect.name == "postgresql":
+            plan = " ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {query}"))
+            assert "pk_band_key" in plan, plan
+            return
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
     assert "USING PRIMARY KEY" in plan or "USING COVERING INDEX" in plan, plan
 
 
@@ -222,13 +218,12 @@ def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_near_copies_with_another_label_are_conflicts(tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+def test_near_copies_with_another_label_are_conflicts(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     images, _labels = letters
     train = images[:50]
     test = synth.gaussian_noise(images[:3], 0.02, np.random.default_rng(4))
     train_labels = np.array(["A"] * 50)
     test_labels = np.array(["A", "B", "A"])  # the second near copy says B
-    db = str(tmp_path / "c.db")
     api.ingest(db, "l", "v1", {"train": (train, train_labels), "test": (test, test_labels)})
     report = api.overlap(db, ["l"])
     assert report.conflict_images == 0  # no exact image carries two labels

@@ -15,12 +15,11 @@ from cli.app import app
 
 
 @pytest.fixture
-def catalog_with_file(tmp_path: Path) -> tuple[str, Path, np.ndarray]:
+def catalog_with_file(db: str, tmp_path: Path) -> tuple[str, Path, np.ndarray]:
     images, labels = synth.render_letters(40, np.random.default_rng(11))
     test = np.concatenate([images[:1], synth.brightness(images[1:2], 0.03)])
     path = tmp_path / "d.npz"
     np.savez_compressed(path, x_train=images, y_train=labels, x_test=test)
-    db = str(tmp_path / "c.db")
     api.ingest(db, "d", "v1", api.plan([path]))
     return db, path, images
 

@@ -1,7 +1,8 @@
 """Loaders turn source files into splits: named image arrays read chunk by chunk, with labels.
 
-Every loader yields `SplitInput`s whose images are read lazily (`ImageArray.chunks`), so an
-ingest holds one chunk of pixels at a time whatever the dataset's size.
+Every loader plans splits whose images are read lazily: `SplitInput` (arrays of a file, read
+through `ImageArray.chunks`) or `FolderSplit` (image files, decoded in worker processes into
+`Chunk`s). An ingest holds one chunk of pixels at a time whatever the dataset's size.
 """
 
 from catalog.loaders.arrays import (
@@ -14,8 +15,17 @@ from catalog.loaders.arrays import (
     parse_split_spec,
     plan_arrays,
 )
+from catalog.loaders.chunk import Chunk, SkippedFile
+from catalog.loaders.folders import FolderSplit, plan_folder
+
+PlannedSplit = SplitInput | FolderSplit
+"""A split ready to ingest: arrays of a file, or the image files of a folder."""
 
 __all__ = [
+    "Chunk",
+    "FolderSplit",
+    "PlannedSplit",
+    "SkippedFile",
     "ImageArray",
     "MemoryArray",
     "SourceFile",
@@ -24,4 +34,5 @@ __all__ = [
     "from_memory",
     "parse_split_spec",
     "plan_arrays",
+    "plan_folder",
 ]

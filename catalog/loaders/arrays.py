@@ -99,6 +99,11 @@ class SplitInput:
     key: str
 
     @property
+    def count(self) -> int:
+        """How many images the split has."""
+        return self.images.shape[0]
+
+    @property
     def where(self) -> str:
         """How messages name this split's array: the file, and the key inside it if any."""
         return array_where(self.source, self.key)

@@ -1,0 +1,158 @@
+"""benchmarks/scale.py at 3,000 images, so the script cannot rot (no timing assertions).
+
+The dsaudit commands run in this process through Typer's CliRunner instead of one interpreter
+each: the script's own subprocess timer is `benchmarks/_common.py`'s, shared with ingest.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+N = 3_000
+
+
+@pytest.fixture(scope="module")
+def scale() -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        module = importlib.import_module("scale")
+        common = importlib.import_module("_common")
+
+        def in_process(*args: str) -> object:
+            started = time.perf_counter()
+            result = CliRunner().invoke(app, list(args))
+            assert result.exit_code == 0, result.output
+            return common.Process(time.perf_counter() - started, 0.0, result.stdout)
+
+        patch.setattr(module, "dsaudit", in_process)
+        yield module
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scale")
+
+
+def _arrays(version: Path) -> dict[str, np.ndarray]:
+    return {path.name: np.load(path) for path in sorted(version.glob("*.npy"))}
+
+
+def test_generated_data_is_deterministic_notmnist_shaped_and_planted(
+    scale: ModuleType, workdir: Path, tmp_path: Path
+) -> None:
+    made = scale.generate(N, workdir / f"n{N}")
+    assert made["sizes"] == {"train": 2_700, "valid": 150, "test": 150}
+    assert made["planted"]["test"] == {"blank": 1, "faint": 1, "exact": 2, "near": 2}
+    assert made["planted"]["train"]["exact"] == 14  # 0.5 % of train
+    v1 = _arrays(workdir / f"n{N}" / "v1")
+    again = scale.generate(N, tmp_path / "again")
+    assert again["seconds"] > 0
+    assert scale.generate(N, tmp_path / "again")["seconds"] == 0  # reused, not made again
+    for name, array in _arrays(tmp_path / "again" / "v1").items():
+        np.testing.assert_array_equal(array, v1[name])
+    train = v1["train_x.npy"]
+    assert train.dtype == np.float32 and train.shape == (2_700, 28, 28)
+    assert train.min() >= -0.5 and train.max() <= 0.5
+    assert set(np.unique(v1["train_y.npy"])) <= set(range(10))
+    # Blank rows are all -0.5; exact copies of train rows sit in test.
+    assert (v1["test_x.npy"] == -0.5).all(axis=(1, 2)).sum() >= 1
+    test_rows = {row.tobytes() for row in v1["test_x.npy"]}
+    assert sum(row.tobytes() in test_rows for row in train) >= 2
+    # v2 replaces 5 % of each split's rows and leaves the rest byte for byte.
+    v2 = _arrays(workdir / f"n{N}" / "v2")
+    for split, rows in made["sizes"].items():
+        changed = (v2[f"{split}_x.npy"] != v1[f"{split}_x.npy"]).any(axis=(1, 2)).sum()
+        assert changed == round(rows * 0.05)
+
+
+@pytest.fixture(scope="module")
+def measured(scale: ModuleType, workdir: Path) -> dict:
+    return scale.measure(N, workdir, runs=1, sample=150, loop_sample=20)
+
+
+def test_measure_reads_recall_from_the_catalog_and_writes_table_and_plot(
+    scale: ModuleType, workdir: Path, measured: dict
+) -> None:
+    result = measured
+    times = result["times"]
+    for key in ("ingest", "overlap", "report", "incremental", "loop", "np.unique", "brute force"):
+        assert len(times[key]) == 1 and times[key][0] > 0, key
+    assert set(result["near"]) == {"pixel-v1", "phash256-v1"}
+    recall = result["recall"]
+    planted = result["planted"]["test"]
+    assert recall["sample"] == 150  # all of test
+    assert recall["exact_pairs"] >= planted["exact"]
+    assert recall["truth"] >= planted["near"]
+    assert recall["recall"] >= 0.5  # all pairs within 0.08, most far closer to it than edits
+    assert recall["close_truth"] >= planted["near"]  # the planted edits are within 0.05
+    assert recall["close_found"] >= 0.9 * recall["close_truth"]
+    # Stored within the threshold but not found by the brute force: only pairs the 8-bit
+    # rounding moved across it (at most 1/255).
+    assert recall["extra"] <= 1
+
+    text = scale.table([result])
+    assert "| `dsaudit ingest` v1 (exact + near, fresh catalog) | " in text
+    assert f"| pixel-v1 recall vs the brute force (sample) | {recall['recall']:.3f}" in text
+    assert "x ingest)" in text
+    png = workdir / "scale.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert scale.plot([result], png) is False
+    else:
+        assert scale.plot([result], png) is True
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sizes_parse_with_suffixes(scale: ModuleType) -> None:
+    assert [scale.parse_size(s) for s in ("125k", "1M", "3000", "0.5M")] == [
+        125_000,
+        1_000_000,
+        3_000,
+        500_000,
+    ]
+
+
+def test_main_quick_writes_table_json_and_plot_into_the_workdir(
+    scale: ModuleType, measured: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = []
+
+    def fake_measure(n: int, workdir: Path, **options: int) -> dict:
+        asked.append((n, options))
+        return measured | {"n": n}
+
+    monkeypatch.setattr(scale, "measure", fake_measure)
+    out = tmp_path / "table.md"
+    assert scale.main(["--quick", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert asked == [
+        (20_000, {"runs": 1, "sample": 500, "loop_sample": 50, "seed": 0}),
+        (40_000, {"runs": 1, "sample": 500, "loop_sample": 50, "seed": 0}),
+    ]
+    assert "| measure | 20,000 images | 40,000 images |" in out.read_text()
+    assert "--quick" in out.read_text()  # the command that made it
+    assert [r["n"] for r in json.loads((tmp_path / "scale.json").read_text())] == [20_000, 40_000]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "scale-quick.png").exists()  # --quick leaves benchmarks/ alone
+
+
+def test_bad_sizes_are_usage_errors(scale: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        scale.main(["--sizes", "12x"])
+    assert stop.value.code == 2
+    assert "size '12x' is not a number like 125k or 1M" in capsys.readouterr().err

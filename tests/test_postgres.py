@@ -1,0 +1,254 @@
+"""PostgreSQL as a shared catalog: concurrent ingests, readers during an ingest, read-only SQL.
+
+Real processes against a real server (``$DSAUDIT_TEST_PG``, see conftest): two ``dsaudit
+ingest`` commands started together must both succeed, leave one image row per digest, lose no
+rows, and find the near pairs between their two new versions whichever commits first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from catalog import api, synth
+from catalog.db import open_catalog
+from catalog.errors import QueryError
+from catalog.recipes import DEFAULT_RECIPES
+from tests.conftest import postgres_only
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("dataset", "version", "split", "source", "image", "item", "signature", "band_key", "pair")
+
+
+@pytest.fixture(scope="module")
+def letters() -> tuple[np.ndarray, np.ndarray]:
+    return synth.render_letters(3000, np.random.default_rng(21))
+
+
+def _archive(path: Path, train: np.ndarray, test: np.ndarray) -> str:
+    np.savez(path, x_train=train, x_test=test)
+    return str(path)
+
+
+def _start(db: str, dataset: str, version: str, archive: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "cli", "--db", db, "ingest", dataset, version, archive]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _together(*jobs: tuple[str, str, str], db: str) -> list[subprocess.CompletedProcess[str]]:
+    """Run several ingests as processes started at the same moment; wait for all."""
+    open_catalog(db).dispose()  # the schema exists, so both start on the data at once
+    processes = [_start(db, *job) for job in jobs]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done
+
+
+def _counts(db: str) -> dict[str, int]:
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        counts = {t: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {t}").scalar_one() for t in TABLES}
+    engine.dispose()
+    return counts
+
+
+def _pairs(db: str) -> set[tuple[str, bytes, bytes]]:
+    """Every stored pair as (recipe, digest, digest): comparable across catalogs."""
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT r.name, a.digest, b.digest FROM pair p JOIN recipe r ON r.id = p.recipe_id"
+                " JOIN image a ON a.id = p.image_a JOIN image b ON b.id = p.image_b"
+            )
+        ).all()
+    engine.dispose()
+    return {(name, *sorted((bytes(a), bytes(b)))) for name, a, b in rows}  # type: ignore[misc]
+
+
+def _check_complete(db: str) -> None:
+    """One image row per digest; every informative image signed and banded under each recipe."""
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        twice = conn.exec_driver_sql(
+            "SELECT digest FROM image GROUP BY digest HAVING COUNT(*) > 1"
+        ).all()
+        assert twice == []
+        informative = conn.exec_driver_sql("SELECT COUNT(*) FROM image WHERE NOT low_info")
+        expected = informative.scalar_one()
+        for recipe in DEFAULT_RECIPES:
+            signed = conn.execute(
+                text(
+                    "SELECT COUNT(*), COUNT(DISTINCT s.image_id) FROM signature s"
+                    " JOIN recipe r ON r.id = s.recipe_id WHERE r.name = :name"
+                ),
+                {"name": recipe.name},
+            ).one()
+            assert tuple(signed) == (expected, expected), recipe.name
+            banded = conn.execute(
+                text(
+                    "SELECT COUNT(DISTINCT b.image_id) FROM band_key b"
+                    " JOIN recipe r ON r.id = b.recipe_id WHERE r.name = :name"
+                ),
+                {"name": recipe.name},
+            ).scalar_one()
+            assert banded == expected, recipe.name
+    engine.dispose()
+
+
+def _sequential(tmp_path: Path, jobs: list[tuple[str, str, str]]) -> str:
+    """The same ingests one after the other into a SQLite catalog: the reference."""
+    reference = str(tmp_path / "reference.db")
+    for dataset, version, archive in jobs:
+        api.ingest(reference, dataset, version, api.plan([archive]))
+    return reference
+
+
+def _scenario(name: str, letters: tuple[np.ndarray, np.ndarray], tmp_path: Path):  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    copies = synth.brightness(images[:200], 0.03)  # near copies of the first job's images
+    if name == "different datasets":
+        first = _archive(tmp_path / "a.npz", images[:1200], images[1200:1400])
+        second = _archive(tmp_path / "b.npz", images[1400:2600], copies)
+        return [("a", "v1", first), ("b", "v1", second)]
+    if name == "one dataset, two versions":
+        first = _archive(tmp_path / "v1.npz", images[:1200], images[1200:1400])
+        second = _archive(tmp_path / "v2.npz", images[1400:2600], copies)
+        return [("d", "v1", first), ("d", "v2", second)]
+    # The same images in both, met in opposite orders, plus near copies only the second has.
+    first = _archive(tmp_path / "a.npz", images[:1500], images[1500:1700])
+    second = _archive(
+        tmp_path / "b.npz", images[:1500][::-1], np.concatenate([copies, images[2800:]])
+    )
+    return [("a", "v1", first), ("b", "v1", second)]
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    "scenario", ["different datasets", "one dataset, two versions", "the same images in both"]
+)
+def test_two_ingests_at_once_equal_the_same_ingests_in_turn(
+    db: str, tmp_path: Path, letters, scenario: str
+) -> None:  # type: ignore[no-untyped-def]
+    jobs = _scenario(scenario, letters, tmp_path)
+    for result in _together(*jobs, db=db):
+        assert result.returncode == 0, result.stderr
+    reference = _sequential(tmp_path, jobs)
+    assert _counts(db) == _counts(reference)
+    _check_complete(db)
+    pairs = _pairs(db)
+    assert pairs == _pairs(reference)
+    # The planted pairs between the two new versions are there, whichever committed first.
+    assert len({p[1:] for p in pairs}) >= 200
+
+
+@postgres_only
+def test_the_same_version_twice_at_once_adds_it_once(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    archive = _archive(tmp_path / "a.npz", images[:1000], images[1000:1100])
+    results = _together(("a", "v1", archive), ("a", "v1", archive), db=db)
+    assert sorted(r.returncode for r in results) == [0, 2], [r.stderr for r in results]
+    (refused,) = [r for r in results if r.returncode == 2]
+    assert "a@v1 is already in the catalog" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _counts(db)["item"] == 1100 and _counts(db)["version"] == 1
+    _check_complete(db)
+
+
+@postgres_only
+def test_readers_during_an_ingest_see_only_complete_versions(
+    db: str, tmp_path: Path, letters
+) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    api.ingest(db, "d", "v1", {"train": images[:100]})
+    archive = _archive(tmp_path / "v2.npz", images[100:2600], images[2600:])
+    process = _start(db, "d", "v2", archive)
+    seen = set()
+    while process.poll() is None:
+        (dataset,) = api.list_catalog(db).datasets
+        for version in dataset.versions:
+            sizes = {s.split: s.items for s in version.splits}
+            expected = {"train": 100} if version.tag == "v1" else {"train": 2500, "test": 400}
+            assert sizes == expected, (version.tag, sizes)
+            seen.add(version.tag)
+        report = api.overlap(db, ["d"])  # one snapshot: splits and their counts agree
+        assert sum(s.items for s in report.splits) in (100, 2900)
+        time.sleep(0.05)
+    _out, err = process.communicate()
+    assert process.returncode == 0, err
+    assert "v1" in seen
+    assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1", "v2"]
+
+
+def _state(db: str) -> tuple[object, ...]:
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        relations = conn.exec_driver_sql(
+            "SELECT relname, relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' ORDER BY relname"
+        ).all()
+        rows = conn.exec_driver_sql("SELECT * FROM dataset ORDER BY id").all()
+        sequence = conn.exec_driver_sql("SELECT last_value FROM dataset_id_seq").scalar_one()
+    engine.dispose()
+    return tuple(relations), tuple(rows), sequence, tuple(_counts(db).items())
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO dataset (name) VALUES ('x')",
+        "UPDATE item SET label = 'x'",
+        "DELETE FROM item",
+        "TRUNCATE pair",
+        "DROP TABLE pair",
+        "DROP VIEW v_item",
+        "CREATE TABLE t (x int)",
+        "CREATE TEMPORARY TABLE t (x int)",
+        "CREATE INDEX ix_t ON item (label)",
+        "SELECT nextval('dataset_id_seq')",
+        "SELECT 1; DELETE FROM item",
+        "SET TRANSACTION READ WRITE",
+        "SET TRANSACTION READ WRITE; INSERT INTO dataset (name) VALUES ('x')",
+        "COMMIT; INSERT INTO dataset (name) VALUES ('x')",
+        "COMMIT; SET default_transaction_read_only = off; INSERT INTO dataset (name) VALUES ('x')",
+        "BEGIN READ WRITE; INSERT INTO dataset (name) VALUES ('x'); COMMIT",
+        "DO $$ BEGIN INSERT INTO dataset (name) VALUES ('x'); END $$",
+        "WITH gone AS (DELETE FROM item RETURNING 1) SELECT COUNT(*) FROM gone",
+        "SELECT * FROM dataset FOR UPDATE",
+    ],
+)
+def test_sql_cannot_change_anything_on_postgres(db: str, statement: str) -> None:
+    api.ingest(db, "d", "v1", {"train": np.arange(4 * 16, dtype=np.uint8).reshape(4, 4, 4)})
+    before = _state(db)
+    with pytest.raises(QueryError, match="SQL failed"):
+        api.run_sql(db, statement)
+    assert _state(db) == before
+
+
+@postgres_only
+def test_sql_on_postgres_reads_and_runs_harmless_commands(db: str) -> None:
+    api.ingest(db, "d", "v1", {"train": np.arange(4 * 16, dtype=np.uint8).reshape(4, 4, 4)})
+    result = api.run_sql(db, "SELECT dataset, split, items FROM v_split")
+    assert result.columns == ("dataset", "split", "items") and result.rows == (("d", "train", 4),)
+    assert api.run_sql(db, "SELECT 1 WHERE false").rows == ()
+    # A lone COMMIT or SET changes nothing: the connection is closed right after.
+    assert api.run_sql(db, "COMMIT").rows == ()
+    assert api.run_sql(db, "SET default_transaction_read_only = off").rows == ()
+    assert api.run_sql(db, "SELECT name FROM dataset WHERE name LIKE 'd%'").rows == (("d",),)
+    truncated = api.run_sql(db, "SELECT * FROM generate_series(1, 100)", max_rows=3)
+    assert truncated.truncated and len(truncated.rows) == 3
+    digest = api.run_sql(db, "SELECT digest FROM v_item LIMIT 1").rows[0][0]
+    assert len(digest) == 64  # hex text, as on SQLite
