@@ -813,3 +813,20 @@ def test_from_memory_refuses_bad_images_and_labels(rng: np.random.Generator) -> 
         "<memory>: labels of 'train'",
         "3 values",
     )
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", ["<f4", ">u2", "u1"])
+def test_npy_chunks_read_every_row_in_order(tmp_path: Path, order: str, dtype: str) -> None:
+    # A memory-mapped .npy is read chunk by chunk with plain reads (C order) or sliced
+    # (Fortran order); either way the rows come back exactly, last partial chunk included.
+    from catalog.loaders.arrays import MemoryArray
+
+    data = np.arange(23 * 5 * 3, dtype=np.int64).reshape(23, 5, 3).astype(dtype)
+    path = tmp_path / "x.npy"
+    np.save(path, np.asarray(data, order=order))
+    loaded = MemoryArray(np.load(path, mmap_mode="r"))
+    chunks = list(loaded.chunks(4))
+    assert [len(c) for c in chunks] == [4, 4, 4, 4, 4, 3]
+    assert np.array_equal(np.concatenate(chunks), data)
+    assert all(c.dtype == np.dtype(dtype) for c in chunks)

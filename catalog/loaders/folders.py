@@ -37,6 +37,8 @@ import hashlib
 import io
 import multiprocessing
 import os
+import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -64,6 +66,8 @@ IN_FLIGHT = 2
 MIN_FILES_FOR_POOL = 1000
 """Fewer files than this are decoded in this process: starting workers and shipping pictures
 between processes would cost more than the ~0.2 s of decoding they could share."""
+PARENT_CHECK_S = 0.5
+"""How often a decoding worker checks that the ingest that started it is still running."""
 LABEL_LIMIT = 200
 """Longest label the catalog keeps (``item.label``)."""
 
@@ -308,7 +312,12 @@ class FolderSplit:
         context.set_forkserver_preload([__name__, *_PILLOW_MODULES])
         batches = sizes.batches(self.files)
         in_flight: deque[tuple[int, Future[list[Decoded]]]] = deque()
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=context,
+            initializer=_watch_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             try:
                 for start, batch in batches:
                     in_flight.append((start, pool.submit(decode_batch, root, batch)))
@@ -327,6 +336,34 @@ class FolderSplit:
             finally:
                 for _start, job in in_flight:
                     job.cancel()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: the signal check is all there is
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the ingest's process is gone. Killed with SIGKILL, it
+    cannot shut its pool down, and a worker waiting on the task queue would wait forever
+    (each worker holds the queue's write end too, so it never sees end-of-file)."""
+
+    def watch() -> None:
+        while _alive(parent):
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dsaudit-watch-parent", daemon=True).start()
 
 
 class _BatchSizer:
