@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DatabaseError
 
 from catalog import queries
-from catalog.db import open_catalog, reading, write_retrying
+from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
+from catalog.check import check as _check
+from catalog.db import describe, open_catalog, reading, write_retrying
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
@@ -58,7 +61,10 @@ from catalog.sql import SqlResult
 from catalog.sql import run_sql as _run_sql
 
 __all__ = [
+    "CheckReport",
+    "CheckResult",
     "ProgressCallback",
+    "check",
     "duplicate_groups",
     "label_conflicts",
     "ingest",
@@ -314,6 +320,24 @@ def report(
             fail_on=fail_on,
         )
     return collect_pictures(made) if pictures else made
+
+
+def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> CheckReport:
+    """Verify the catalog: integrity, foreign keys, orphans, pair order, recipe fingerprints,
+    band keys, and the digests of ``sample`` items (seeded) recomputed from their source files.
+    ``report.ok`` is False when anything is wrong; see `catalog.check`."""
+    if sample < 0:
+        raise UsageError(f"--sample {sample}: must be 0 or more")
+    made: CheckReport | None = None
+    with _engine(db, create=False) as engine:
+        try:
+            with reading(engine) as conn:
+                made = _check(conn, describe(str(engine.url)), sample=sample, seed=seed)
+        except DatabaseError:
+            # On a damaged file even the read's COMMIT can fail; the checks ran and say why.
+            if made is None:
+                raise
+    return made
 
 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 import migrations
-from catalog.errors import BusyError, InputError, NotFoundError, SchemaError
+from catalog.errors import BusyError, InputError, NotFoundError, SchemaError, StorageError
 
 DEFAULT_CATALOG = "dsaudit.db"
 ENV_VAR = "DSAUDIT_DB"
@@ -158,6 +159,9 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
         migrate(engine)
     except DatabaseError as exc:
         engine.dispose()
+        full = storage_error(url, exc)
+        if full is not None:
+            raise full from None
         raise SchemaError(
             f"{describe(url)}: cannot be opened as a catalog ({_reason(exc)})"
         ) from None
@@ -228,7 +232,60 @@ def writing(engine: Engine) -> Iterator[Connection]:
                     f"{describe(str(engine.url))}: catalog busy: another process has been "
                     f"writing for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
                 ) from None
+            full = storage_error(str(engine.url), exc)
+            if full is not None:
+                raise full from None
             raise
+
+
+def storage_error(url: str, exc: DatabaseError) -> StorageError | None:
+    """The person's version of a write that failed for lack of room, else None.
+
+    SQLite says SQLITE_FULL when a write comes up short and SQLITE_IOERR_WRITE when one is
+    refused outright (EFBIG at the process's file size limit, ENOSPC, or a failing disk), so the
+    file size limit and the free space are looked at to say which; PostgreSQL says SQLSTATE
+    53100. The transaction is rolled back either way: the WAL keeps the catalog as it was.
+    """
+    orig = exc.orig
+    name = getattr(orig, "sqlite_errorname", "")
+    full = name == "SQLITE_FULL" or getattr(orig, "sqlstate", None) == "53100"
+    if not full and not name.startswith("SQLITE_IOERR"):
+        return None
+    reason = _why_no_room(_sqlite_path(url))
+    unchanged = "nothing was added and the catalog is unchanged"
+    if reason is None and not full:
+        return StorageError(
+            f"{describe(url)}: disk I/O error while writing the catalog ({name}); {unchanged}"
+        )
+    reason = reason or "disk full (or a file size limit reached)"
+    return StorageError(f"{describe(url)}: {reason} while writing the catalog; {unchanged}")
+
+
+_NO_ROOM_BYTES = 16 * 1024 * 1024
+"""Free space (or room under the file size limit) below this means there was no room."""
+
+
+def _why_no_room(path: Path | None) -> str | None:
+    """Which limit a failed write of the catalog ran into, if one can be seen."""
+    if path is None:
+        return None
+    files = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists()]
+    largest = max((p.stat().st_size for p in files), default=0)
+    try:
+        import resource  # POSIX only
+
+        limit, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if limit != resource.RLIM_INFINITY and limit - largest < _NO_ROOM_BYTES:
+            return f"file size limit reached (ulimit -f: {limit:,} bytes per file)"
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    if free < _NO_ROOM_BYTES:
+        return f"disk full ({free:,} bytes free on {path.parent})"
+    return None
 
 
 _RETRYABLE = {"40P01", "40001", "23505"}

@@ -37,5 +37,9 @@ class BusyError(CatalogError):
     """Another process holds the catalog's write lock for longer than we wait."""
 
 
+class StorageError(CatalogError):
+    """The catalog could not be written: a full disk, a file size limit, a failing disk."""
+
+
 class QueryError(CatalogError):
     """A user-written SQL statement failed or tried to write."""

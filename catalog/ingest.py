@@ -159,17 +159,34 @@ def _parent_id(conn: Connection, dataset_id: int, dataset: str, parent: str | No
 
 
 def observed_range(
-    images: ImageArray, rows: int, on_chunk: Callable[[int], None] | None = None
+    images: ImageArray,
+    rows: int,
+    where: str,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
-    """(min, max) over every finite pixel of the array, read chunk by chunk."""
+    """(min, max) over every pixel of the array, read chunk by chunk.
+
+    Raises:
+        InputError: a float image holds NaN or an infinity (named by its row): such a value
+            has no place on the 0-1 scale, and would silently become black or white.
+    """
     low, high = np.inf, -np.inf
+    start = 0
     for chunk in images.chunks(rows):
         if on_chunk is not None:
             on_chunk(len(chunk))
-        finite = chunk[np.isfinite(chunk)] if chunk.dtype.kind == "f" else chunk
-        if finite.size:
-            low = min(low, float(finite.min()))
-            high = max(high, float(finite.max()))
+        if chunk.dtype.kind == "f":
+            finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+            if not finite.all():
+                row = start + int(np.flatnonzero(~finite)[0])
+                raise InputError(
+                    f"{where}: image {row} has NaN or infinite pixels; float images must be "
+                    "finite (replace or drop them, e.g. with numpy.nan_to_num)"
+                )
+        if chunk.size:
+            low = min(low, float(chunk.min()))
+            high = max(high, float(chunk.max()))
+        start += len(chunk)
     return (low, high) if low <= high else (0.0, 1.0)
 
 
@@ -342,7 +359,7 @@ def _array_chunks(
     if needs_observed_range(split.images.dtype):
         # Floats have no intrinsic scale: one read of the array finds it (value_range).
         observed = observed_range(
-            split.images, rows, lambda n: report(f"{task}: value range", n, total)
+            split.images, rows, split.where, lambda n: report(f"{task}: value range", n, total)
         )
         scale = value_range(split.images.dtype, observed)
     position = 0

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, select
 
 from catalog.db import bulk_insert, lock_pair_finding, placeholder
 from catalog.errors import SchemaError
+from catalog.pixels import colour_channels
 from catalog.recipes import DEFAULT_RECIPES, Recipe
 from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
 from catalog.vectors import unique
@@ -290,10 +291,12 @@ class NearIndexer:
 
         Args:
             image_ids: int64 (n,) catalog ids of new, informative images.
-            unit: float32 (n, H, W, C) their pixels on the 0-1 scale.
+            unit: float32 (n, H, W, C) their pixels on the 0-1 scale; an alpha channel
+                (C = 2 or 4) is left out of the signatures (`catalog.pixels.colour_channels`).
         """
         if image_ids.size == 0:
             return
+        unit = colour_channels(unit)
         jobs = [self._pool.submit(_sign, recipe, unit) for recipe in self.recipes]
         self._pending.append((jobs, image_ids))
         self._drain(wait=False)

@@ -23,6 +23,8 @@ LOW_INFO_STD = 0.02
 near-duplicate recipe, so they are flagged and reported as their own finding."""
 
 _SUPPORTED_KINDS = "biuf"
+MAX_SIDE = 65535
+"""The largest height or width: near-duplicate signatures record the size in 16 bits."""
 
 
 def check_images(images: np.ndarray, where: str) -> None:
@@ -45,6 +47,11 @@ def check_images(images: np.ndarray, where: str) -> None:
         )
     if 0 in images.shape[1:]:
         raise ValueError(f"{where}: images shaped {images.shape} have no pixels")
+    if max(images.shape[1:3]) > MAX_SIDE:
+        raise ValueError(
+            f"{where}: images shaped {images.shape} are over {MAX_SIDE} pixels on a side; "
+            "split or downscale them first"
+        )
 
 
 def canonical(images: np.ndarray) -> np.ndarray:
@@ -152,6 +159,23 @@ def to_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     np.nan_to_num(unit, copy=False, nan=0.0)
     np.clip(unit, 0.0, 1.0, out=unit)
     return unit if unit.ndim == 4 else unit[..., None]
+
+
+def colour_channels(unit: np.ndarray) -> np.ndarray:
+    """The channels a near-duplicate recipe compares: alpha is left out.
+
+    Args:
+        unit: (n, H, W, C) with C in 1..4: gray, gray+alpha, RGB, RGBA.
+
+    Returns:
+        (n, H, W, 1) for gray and gray+alpha, (n, H, W, 3) for RGB and RGBA (views, no copy).
+    """
+    channels = unit.shape[3]
+    if channels == 2:
+        return unit[..., :1]
+    if channels == 4:
+        return unit[..., :3]
+    return unit
 
 
 def low_information(unit: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Read-only is enforced by the connection, never by parsing the statement: on SQLite the file is
 opened with ``mode=ro`` and ``PRAGMA query_only``, and an authorizer refuses ATTACH and DETACH
-(an attached database would be writable) and every PRAGMA that is not a plain read of schema
-information. Extension loading stays disabled, and the driver runs one statement per call.
+(an attached database would be writable, and VACUUM INTO attaches one) and every PRAGMA that is
+not a plain read of schema information or an integrity check. Extension loading stays disabled,
+and the driver runs one statement per call. So writes inside CTEs, ANALYZE, REINDEX and
+``SELECT load_extension(...)`` all fail, whatever the statement's text looks like.
 On PostgreSQL see `_run_postgres`.
 """
 
@@ -34,6 +36,9 @@ _READ_PRAGMAS = {
     "collation_list",
     "function_list",
     "compile_options",
+    "integrity_check",
+    "quick_check",
+    "foreign_key_check",
 }
 """Pragmas that only read, whatever their argument (usually a table name)."""
 _READ_SETTINGS = {
@@ -51,6 +56,11 @@ _READ_SETTINGS = {
     "data_version",
 }
 """Settings that may be read (``PRAGMA name``) but never set (``PRAGMA name = value``)."""
+
+
+_REFUSALS = ("readonly", "read-only", "not authorized", "authorization denied")
+"""Words of the engines' refusals to write (SQLite: "attempt to write a readonly database",
+"not authorized"; PostgreSQL: "cannot execute INSERT in a read-only transaction")."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +120,18 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
             return SqlResult(columns=columns, rows=rows, truncated=truncated)
     except (DBAPIError, StatementError) as exc:
         orig = getattr(exc, "orig", None) or exc
-        message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-        raise QueryError(f"{describe(url)}: SQL failed: {message}") from None
+        raise _failed(url, orig) from None
     finally:
         engine.dispose()
+
+
+def _failed(url: str, error: BaseException) -> QueryError:
+    """The driver's error as one line; a refusal to write says the catalog is read-only."""
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    if any(word in message.lower() for word in _REFUSALS):
+        message += " (dsaudit sql is read-only: it cannot change the catalog)"
+    return QueryError(f"{describe(url)}: SQL failed: {message}")
 
 
 def _plain(value: Any) -> Any:
@@ -168,8 +186,7 @@ def _run_postgres(url: str, statement: str, max_rows: int | None) -> SqlResult:
                     description = None
             raw.rollback()
     except psycopg.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryError(f"{describe(url)}: SQL failed: {message}") from None
+        raise _failed(url, exc) from None
     finally:
         engine.dispose()
     if description is None:

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.text import Text
 
 from catalog import __version__, api
+from catalog.check import CHECK_SCHEMA, DEFAULT_SAMPLE
 from catalog.errors import CatalogError, UsageError
 from catalog.model import (
     CONFLICTS_SCHEMA,
@@ -118,7 +119,11 @@ def main_options(
 
 @contextmanager
 def _progress() -> Iterator[api.ProgressCallback]:
-    """A rich progress display on stderr, fed by the library's ``on_progress`` callback."""
+    """A rich progress display on stderr, fed by the library's ``on_progress`` callback.
+
+    It starts with the first report, so a command that fails before any work prints only its
+    error; one that fails midway erases its bars and leaves the one line of the error.
+    """
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -126,20 +131,28 @@ def _progress() -> Iterator[api.ProgressCallback]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_stderr(), transient=False) as progress:
-        tasks: dict[str, TaskID] = {}
+    progress: Progress | None = None
+    tasks: dict[str, TaskID] = {}
 
-        def on_progress(task: str, advance: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.advance(tasks[task], advance)
+    def on_progress(task: str, advance: int, total: int) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(*columns, console=_stderr(), transient=False)
+            progress.start()
+        if task not in tasks:
+            tasks[task] = progress.add_task(task, total=total)
+        progress.advance(tasks[task], advance)
 
-        try:
-            yield on_progress
-        except BaseException:
-            # A failed run leaves no bars behind: its error stays the one line on stderr.
+    try:
+        yield on_progress
+    except BaseException:
+        # A failed run leaves no bars behind: its error stays the one line on stderr.
+        if progress is not None:
             progress.live.transient = True
-            raise
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 def _dump_json(data: Any) -> None:
@@ -511,6 +524,47 @@ def sql(
         writer.writerows(result.rows)
     else:
         _stdout().print(render.sql_table(result))
+
+
+@_command()
+def check(
+    ctx: typer.Context,
+    sample: Annotated[
+        int,
+        typer.Option(
+            help="Items whose digests are recomputed from their source files (0: none).", min=0
+        ),
+    ] = DEFAULT_SAMPLE,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the sample: the same seed draws the same items.")
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Verify the catalog; exit 1 if anything is wrong.
+
+    Checks SQLite's integrity and foreign keys; orphans (images no item holds; signatures, band
+    keys and pairs of missing images or recipes); pairs stored out of order; each recipe's
+    fingerprint recomputed from its stored parameters; one band key per LSH band for every
+    signed informative image; and the digests of a seeded sample of items read again from their
+    source files, where those are present and unchanged (same sha256).
+
+    Exit codes: 0 all checks pass, 1 a problem was found, 2 usage error (e.g. no catalog).
+
+    Example:
+
+        dsaudit check
+
+        dsaudit --db team.db check --sample 1000 --json
+    """
+    report = api.check(ctx.obj, sample=sample, seed=seed)
+    if as_json:
+        data = to_json(report, schema=CHECK_SCHEMA)
+        data["ok"] = report.ok
+        _dump_json(data)
+    else:
+        _stdout().print(render.check_report(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _outputs(**files: str | None) -> dict[str, str]:

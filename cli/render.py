@@ -35,6 +35,7 @@ from catalog.report import (
 from catalog.sql import SqlResult
 
 if TYPE_CHECKING:
+    from catalog.check import CheckReport
     from catalog.demo import DemoRun
 
 
@@ -485,6 +486,41 @@ def demo_checks(run: DemoRun) -> RenderableType:
             mark = Text("✗ MISSED", style="bold red")
         table.add_row(check.finding, f"{check.planted:,}", f"{check.found:,}", mark)
     return Group(table, *[Text(f"[{i}] {note}", style="yellow") for i, note in enumerate(notes, 1)])
+
+
+def check_report(report: CheckReport) -> RenderableType:
+    table = _table(
+        f"Checks of {report.catalog}",
+        ("check", "left"),
+        ("result", "left"),
+        ("checked", "right"),
+        ("what it verifies", "left"),
+    )
+    styles = {"ok": "green", "problems": "bold red", "skipped": "yellow"}
+    for result in report.results:
+        if result.status == "problems":
+            verdict = f"{result.problems:,} problem{'s' if result.problems != 1 else ''}"
+        elif result.status == "skipped":
+            verdict = f"skipped: {result.skipped}"
+        else:
+            verdict = "ok"
+        table.add_row(
+            result.name,
+            Text(verdict, style=styles[result.status]),
+            "" if result.checked is None else f"{result.checked:,}",
+            result.description,
+        )
+    parts: list[RenderableType] = [table]
+    for result in report.results:
+        for example in result.examples:
+            parts.append(Text.assemble((f"{result.name}: ", "bold"), example))
+        parts.extend(_more(result.problems, len(result.examples), f"{result.name} problems"))
+    if report.ok:
+        parts.append(Text("All checks passed.", style="bold green"))
+    else:
+        plural = "s" if report.problems != 1 else ""
+        parts.append(Text(f"{report.problems:,} problem{plural} found.", style="bold red"))
+    return Group(*parts)
 
 
 def sql_table(result: SqlResult) -> RenderableType:

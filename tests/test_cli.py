@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -173,38 +174,88 @@ def test_db_from_environment(runner: CliRunner, tmp_path: Path, archive: Path) -
     assert db.exists()
 
 
+@pytest.fixture(scope="module")
+def sql_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One catalog for every attempt to write through `dsaudit sql`: each must leave it as is."""
+    db = tmp_path_factory.mktemp("sql") / "c.db"
+    images = np.random.default_rng(5).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    api.ingest(str(db), "letters", "v1", {"train": (images, np.arange(40) % 3)})
+    return db
+
+
+def _checksum(db: Path) -> str:
+    """sha256 of the catalog file and of its WAL, if any: a committed write lands in the WAL."""
+    digest = hashlib.sha256(db.read_bytes())
+    wal = Path(f"{db}-wal")
+    if wal.exists():
+        digest.update(wal.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.mark.parametrize(
     "statement",
     [
         "INSERT INTO dataset (name) VALUES ('x')",
+        "INSERT INTO dataset (name) VALUES ('x') RETURNING id",
+        "REPLACE INTO dataset (name) VALUES ('x')",
+        "WITH n AS (SELECT 'x' AS name) INSERT INTO dataset (name) SELECT name FROM n",
         "UPDATE item SET label = 'x'",
+        "WITH s AS (SELECT 1) UPDATE item SET label = 'x' WHERE 1 IN (SELECT * FROM s)",
         "DELETE FROM item",
+        "WITH s AS (SELECT 1) DELETE FROM item",
         "DROP TABLE item",
         "DROP VIEW v_item",
         "CREATE TABLE t (x)",
+        "CREATE TEMP TABLE t (x)",
+        "CREATE INDEX ix_new ON item (label)",
         "ATTACH DATABASE 'other.db' AS other",
+        "VACUUM INTO 'other.db'",
+        "VACUUM",
+        "REINDEX",
+        "ANALYZE",
         "PRAGMA query_only = OFF",
         "PRAGMA journal_mode = DELETE",
         "PRAGMA user_version = 7",
+        "PRAGMA main.user_version = 7",
+        "PRAGMA writable_schema = ON",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA optimize",
         "SELECT 1; DELETE FROM item",
+        "DELETE FROM item; SELECT 1",
         "SELECT load_extension('libevil')",
-        "VACUUM",
-        "REINDEX",
+        "SELECT load_extension('other.db', 'sqlite3_extension_init')",
     ],
 )
 def test_sql_cannot_change_anything(
-    runner: CliRunner, tmp_path: Path, archive: Path, statement: str, monkeypatch
+    runner: CliRunner, tmp_path: Path, sql_catalog: Path, statement: str, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
-    db = tmp_path / "c.db"
-    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    db = sql_catalog
+    checksum = _checksum(db)
     before = _snapshot(db)
     schema = api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows
     result = _run(runner, db, "sql", statement)
-    _assert_user_error(result, "SQL failed")
+    _assert_user_error(result, "SQL failed", str(db))
+    assert _checksum(db) == checksum
     assert _snapshot(db) == before
     assert api.run_sql(str(db), "SELECT sql FROM sqlite_master ORDER BY name").rows == schema
     assert not (tmp_path / "other.db").exists()
+
+
+def test_sql_refusals_say_the_catalog_is_read_only(runner: CliRunner, sql_catalog: Path) -> None:
+    result = _run(runner, sql_catalog, "sql", "DELETE FROM item")
+    _assert_user_error(result, "read-only")
+
+
+def test_sql_reads_checks_and_schema_pragmas(runner: CliRunner, sql_catalog: Path) -> None:
+    for statement, expected in [
+        ("PRAGMA integrity_check", [{"integrity_check": "ok"}]),
+        ("PRAGMA foreign_key_check", []),
+        ("PRAGMA user_version", [{"user_version": 0}]),
+    ]:
+        result = _run(runner, sql_catalog, "sql", statement, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == expected, statement
 
 
 def test_sql_outputs(db: str, runner: CliRunner, tmp_path: Path, archive: Path) -> None:

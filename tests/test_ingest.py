@@ -248,3 +248,18 @@ def test_a_second_writer_waits_then_reports_catalog_busy(
     other.close()
     api.ingest(str(path), "d", "v2", {"train": np.ones((2, 3, 3), np.uint8)})
     assert [v.tag for v in api.list_catalog(str(path)).datasets[0].versions] == ["v1", "v2"]
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_is_digested_but_left_out_of_near_signatures(
+    tmp_path: Path, rng: np.random.Generator, channels: int
+) -> None:
+    # Found by fuzzing: gray+alpha and RGBA images reached recipes that take 1 or 3 channels.
+    images = rng.integers(0, 256, (6, 16, 16, channels), dtype=np.uint8)
+    images[1] = images[0]
+    images[1, ..., -1] = 255 - images[0, ..., -1]  # the same picture, another alpha
+    db = str(tmp_path / "c.db")
+    result = api.ingest(db, "d", "v1", {"train": images})
+    assert result.new_images == 6  # the digest covers every byte, alpha too
+    pairs = api.run_sql(db, "SELECT image_a, image_b, distance FROM pair").rows
+    assert len(pairs) >= 2 and all(distance == 0 for _a, _b, distance in pairs)

@@ -20,6 +20,7 @@ from catalog.pixels import (
     LOW_INFO_STD,
     canonical,
     check_images,
+    colour_channels,
     digests,
     low_information,
     needs_observed_range,
@@ -462,3 +463,12 @@ def test_check_images_rejects_with_a_message_naming_the_array(
     assert message.startswith(WHERE + ":")
     assert problem in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("channels", "kept"), [(1, 1), (2, 1), (3, 3), (4, 3)])
+def test_colour_channels_leave_alpha_out(channels: int, kept: int) -> None:
+    unit = np.arange(2 * 3 * 3 * channels, dtype=np.float32).reshape(2, 3, 3, channels)
+    colour = colour_channels(unit)
+    assert colour.shape == (2, 3, 3, kept)
+    assert np.array_equal(colour, unit[..., :kept])
+    assert np.shares_memory(colour, unit)

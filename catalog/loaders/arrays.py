@@ -14,10 +14,12 @@ split candidate, named by stripping common affixes (``x_train``, ``train_images`
 from __future__ import annotations
 
 import hashlib
+import lzma
 import pickle
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -33,8 +35,19 @@ PICKLE_HINT = (
     "a file you trust, or convert it with numpy.savez"
 )
 
-_CORRUPT_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
-"""What reading a damaged zip member raises (bad CRC, bad deflate stream, short file)."""
+_CORRUPT_ZIP = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
+"""What opening or reading a damaged zip member raises: bad CRC, bad deflate stream, short file,
+and (found by fuzzing) NotImplementedError for a garbled compression method and RuntimeError for
+a garbled flag that marks the member encrypted."""
 
 _IMAGE_PREFIXES = ("x_", "X_", "images_")
 _IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
@@ -89,6 +102,16 @@ class SplitInput:
     def count(self) -> int:
         """How many images the split has."""
         return self.images.shape[0]
+
+    @property
+    def where(self) -> str:
+        """How messages name this split's array: the file, and the key inside it if any."""
+        return array_where(self.source, self.key)
+
+
+def array_where(source: SourceFile, key: str) -> str:
+    """``file: array 'key'``, or just the file for a .npy (it holds one array)."""
+    return f"{source.path}: array '{key}'" if source.format != "npy" else source.path
 
 
 @dataclass(frozen=True)
@@ -146,13 +169,24 @@ class NpzMember:
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
         self.key = key
-        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as stream:
+        with ExitStack() as stack:
+            stream = self._open(stack)
             self._shape, fortran, self._dtype = _read_npy_header(stream, f"{path}:{key}")
         if fortran and len(self._shape) > 1:
             raise InputError(
                 f"{path}: array '{key}' is stored in Fortran order, which cannot be streamed; "
                 "save it with numpy.ascontiguousarray first"
             )
+
+    def _open(self, stack: ExitStack) -> IO[bytes]:
+        """The member's stream (closed with ``stack``); a damaged zip is the file's fault."""
+        try:
+            archive = stack.enter_context(zipfile.ZipFile(self.path))
+            return stack.enter_context(archive.open(f"{self.key}.npy"))
+        except _CORRUPT_ZIP as exc:
+            raise InputError(
+                f"{self.path}: array '{self.key}' cannot be opened ({_first_line(exc)})"
+            ) from None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -165,7 +199,8 @@ class NpzMember:
     def chunks(self, rows: int) -> Iterator[np.ndarray]:
         row_shape = self._shape[1:]
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self._dtype.itemsize
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{self.key}.npy") as stream:
+        with ExitStack() as stack:
+            stream = self._open(stack)
             _read_npy_header(stream, f"{self.path}:{self.key}")
             for start in range(0, self._shape[0], rows):
                 count = min(rows, self._shape[0] - start)
@@ -189,10 +224,18 @@ def _read_npy_header(stream: IO[bytes], where: str) -> tuple[tuple[int, ...], bo
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
-        raise InputError(f"{where}: not a readable .npy array ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        # numpy parses the header (a Python literal) of an untrusted file: a damaged one fails
+        # with ValueError, SyntaxError, tokenize.TokenError, UnicodeDecodeError, a zip error...
+        # Every one of them means the same thing to the person: this file is not readable.
+        raise InputError(f"{where}: not a readable .npy array ({_first_line(exc)})") from None
     _check_shape(tuple(shape), dtype, where)
     return tuple(shape), bool(fortran), dtype
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _MAX_ARRAY_BYTES = 1 << 50
@@ -275,8 +318,10 @@ class _Container:
                     with archive.open(f"{key}.npy") as stream:
                         shape, _fortran, dtype = _read_npy_header(stream, f"{self.path}:{key}")
                     self.shapes[key] = (shape, dtype)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"{self.path}: not a readable .npz archive ({exc})") from None
+        except _CORRUPT_ZIP as exc:
+            raise InputError(
+                f"{self.path}: not a readable .npz archive ({_first_line(exc)})"
+            ) from None
         for key, (_shape, dtype) in self.shapes.items():
             if dtype.hasobject and not allow_pickle:
                 raise InputError(
@@ -410,7 +455,7 @@ def _make_split(
     key: str,
     labels_where: str,
 ) -> SplitInput:
-    where = f"{source.path}: array '{key}'" if source.format != "npy" else source.path
+    where = array_where(source, key)
     if len(images.shape) not in (3, 4):
         raise InputError(
             f"{where}: images must be shaped (N, H, W) or (N, H, W, C), not {images.shape}"
@@ -570,6 +615,7 @@ def _npy_labels(
 
 
 def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
+    _check_npy_size(path)
     try:
         return np.load(path, mmap_mode=None if allow_pickle else "r", allow_pickle=allow_pickle)
     except ValueError as exc:
@@ -578,6 +624,32 @@ def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     except (OSError, EOFError, OverflowError, MemoryError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy whose header promises more data than the file holds, before mapping it.
+
+    numpy would fail with "mmap length is greater than file size" (or try to allocate what a
+    corrupt header claims); the person needs to hear that the file is truncated.
+    """
+    try:
+        with path.open("rb") as stream:
+            shape, _fortran, dtype = _read_npy_header(stream, str(path))
+            offset = stream.tell()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if dtype.hasobject:
+        return  # a pickled array has no fixed size; unpickling finds the damage
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    expected = count * dtype.itemsize
+    actual = path.stat().st_size - offset
+    if actual < expected:
+        raise InputError(
+            f"{path}: truncated or corrupt: its header declares shape {shape} {dtype} "
+            f"({expected:,} bytes of data) but the file holds {max(actual, 0):,}"
+        )
 
 
 def from_memory(
