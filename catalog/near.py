@@ -22,7 +22,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,7 +33,7 @@ from catalog.db import bulk_insert, lock_pair_finding, placeholder
 from catalog.errors import SchemaError
 from catalog.recipes import DEFAULT_RECIPES, Recipe
 from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
-from catalog.vectors import unique, unique_rows
+from catalog.vectors import unique
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -130,24 +130,42 @@ def candidate_pairs(
     """
     if band.size == 0:
         return np.empty((0, 2), np.int64), 0, 0
-    # One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
-    # memory at 220k images fell from 3.3 GB), and pairs are deduplicated as they accumulate.
     # Rows are grouped by band with one stable sort (a radix sort on int16 band numbers): a
     # mask per band cost a pass over all rows for each band.
     narrow = np.int16 if int(band.min()) >= 0 and int(band.max()) < 2**15 else np.int64
     order = np.argsort(band.astype(narrow), kind="stable")
     bounds = np.flatnonzero(np.diff(band[order])) + 1
-    # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
-    # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
-    packed = int(image.min()) >= 0 and int(image.max()) < 2**31
+    groups = ((key[rows], image[rows], new[rows]) for rows in np.split(order, bounds))
+    return band_candidates(groups, cap, link)
+
+
+def band_candidates(
+    bands: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cap: int = BUCKET_CAP,
+    link: int = BUCKET_LINK,
+) -> tuple[np.ndarray, int, int]:
+    """`candidate_pairs` from the rows of each band in turn: (key, image, new) per band.
+
+    One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
+    memory at 220k images fell from 3.3 GB), and a generator of bands never holds them all.
+    """
     found: list[np.ndarray] = []
     largest = capped = 0
-    for rows in np.split(order, bounds):
-        low, high, big, over = _band_pairs(key[rows], image[rows], new[rows], cap, link)
+    # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
+    # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
+    packed = True
+    for key, image, new in bands:
+        if image.size == 0:
+            continue
+        packed = packed and int(image.min()) >= 0 and int(image.max()) < 2**31
+        low, high, big, over = _band_pairs(key, image, new, cap, link)
         found.append(_distinct(low, high, packed))
         largest, capped = max(largest, big), capped + over
+    if not found:
+        return np.empty((0, 2), np.int64), 0, 0
     if not packed:
-        return np.unique(np.concatenate(found), axis=0).reshape(-1, 2), largest, capped
+        rows = [f if f.ndim == 2 else np.stack([f >> 32, f & 0xFFFFFFFF], axis=1) for f in found]
+        return np.unique(np.concatenate(rows), axis=0).reshape(-1, 2), largest, capped
     distinct = unique(np.concatenate(found))
     return np.stack([distinct >> 32, distinct & 0xFFFFFFFF], axis=1), largest, capped
 
@@ -204,8 +222,8 @@ class _Join:
     """One recipe's band join under way (see `NearIndexer.finish`)."""
 
     images: int
-    members: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    """The new images' (band, key, image id) rows, to store (then dropped: memory)."""
+    members: tuple[np.ndarray, np.ndarray] | None
+    """The new images' band keys (n, bands) and ids (n,), to store (then dropped: memory)."""
     candidates: Future[tuple[np.ndarray, int, int]]
     """`candidate_pairs`, computing in a worker thread."""
     started: float
@@ -312,29 +330,31 @@ class NearIndexer:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._joiner.shutdown(wait=True, cancel_futures=True)
 
-    def _store_band_keys(
-        self, recipe_id: int, band: np.ndarray, keys: np.ndarray, images: np.ndarray
-    ) -> None:
-        # Once, after the last chunk, in primary-key order, so each B-tree page is written
-        # once, in order, rather than split at random places chunk after chunk.
-        order = np.lexsort((images, keys, band))
-        # In slices: Python ints cost about 30 bytes each, so lists of every row at once would
-        # be gigabytes at a million images. zip over 1-D lists builds each row in C; a 2-D
-        # .tolist() cost 2x as much.
-        for start in range(0, order.size, INSERT_BATCH):
-            part = order[start : start + INSERT_BATCH]
-            bulk_insert(
-                self.conn,
-                core_table(BandKey),
-                ("recipe_id", "band", "key", "image_id"),
-                zip(
-                    itertools.repeat(recipe_id),
-                    band[part].tolist(),
-                    keys[part].tolist(),
-                    images[part].tolist(),
-                    strict=False,
-                ),
-            )
+    def _store_band_keys(self, recipe_id: int, keys: np.ndarray, images: np.ndarray) -> None:
+        """Insert the new images' band keys: ``keys`` int64 (n, bands), ``images`` (n,)."""
+        # Once, after the last chunk, in primary-key order (band by band, each sorted by key
+        # and image), so each B-tree page is written once, in order, rather than split at
+        # random places chunk after chunk.
+        for band in range(keys.shape[1]):
+            column = keys[:, band]
+            order = np.lexsort((images, column))
+            # In slices: Python ints cost about 30 bytes each, so lists of every row at once
+            # would be gigabytes at a million images. zip over 1-D lists builds each row in C;
+            # a 2-D .tolist() cost 2x as much.
+            for start in range(0, order.size, INSERT_BATCH):
+                part = order[start : start + INSERT_BATCH]
+                bulk_insert(
+                    self.conn,
+                    core_table(BandKey),
+                    ("recipe_id", "band", "key", "image_id"),
+                    zip(
+                        itertools.repeat(recipe_id),
+                        itertools.repeat(band),
+                        column[part].tolist(),
+                        images[part].tolist(),
+                        strict=False,
+                    ),
+                )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs.
@@ -378,19 +398,23 @@ class NearIndexer:
         keys = np.concatenate(self._keys[recipe.name])
         images = np.concatenate(self._images[recipe.name])
         self._keys[recipe.name], self._images[recipe.name] = [], []
-        n, bands = keys.shape
-        band = np.tile(np.arange(bands, dtype=np.int64), n)
-        flat_keys = keys.reshape(-1)
-        flat_images = np.repeat(images, bands)
-        old_band, old_keys, old_images = self._old_members(recipe_id, band, flat_keys)
-        candidates = self._joiner.submit(
-            candidate_pairs,
-            np.concatenate([band, old_band]),
-            np.concatenate([flat_keys, old_keys]),
-            np.concatenate([flat_images, old_images]),
-            np.concatenate([np.ones(flat_images.size, bool), np.zeros(old_images.size, bool)]),
-        )
-        return _Join(n, (band, flat_keys, flat_images), candidates, started)
+        old_band, old_keys, old_images = self._old_members(recipe_id, keys)
+        # Old members grouped by band once; each band's rows are built only when the join
+        # reaches it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
+        old_order = np.argsort(old_band, kind="stable")
+        old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
+
+        def bands() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for band in range(keys.shape[1]):
+                old = old_order[old_bounds[band] : old_bounds[band + 1]]
+                yield (
+                    np.concatenate([keys[:, band], old_keys[old]]),
+                    np.concatenate([images, old_images[old]]),
+                    np.concatenate([np.ones(images.size, bool), np.zeros(old.size, bool)]),
+                )
+
+        candidates = self._joiner.submit(band_candidates, bands())
+        return _Join(len(images), (keys, images), candidates, started)
 
     def _start_verify(self, recipe: Recipe, job: _Join) -> Future[_Verified]:
         """Read the signatures the candidates involve, then verify them in a worker thread."""
@@ -440,9 +464,15 @@ class NearIndexer:
         )
 
     def _old_members(
-        self, recipe_id: int, band: np.ndarray, keys: np.ndarray
+        self, recipe_id: int, keys: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Catalogued images (before this ingest) sharing a bucket with a new image.
+
+        Args:
+            keys: int64 (n, bands), the new images' band keys.
+
+        Returns:
+            (band, key, image id) int64 arrays, one row per old member.
 
         At most `BUCKET_CAP` per bucket (the lowest ids), the same members the guard keeps.
         Runs before this ingest stores its own band keys for the recipe, so every band key it
@@ -462,13 +492,14 @@ class NearIndexer:
             "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
         )
         self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
-        distinct_band, distinct_key = unique_rows(band, keys)
-        bulk_insert(
-            self.conn,
-            "dsaudit_new_key",
-            ("band", "key"),
-            zip(distinct_band.tolist(), distinct_key.tolist(), strict=True),
-        )
+        for band in range(keys.shape[1]):
+            distinct = unique(keys[:, band])
+            bulk_insert(
+                self.conn,
+                "dsaudit_new_key",
+                ("band", "key"),
+                zip(itertools.repeat(band), distinct.tolist(), strict=False),
+            )
         rows = self.conn.exec_driver_sql(
             f"""
             SELECT band, key, image_id FROM (
