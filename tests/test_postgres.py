@@ -37,23 +37,22 @@ def _archive(path: Path, train: np.ndarray, test: np.ndarray) -> str:
     return str(path)
 
 
+def _log(dataset: str, version: str, archive: str) -> Path:
+    return Path(archive).with_suffix(f".{dataset}.{version}.log")
+
+
 def _start(db: str, dataset: str, version: str, archive: str) -> subprocess.Popen[str]:
-    """``dsaudit ingest`` as a process; its output goes to files (a full pipe would block it)."""
+    """``dsaudit ingest`` as a process; its output goes to a file (a full pipe would block it)."""
     command = [sys.executable, "-m", "cli", "--db", db, "ingest", dataset, version, archive]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = Path(archive).with_suffix(f".{dataset}.{version}.log")
-    with log.open("w") as out:
+    with _log(dataset, version, archive).open("w") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out, text=True)
 
 
 def _output(process: subprocess.Popen[str]) -> str:
-    return (
-        Path(process.args[-1])
-        .with_suffix(  # type: ignore[index]
-            f".{process.args[-3]}.{process.args[-2]}.log"  # type: ignore[index]
-        )
-        .read_text()
-    )
+    """What an ingest started by `_start` printed."""
+    *_, dataset, version, archive = process.args  # type: ignore[misc]
+    return _log(dataset, version, archive).read_text()
 
 
 def _together(*jobs: tuple[str, str, str], db: str) -> list[subprocess.CompletedProcess[str]]:
