@@ -37,22 +37,27 @@ def _archive(path: Path, train: np.ndarray, test: np.ndarray) -> str:
     return str(path)
 
 
-def _log(dataset: str, version: str, archive: str) -> Path:
-    return Path(archive).with_suffix(f".{dataset}.{version}.log")
+_LOGS: dict[int, Path] = {}
+"""The output file of each ingest process `_start` began, by pid."""
 
 
 def _start(db: str, dataset: str, version: str, archive: str) -> subprocess.Popen[str]:
-    """``dsaudit ingest`` as a process; its output goes to a file (a full pipe would block it)."""
+    """``dsaudit ingest`` as a process; its output goes to a file (a full pipe would block it).
+
+    One file per process: two ingests of the same version must not write into one file.
+    """
     command = [sys.executable, "-m", "cli", "--db", db, "ingest", dataset, version, archive]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with _log(dataset, version, archive).open("w") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out, text=True)
+    log = Path(archive).with_suffix(f".{dataset}.{version}.{len(_LOGS)}.log")
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out, text=True)
+    _LOGS[process.pid] = log
+    return process
 
 
 def _output(process: subprocess.Popen[str]) -> str:
     """What an ingest started by `_start` printed."""
-    *_, dataset, version, archive = process.args  # type: ignore[misc]
-    return _log(dataset, version, archive).read_text()
+    return _LOGS[process.pid].read_text()
 
 
 def _together(*jobs: tuple[str, str, str], db: str) -> list[subprocess.CompletedProcess[str]]:
