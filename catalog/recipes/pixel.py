@@ -284,9 +284,15 @@ class PixelRecipe(Recipe):
         """
         signatures = self.check_signatures(signatures)
         n = signatures.shape[0]
-        grid = signatures[:, HEADER:].reshape(n, GRID, GRID).astype(np.int16)
-        twos = _block_sums(grid)  # <= 4 * 255
-        fours = _block_sums(twos)  # <= 16 * 255
+        grids = signatures[:, HEADER:].reshape(n, GRID, GRID)
+        twos = np.empty((n, GRID // 2, GRID // 2), np.int16)  # <= 4 * 255
+        fours = np.empty((n, GRID // 4, GRID // 4), np.int16)  # <= 16 * 255
+        # In slices of rows: an int16 copy of every grid at once was 2 KB per image (0.45 GB
+        # at 220k images) on top of the signatures.
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            rows = slice(start, start + _ROWS_PER_CHUNK)
+            twos[rows] = _block_sums(grids[rows].astype(np.int16))
+            fours[rows] = _block_sums(twos[rows])
         cells = np.maximum(signatures[:, 5].astype(np.float64) * signatures[:, 6], 1.0)
         return Screen(
             levels=((fours.reshape(n, -1), 1.0 / 4), (twos.reshape(n, -1), 1.0 / 2)),
