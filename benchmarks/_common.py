@@ -20,7 +20,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 # Runs `python -m cli ...` in this process, then prints its own peak RSS (MB) on stderr: one
-# process per command, so the peak is that command's alone.
+# process per command, so the peak is that command's alone. The peak is the kernel's VmHWM of
+# this process image, not ru_maxrss: ru_maxrss survives exec, so a child started from a
+# benchmark holding gigabytes of arrays reported the parent's size (3.4 GB for a 2.1 GB ingest).
 _PEAK_RSS = (
     "import resource, runpy, sys\n"
     "sys.argv = ['dsaudit', *sys.argv[1:]]\n"
@@ -28,7 +30,12 @@ _PEAK_RSS = (
     "    runpy.run_module('cli', run_name='__main__')\n"
     "except SystemExit as stop:\n"
     "    assert not stop.code, stop.code\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+    "try:\n"
+    "    status = open('/proc/self/status').read().split('VmHWM:')[1].split()\n"
+    "    peak = int(status[0]) / 1024\n"
+    "except (OSError, IndexError, ValueError):\n"
+    "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "print(peak, file=sys.stderr)\n"
 )
 
 
