@@ -366,10 +366,9 @@ class NearIndexer:
         concurrent ingest's new images are either all visible (committed) or joined later by
         that ingest against ours.
 
-        SQL runs on this thread (the caller's connection); the numpy stages run in the worker
-        threads meanwhile: every recipe's candidate pairs are computed while this thread
-        inserts the band keys, and a recipe's candidates are verified while this thread reads
-        the next recipe's signatures or stores the previous recipe's pairs.
+        SQL runs on this thread (the caller's connection). Every recipe's candidate pairs are
+        computed in a worker thread while this thread inserts the band keys; then each recipe
+        in turn reads the signatures its candidates involve, verifies them, stores its pairs.
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
@@ -384,9 +383,7 @@ class NearIndexer:
             # One recipe's verification at a time: each holds the signatures and screen of
             # every image its candidates involve (two at once raised the 220k peak by 1 GB).
             return tuple(
-                self._store_pairs(
-                    recipe, job, self._start_verify(recipe, job) if job is not None else None, step
-                )
+                self._verify_and_store(recipe, job, step)
                 for recipe, job in zip(self.recipes, jobs, strict=True)
             )
         finally:
@@ -419,27 +416,17 @@ class NearIndexer:
         candidates = self._joiner.submit(band_candidates, bands())
         return _Join(len(images), (keys, images), candidates, started)
 
-    def _start_verify(self, recipe: Recipe, job: _Join) -> Future[_Verified]:
-        """Read the signatures the candidates involve, then verify them in a worker thread."""
-        pairs, _largest, _capped = job.candidates.result()
-        involved = unique(pairs.reshape(-1))
-        signatures = self._signatures(self.ids[recipe.name], involved, recipe.signature_bytes)
-        return self._pool.submit(_verify, recipe, pairs, involved, signatures)
-
-    def _store_pairs(
-        self,
-        recipe: Recipe,
-        job: _Join | None,
-        verify: Future[_Verified] | None,
-        step: Progress,
-    ) -> NearStats:
-        if job is None or verify is None:
+    def _verify_and_store(self, recipe: Recipe, job: _Join | None, step: Progress) -> NearStats:
+        """Verify one recipe's candidates on their stored signatures and store the pairs."""
+        if job is None:
             return NearStats(recipe.name, 0, 0, 0, 0, 0, 0.0)
         task = f"{recipe.name}: store band keys, join, verify"
         pairs, largest, capped = job.candidates.result()
         step(task, 1, 3)
-        close, distance = verify.result()
         recipe_id = self.ids[recipe.name]
+        involved = unique(pairs.reshape(-1))
+        signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
+        close, distance = _verify(recipe, pairs, involved, signatures)
         # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
         # concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no pair is
         # stored twice; on PostgreSQL that lets the rows go by COPY.
