@@ -22,7 +22,6 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from _common import dsaudit  # noqa: E402
 
 from catalog import synth  # noqa: E402
 from catalog.ingest import CHUNK_BYTES  # noqa: E402
@@ -88,25 +89,7 @@ def _worker_cpu(root: Path) -> float:
 
 def _ingest(source: Path, directory: Path) -> float:
     db = directory / f"bench-{time.monotonic_ns()}.db"
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "--db",
-            str(db),
-            "ingest",
-            "d",
-            "v1",
-            str(source),
-            "--exact-only",
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return time.perf_counter() - started
+    return dsaudit("--db", str(db), "ingest", "d", "v1", str(source), "--exact-only").seconds
 
 
 def _load() -> str:
