@@ -3,9 +3,10 @@
 During an ingest, `NearIndexer.add` takes each chunk's new, informative images and computes
 every recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) in worker threads;
 signatures are stored as they come, band keys kept. After the last chunk, `NearIndexer.finish`
-stores the band keys in one sorted insert, joins only the NEW images' keys against all band keys
-of the recipe, verifies every candidate exactly on the stored signatures, and stores the pairs
-within the recipe's radius. The band join only proposes; the distance decides.
+stores the band keys in one sorted insert, joins only the NEW images' keys (and their probe
+keys, `Recipe.probe_keys`, which are never stored) against all band keys of the recipe, verifies
+every candidate exactly on the stored signatures, and stores the pairs within the recipe's
+radius. The band join only proposes; the distance decides.
 
 The blow-up guard: a bucket (recipe, band, key) with thousands of members (thousands of
 near-identical images) would propose millions of pairs. Inside one bucket, members are taken in
@@ -30,10 +31,10 @@ import numpy as np
 from sqlalchemy import Connection, select
 
 from catalog.db import bulk_insert, lock_pair_finding, placeholder
-from catalog.errors import SchemaError
+from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
-from catalog.recipes import DEFAULT_RECIPES, Recipe
-from catalog.schema import BandKey, Pair, RecipeRecord, Signature, core_table
+from catalog.recipes import DEFAULT_RECIPES, Recipe, get_recipe
+from catalog.schema import BandKey, Image, Pair, RecipeRecord, Signature, core_table
 from catalog.vectors import unique
 
 BUCKET_CAP = 64
@@ -108,6 +109,50 @@ def ensure_recipes(conn: Connection, recipes: Sequence[Recipe]) -> dict[str, int
     return ids
 
 
+def resolve_recipes(conn: Connection, names: Sequence[str] | None = None) -> tuple[Recipe, ...]:
+    """The recipes an ingest into this catalog signs with.
+
+    A catalog keeps the recipes it was made with: every recipe it has registered is used again,
+    so each of them covers every image signed since. ``names`` (``dsaudit ingest --recipe``)
+    chooses them at a catalog's first near-duplicate ingest; later, naming a recipe the catalog
+    lacks is refused while it holds images, because their pixels are not kept and they could
+    never be signed under it. Without ``names`` a new catalog gets `DEFAULT_RECIPES`.
+
+    Raises:
+        UsageError: an unknown recipe name, or a new recipe for a catalog holding images.
+        SchemaError: the catalog's recipes were made by a release that does not know them.
+    """
+    table = core_table(RecipeRecord)
+    registered = conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all()
+    chosen: list[Recipe] = []
+    for name in registered:
+        try:
+            chosen.append(get_recipe(name))
+        except ValueError:
+            raise SchemaError(
+                f"the catalog signs images with recipe '{name}', which this dsaudit does not "
+                "know; use the dsaudit release that made the catalog"
+            ) from None
+    if names is None:
+        return tuple(chosen) if chosen else DEFAULT_RECIPES
+    added: list[Recipe] = []
+    for name in dict.fromkeys(names):
+        try:
+            recipe = get_recipe(name)
+        except ValueError as error:
+            raise UsageError(f"--recipe: {error}") from None
+        if recipe.name not in registered:
+            added.append(recipe)
+    if added and conn.execute(select(core_table(Image).c.id).limit(1)).first() is not None:
+        missing = ", ".join(recipe.name for recipe in added)
+        raise UsageError(
+            f"the catalog already holds images that were never signed under {missing}, and "
+            "their pixels are not kept; choose recipes at a catalog's first ingest, or ingest "
+            "into a new catalog"
+        )
+    return (*chosen, *added)
+
+
 def candidate_pairs(
     band: np.ndarray,
     key: np.ndarray,
@@ -115,6 +160,7 @@ def candidate_pairs(
     new: np.ndarray,
     cap: int = BUCKET_CAP,
     link: int = BUCKET_LINK,
+    probe: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """Pairs proposed by shared buckets, at least one side new, with the blow-up guard.
 
@@ -124,6 +170,8 @@ def candidate_pairs(
         image: int64 (m,) image id of each row.
         new: bool (m,) whether the row's image is new in this ingest.
         cap, link: see `BUCKET_CAP`, `BUCKET_LINK`.
+        probe: bool (m,) whether the row is a probe key (`Recipe.probe_keys`, always of a new
+            image); two probe rows never make a pair. Default: no probe rows.
 
     Returns:
         (pairs int64 (p, 2) with pairs[:, 0] < pairs[:, 1], unique; the largest bucket's size;
@@ -136,16 +184,18 @@ def candidate_pairs(
     narrow = np.int16 if int(band.min()) >= 0 and int(band.max()) < 2**15 else np.int64
     order = np.argsort(band.astype(narrow), kind="stable")
     bounds = np.flatnonzero(np.diff(band[order])) + 1
-    groups = ((key[rows], image[rows], new[rows]) for rows in np.split(order, bounds))
+    if probe is None:
+        probe = np.zeros(key.size, bool)
+    groups = ((key[rows], image[rows], new[rows], probe[rows]) for rows in np.split(order, bounds))
     return band_candidates(groups, cap, link)
 
 
 def band_candidates(
-    bands: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    bands: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     cap: int = BUCKET_CAP,
     link: int = BUCKET_LINK,
 ) -> tuple[np.ndarray, int, int]:
-    """`candidate_pairs` from the rows of each band in turn: (key, image, new) per band.
+    """`candidate_pairs` from the rows of each band in turn: (key, image, new, probe) per band.
 
     One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
     memory at 220k images fell from 3.3 GB), and a generator of bands never holds them all.
@@ -155,11 +205,11 @@ def band_candidates(
     # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
     # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
     packed = True
-    for key, image, new in bands:
+    for key, image, new, probe in bands:
         if image.size == 0:
             continue
         packed = packed and int(image.min()) >= 0 and int(image.max()) < 2**31
-        low, high, big, over = _band_pairs(key, image, new, cap, link)
+        low, high, big, over = _band_pairs(key, image, new, probe, cap, link)
         found.append(_distinct(low, high, packed))
         largest, capped = max(largest, big), capped + over
     if not found:
@@ -180,7 +230,7 @@ def _distinct(low: np.ndarray, high: np.ndarray, packed: bool) -> np.ndarray:
 
 
 def _band_pairs(
-    key: np.ndarray, image: np.ndarray, new: np.ndarray, cap: int, link: int
+    key: np.ndarray, image: np.ndarray, new: np.ndarray, probe: np.ndarray, cap: int, link: int
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """`candidate_pairs` for the rows of one band, where a bucket is one key.
 
@@ -189,7 +239,7 @@ def _band_pairs(
         a pair may repeat.
     """
     order = np.lexsort((image, key))
-    key, image, new = key[order], image[order], new[order]
+    key, image, new, probe = key[order], image[order], new[order], probe[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     sizes = np.diff(np.r_[starts, key.size])
     # Rank of each row inside its bucket; a row at rank j pairs with ranks [0, j) while j < cap,
@@ -203,15 +253,21 @@ def _band_pairs(
     left = np.repeat(np.arange(key.size), partners)
     offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
     right = np.repeat(np.repeat(starts, sizes), partners) + offsets
-    keep = (new[left] | new[right]) & (image[left] != image[right])
+    # Two probes meeting relate two images by a shift of two steps: not a candidate.
+    keep = (new[left] | new[right]) & (image[left] != image[right]) & ~(probe[left] & probe[right])
     a, b = image[left[keep]], image[right[keep]]
     return np.minimum(a, b), np.maximum(a, b), big, over
 
 
-def _sign(recipe: Recipe, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(signatures, band keys) of a chunk under one recipe; pure, runs in a worker thread."""
+_Signed = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+"""(signatures (n, S), band keys (n, bands), probe keys (n, probes, bands) or None)."""
+
+
+def _sign(recipe: Recipe, unit: np.ndarray) -> _Signed:
+    """Signatures, band keys and probe keys of a chunk under one recipe; pure, runs in a worker
+    thread."""
     signatures = recipe.signatures(unit)
-    return signatures, recipe.band_keys(signatures)
+    return signatures, recipe.band_keys(signatures), recipe.probe_keys(signatures)
 
 
 _Verified = tuple[np.ndarray, np.ndarray]
@@ -241,6 +297,7 @@ def _verify(
         signatures: uint8 (len(involved), S), row k the signature of image ``involved[k]``.
     """
     screen = recipe.screen(signatures) if pairs.size else None
+    verify = recipe.verifier(signatures)
     kept: list[np.ndarray] = []
     distances: list[np.ndarray] = []
     for start in range(0, len(pairs), VERIFY_BATCH):
@@ -252,7 +309,7 @@ def _verify(
             # exact distance reads whole signatures.
             maybe = screen.may_be_within(left, right, recipe.radius)
             batch, left, right = batch[maybe], left[maybe], right[maybe]
-        distance = recipe.distances(signatures[left], signatures[right])
+        distance = verify(left, right)
         close = distance <= recipe.radius
         kept.append(batch[close])
         distances.append(distance[close])
@@ -270,15 +327,14 @@ class NearIndexer:
         self.ids = ensure_recipes(conn, self.recipes)
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
+        self._probes: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
         workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
         # Band joins run one at a time: each holds arrays of its recipe's size, and two at
         # once raised the peak memory at 220k images by 0.6 GB.
         self._joiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-join")
-        self._pending: deque[tuple[list[Future[tuple[np.ndarray, np.ndarray]]], np.ndarray]] = (
-            deque()
-        )
+        self._pending: deque[tuple[list[Future[_Signed]], np.ndarray]] = deque()
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
         """Sign new images (in worker threads), store their signatures, keep their band keys.
@@ -310,7 +366,7 @@ class NearIndexer:
         ):
             jobs, image_ids = self._pending.popleft()
             for recipe, job in zip(self.recipes, jobs, strict=True):
-                signatures, keys = job.result()
+                signatures, keys, probes = job.result()
                 recipe_id = self.ids[recipe.name]
                 bulk_insert(
                     self.conn,
@@ -323,6 +379,8 @@ class NearIndexer:
                 )
                 self._keys[recipe.name].append(keys)
                 self._images[recipe.name].append(image_ids)
+                if probes is not None:
+                    self._probes[recipe.name].append(probes)
 
     def close(self) -> None:
         """Stop the worker; pending jobs are dropped (the caller's transaction rolls back)."""
@@ -397,20 +455,33 @@ class NearIndexer:
             return None
         keys = np.concatenate(self._keys[recipe.name])
         images = np.concatenate(self._images[recipe.name])
+        # Probe keys (`Recipe.probe_keys`): more rows of the new images in each band, joined
+        # like their stored keys, never stored. (0, 0, bands) when the recipe has none.
+        probes = (
+            np.concatenate(self._probes[recipe.name])
+            if self._probes[recipe.name]
+            else np.empty((images.size, 0, keys.shape[1]), np.int64)
+        )
         self._keys[recipe.name], self._images[recipe.name] = [], []
-        old_band, old_keys, old_images = self._old_members(recipe_id, keys)
+        self._probes[recipe.name] = []
+        lookup = np.concatenate([keys, probes.reshape(-1, keys.shape[1])])
+        old_band, old_keys, old_images = self._old_members(recipe_id, lookup)
+        probe_images = np.repeat(images, probes.shape[1])
+        new_rows = np.ones(images.size + probe_images.size, bool)
+        probe_rows = np.repeat([False, True], [images.size, probe_images.size])
         # Old members grouped by band once; each band's rows are built only when the join
         # reaches it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
         old_order = np.argsort(old_band, kind="stable")
         old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
 
-        def bands() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        def bands() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
             for band in range(keys.shape[1]):
                 old = old_order[old_bounds[band] : old_bounds[band + 1]]
                 yield (
-                    np.concatenate([keys[:, band], old_keys[old]]),
-                    np.concatenate([images, old_images[old]]),
-                    np.concatenate([np.ones(images.size, bool), np.zeros(old.size, bool)]),
+                    np.concatenate([keys[:, band], probes[:, :, band].reshape(-1), old_keys[old]]),
+                    np.concatenate([images, probe_images, old_images[old]]),
+                    np.concatenate([new_rows, np.zeros(old.size, bool)]),
+                    np.concatenate([probe_rows, np.zeros(old.size, bool)]),
                 )
 
         candidates = self._joiner.submit(band_candidates, bands())
@@ -459,7 +530,8 @@ class NearIndexer:
         """Catalogued images (before this ingest) sharing a bucket with a new image.
 
         Args:
-            keys: int64 (n, bands), the new images' band keys.
+            keys: int64 (m, bands): the new images' band keys, and their probe keys if the
+                recipe has any.
 
         Returns:
             (band, key, image id) int64 arrays, one row per old member.

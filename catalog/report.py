@@ -50,6 +50,8 @@ GROUP_PICTURES = 8
 
 DISTANCE_MEANING = {
     "pixel": "RMS pixel difference on a 0-1 scale (gray, aligned arrays of one shape)",
+    "pixel-shift": "RMS difference of the blurred gray images on a 0-1 scale, the smallest "
+    "over shifts of up to 1 pixel (aligned arrays of one shape)",
     "perceptual": "share of differing bits of a 256-bit DCT perceptual hash",
     "spectral": "share of differing bits of a 256-bit Fourier-magnitude hash (shift-tolerant)",
 }

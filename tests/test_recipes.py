@@ -131,6 +131,12 @@ def test_permutations_and_fmix_equal_datasketch() -> None:
 # --- golden values: stored values must never drift silently -------------------------------------
 
 GOLDEN = {
+    ("phash256-v2", "gray28"): ("90f714beacdd171d", "c0b1b528cd74b2cd"),
+    ("phash256-v2", "rgb32"): ("c6cda2f6d6d15ff5", "10618cbc9232e72f"),
+    ("phash256-v2", "rgb50x70"): ("c53f3785e42fb64b", "45c85a74b7c5c87f"),
+    ("pixshift-v1", "gray28"): ("a0d89e74ae9ae592", "d385484c2de4d3a7"),
+    ("pixshift-v1", "rgb32"): ("3fb072849fd58b51", "b6914bf87f6f7ea1"),
+    ("pixshift-v1", "rgb50x70"): ("f0b623688e870a5a", "347ab0169cee9034"),
     ("phash256-v1", "gray28"): ("90f714beacdd171d", "e3695e1dac4270b5"),
     ("phash256-v1", "rgb32"): ("c6cda2f6d6d15ff5", "379f0a293c816abc"),
     ("phash256-v1", "rgb50x70"): ("c53f3785e42fb64b", "d23b3cd39be5fe87"),
@@ -141,6 +147,8 @@ GOLDEN = {
 FINGERPRINTS = {
     "pixel-v1": "fe653184e614b990b602c25e8f7252a6a026ffeeaeca9c4b2362f3b7167b32ca",
     "phash256-v1": "5a26faf68fa4a3059e580a0bb4846dfdd85df3fee18b4b37822ca04f5284d8f0",
+    "phash256-v2": "8ae3f00a25efa480dbafd2de555db029aeff3faf8c05b55a7ad7cde7b0a8657d",
+    "pixshift-v1": "5187641e070bfb89b76ba8accbda69e94451ba107955e45e0d673a5b6a2ef370",
 }
 
 
@@ -152,9 +160,9 @@ def test_golden_signatures_and_band_keys(key: tuple[str, str]) -> None:
     assert (sha(sigs), sha(keys)) == GOLDEN[key]
 
 
-@RECIPES
-def test_golden_fingerprint(recipe: Recipe) -> None:
-    assert recipe.fingerprint() == FINGERPRINTS[recipe.name]
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_golden_fingerprint(name: str) -> None:
+    assert get_recipe(name).fingerprint() == FINGERPRINTS[name]
 
 
 def test_pinned_matrices() -> None:
@@ -511,12 +519,15 @@ def test_candidate_probability_is_the_s_curve(recipe: Recipe) -> None:
 
 
 def test_recipe_registry_and_validation() -> None:
-    assert [r.name for r in DEFAULT_RECIPES] == ["pixel-v1", "phash256-v1"]
-    assert get_recipe("phash256-v1") is PERCEPTUAL
+    assert [r.name for r in DEFAULT_RECIPES] == ["pixel-v1", "phash256-v2"]
+    assert get_recipe("phash256-v2") is PERCEPTUAL
+    assert get_recipe("phash256-v1").rows == 11 and PERCEPTUAL.rows == 10
     assert PIXEL.family == "pixel" and PERCEPTUAL.family == "perceptual"
     assert PIXEL.signature_bytes == 1032 and PERCEPTUAL.signature_bytes == 32
     with pytest.raises(
-        ValueError, match="unknown recipe .nope.; known: fmag256-v1, phash256-v1, pixel-v1"
+        ValueError,
+        match="unknown recipe .nope.; known: fmag256-v1, phash256-v1, phash256-v2, pixel-v1, "
+        "pixshift-v1",
     ):
         get_recipe("nope")
     with pytest.raises(ValueError, match="default_threshold"):

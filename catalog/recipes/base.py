@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -186,6 +187,18 @@ class Recipe(ABC):
             float64 (m,).
         """
 
+    def verifier(self, signatures: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``verify(left, right)``, equal to ``distances(signatures[left], signatures[right])``.
+
+        Verification calls it batch after batch on one array of signatures; a recipe whose
+        distance needs per-image work (e.g. a blur) does it here once per image rather than
+        once per candidate. The default does nothing ahead.
+
+        Args:
+            signatures: uint8 (n, S).
+        """
+        return lambda left, right: self.distances(signatures[left], signatures[right])
+
     def screen(self, signatures: np.ndarray) -> Screen | None:
         """A cheap lower bound of `distances`, to skip candidates that cannot be pairs.
 
@@ -289,6 +302,21 @@ class Recipe(ABC):
                 values, self.bands, self.rows, salt[start:stop]
             )
         return out
+
+    def probe_keys(self, signatures: np.ndarray) -> np.ndarray | None:
+        """Extra band keys joined like `band_keys` but never stored, or None (the default).
+
+        A recipe whose distance tolerates a transformation the code does not (e.g. a 1-pixel
+        shift) returns the band keys of each image's transformed variants: a new image then
+        also meets the images its variants collide with. Stored keys stay one set per image.
+
+        Args:
+            signatures: uint8 (n, S).
+
+        Returns:
+            int64 (n, probes, bands), or None.
+        """
+        return None
 
     def candidate_probability(self, distance: float | np.ndarray) -> float | np.ndarray:
         """P(a pair at this distance shares at least one band key): ``1 - (1 - J**r)**b``.

@@ -274,7 +274,7 @@ class PixelRecipe(Recipe):
         coarse = _coarse(self.check_signatures(signatures))
         return coarse.std(axis=1) / (16 * 255)
 
-    def screen(self, signatures: np.ndarray) -> Screen:
+    def screen(self, signatures: np.ndarray) -> Screen | None:
         """Sums of 4x4 and then 2x2 blocks of the zero-padded 32x32 grid bound the distance.
 
         For a block B of |B| cells and the pair's differences d (zero in the padding),
