@@ -46,8 +46,7 @@ from catalog.model import (
     RecipeInfo,
     ShowReport,
 )
-from catalog.near import ensure_recipes
-from catalog.recipes import DEFAULT_RECIPES
+from catalog.near import ensure_recipes, resolve_recipes
 from catalog.report import (
     DEFAULT_LIMIT,
     DEFAULT_THUMBNAILS,
@@ -161,6 +160,7 @@ def ingest(
     parent: str | None = None,
     on_progress: ProgressCallback | None = None,
     near: bool = True,
+    recipes: Sequence[str] | None = None,
     labels: str | Path | None = None,
     skip_bad: bool = False,
 ) -> IngestResult:
@@ -170,7 +170,9 @@ def ingest(
         db: catalog path, URL or engine; created if missing.
         splits: from `plan`; or arrays in memory: ``{"train": (images, labels), "test": images}``
             with images shaped (N, H, W) or (N, H, W, C); or the path of an image folder.
-        near: sign new images under the default recipes and find their near pairs.
+        near: sign new images under the catalog's recipes and find their near pairs.
+        recipes: recipe names to make a new catalog with (default: `DEFAULT_RECIPES`); a
+            catalog keeps its recipes, see `catalog.near.resolve_recipes`.
         labels, skip_bad: for an image folder given by path, see `plan`.
     """
     if isinstance(splits, str | Path):
@@ -179,12 +181,15 @@ def ingest(
         planned = list(from_memory(splits))
     else:
         planned = list(splits)
-    recipes = DEFAULT_RECIPES if near else ()
+    if recipes is not None and not near:
+        raise UsageError("recipes were named for an exact-only ingest; drop one of the two")
     with _engine(db, create=True) as engine:
-        if recipes and engine.dialect.name == "postgresql":
+        if near and engine.dialect.name == "postgresql":
             # Recipes are registered in a short transaction of their own: inside the ingest's,
             # a second ingest into a new catalog would wait for the first one's commit.
-            write_retrying(engine, lambda conn: ensure_recipes(conn, recipes))
+            write_retrying(
+                engine, lambda conn: ensure_recipes(conn, resolve_recipes(conn, recipes))
+            )
         # Retried from the start if it lost a race with another writer (PostgreSQL only).
         return write_retrying(
             engine,
@@ -196,7 +201,7 @@ def ingest(
                 note=note,
                 parent=parent,
                 on_progress=on_progress,
-                recipes=recipes,
+                recipes=resolve_recipes(conn, recipes) if near else (),
             ),
         )
 

@@ -239,6 +239,19 @@ def ingest(
             "--exact-only", help="Skip near-duplicate signatures (exact digests only; faster)."
         ),
     ] = False,
+    recipes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--recipe",
+            "-r",
+            help="At a catalog's first ingest: a near-duplicate recipe to sign with "
+            "(repeatable; default pixel-v1 and phash256-v2; `dsaudit recipes` explains them). "
+            "Add pixshift-v1 to find 1-pixel shifts and 2x down-up copies of small images. A "
+            "catalog keeps its recipes: later ingests sign with the same ones, and a recipe "
+            "new to a catalog that holds images is refused.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Add a dataset version to the catalog from numpy files or an image folder.
@@ -260,6 +273,8 @@ def ingest(
         dsaudit ingest pets v1 pets/ --skip-bad
 
         dsaudit ingest pets v2 pets/ --labels pets/labels.csv
+
+        dsaudit --db glyphs.db ingest glyphs v1 glyphs.npz -r pixel-v1 -r phash256-v2 -r pixshift-v1
     """
     planned = api.plan(
         sources or [], split or [], allow_pickle=allow_pickle, labels=labels, skip_bad=skip_bad
@@ -274,6 +289,7 @@ def ingest(
             parent=parent,
             on_progress=on_progress,
             near=not exact_only,
+            recipes=recipes,
         )
     if as_json:
         _dump_json(to_json(result, schema="dsaudit.ingest/1"))
@@ -718,7 +734,9 @@ def demo(
 
     Letters A-J (28x28, rendered offline with Pillow) in train/valid/test, two versions, with
     planted exact copies across splits, duplicates inside train, conflicting labels, blank
-    images, and a second version that moves and copies train images into test. Prints the
+    images, near copies in test (noise, brightness, a 1-pixel shift, JPEG, 2x down-up) and a
+    second version that moves and copies train images into test. The catalog is made with the
+    default recipes and pixshift-v1, which finds the shifted and down-up copies. Prints the
     audit and every planted problem beside what was found; exits 1 if anything was missed.
 
     Example:
