@@ -247,10 +247,11 @@ def test_low_info_items_are_the_planted_ones(default_demo: demo.Demo) -> None:
         blank = images[list(record.positions)]
         assert (blank == 0).all(axis=(1, 2)).sum() == 3
         assert (blank == 255).all(axis=(1, 2)).sum() == 1
-        # nothing else in the version comes close to constant
+        # nothing else in the version comes close to constant (2x down-up copies of thin
+        # glyphs keep a spread of about 190)
         for _, (other, _) in splits.items():
             spread = other.max(axis=(1, 2)).astype(int) - other.min(axis=(1, 2))
-            assert (spread > 200).sum() == len(other) - (8 if other is images else 0)
+            assert (spread > 100).sum() == len(other) - (8 if other is images else 0)
 
 
 @pytest.mark.parametrize("tag", ["v1", "v2"])
