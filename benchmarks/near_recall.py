@@ -3,11 +3,12 @@
 Renders ``--n`` distinct 28x28 gray letter images (``--letters lines``: A-J, Pillow's default
 font at random sizes, positions and stroke widths, plus random lines and noise; ``--letters
 synth``: the product demo's `catalog.synth.render_letters`; seeded), plants transformed copies
-of ``--planted`` of them per transformation, and for each recipe in `catalog.recipes` (the
-defaults and `SHIFT`):
+of ``--planted`` of them per transformation, and for each recipe named by ``--recipes`` (default:
+the defaults and pixshift-v1; fmag256-v1 is built in too, but its join takes minutes):
 
 * computes signatures and band keys (median of ``--runs`` timings, images/s);
-* emulates the SQL band join in numpy (group by (band, key), all pairs per bucket);
+* emulates the catalog's band join in numpy (group by (band, key), all pairs per bucket; a
+  recipe's probe keys join as rows of their image, as in `catalog.near`);
 * verifies candidates with the exact distance at the recipe's default threshold;
 * compares with an exact brute force over all pairs (numpy, blocked matrix products) for recall
   of the LSH stage (all pairs, and pairs of two images pixel-v1 does not call faint) and for
@@ -17,6 +18,7 @@ defaults and `SHIFT`):
 Writes a markdown report (default ``benchmarks/RESULTS_near.md``).
 
     python benchmarks/near_recall.py [--n 20000] [--planted 1000] [--runs 3] [--letters synth]
+        [--recipes pixel-v1,phash256-v2,pixshift-v1]
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ except ModuleNotFoundError:  # run from a checkout without installing
 import datasketch
 
 from catalog import synth
-from catalog.recipes import DEFAULT_RECIPES, PIXEL, SHIFT, Recipe
+from catalog.recipes import DEFAULT_RECIPES, PIXEL, PIXEL_SHIFT, Recipe, get_recipe
+from catalog.recipes.shift import within_radius
 
 SIZE = 28
 LETTERS = "ABCDEFGHIJ"
-RECIPES: tuple[Recipe, ...] = (*DEFAULT_RECIPES, SHIFT)
+RECIPES: tuple[Recipe, ...] = (*DEFAULT_RECIPES, PIXEL_SHIFT)
+"""The recipes measured; ``--recipes`` replaces them."""
 FAINT = 0.1
 """pixel-v1 LSH-grid contrast below which an image counts as faint in the tables."""
 FOUND_TODAY = 5
@@ -165,22 +169,32 @@ def transformations(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {name: v.astype(np.float32) for name, v in out.items()}
 
 
-def band_join(keys: np.ndarray) -> tuple[np.ndarray, int]:
+def band_join(keys: np.ndarray, probes: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Emulate ``SELECT DISTINCT a.image, b.image FROM band_key a JOIN band_key b USING (band,
-    key) WHERE a.image < b.image`` in numpy.
+    key) WHERE a.image < b.image`` in numpy, every image new, probe keys as more rows of their
+    image, two probes never a pair (`catalog.near.NearIndexer`; the bucket cap left out).
 
     Args:
         keys: int64 (n, bands).
+        probes: int64 (n, probes, bands) or None.
 
     Returns:
         ``(pairs, largest_bucket)``: int64 (m,) unique pair codes ``i * n + j`` with i < j.
     """
     n = keys.shape[0]
+    owner = np.arange(n)
+    is_probe = np.zeros(n, bool)
+    if probes is not None:
+        owner = np.concatenate([owner, np.repeat(owner, probes.shape[1])])
+        is_probe = np.r_[is_probe, np.ones(n * probes.shape[1], bool)]
     codes: list[np.ndarray] = []
     largest = 1
     for band in range(keys.shape[1]):
-        order = np.argsort(keys[:, band], kind="stable")
-        sorted_keys = keys[order, band]
+        column = keys[:, band]
+        if probes is not None:
+            column = np.concatenate([column, probes[:, :, band].reshape(-1)])
+        order = np.argsort(column, kind="stable")
+        sorted_keys = column[order]
         new_run = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
         run = np.cumsum(new_run)
         largest = max(largest, int(np.bincount(run).max()))
@@ -188,7 +202,10 @@ def band_join(keys: np.ndarray) -> tuple[np.ndarray, int]:
             same = run[:-gap] == run[gap:]
             if not same.any():
                 break
-            a, b = order[:-gap][same], order[gap:][same]
+            ra, rb = order[:-gap][same], order[gap:][same]
+            a, b = owner[ra], owner[rb]
+            keep = (a != b) & ~(is_probe[ra] & is_probe[rb])  # two probes: not a candidate
+            a, b = a[keep], b[keep]
             codes.append(np.minimum(a, b) * n + np.maximum(a, b))
     if not codes:
         return np.zeros(0, np.int64), largest
@@ -196,13 +213,15 @@ def band_join(keys: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def pair_distances(recipe: Recipe, sigs: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """`Recipe.distances` of pair codes ``i * n + j``, in chunks (millions of candidates)."""
+    """Exact distances of pair codes ``i * n + j`` (`Recipe.verifier`, as the catalog's
+    verification), in chunks (millions of candidates)."""
     n = sigs.shape[0]
+    verify = recipe.verifier(sigs)
     out = np.empty(len(codes), np.float64)
-    step = 1 << 20
+    step = 1 << 18
     for start in range(0, len(codes), step):
         part = codes[start : start + step]
-        out[start : start + len(part)] = recipe.distances(sigs[part // n], sigs[part % n])
+        out[start : start + len(part)] = verify(part // n, part % n)
     return out
 
 
@@ -214,6 +233,16 @@ def brute_force_pairs(recipe: Recipe, sigs: np.ndarray, threshold: float) -> np.
         int64 unique pair codes ``i * n + j``, i < j.
     """
     n = sigs.shape[0]
+    if recipe.family == "pixel-shift":
+        grids = sigs[:, 8:].reshape(n, 32, 32)[:, :SIZE, :SIZE]
+        found_shift: list[np.ndarray] = []
+        for start in range(0, n, 2048):
+            close = within_radius(grids[start : start + 2048], grids, threshold)
+            i, j = np.nonzero(close)
+            i += start
+            keep = j > i
+            found_shift.append(i[keep].astype(np.int64) * n + j[keep])
+        return np.concatenate(found_shift)
     if recipe.family == "pixel":
         vec = sigs[:, 8:].reshape(n, 32, 32)[:, :SIZE, :SIZE].reshape(n, -1).astype(np.float32)
         limit = (threshold * 255) ** 2 * SIZE * SIZE * 1.01 + 2.0  # float32 slack, then exact
@@ -282,9 +311,10 @@ def run(
             t0 = time.perf_counter()
             sigs = recipe.signatures(images)
             keys = recipe.band_keys(sigs)
+            probes = recipe.probe_keys(sigs)
             res.seconds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cand, res.largest_bucket = band_join(keys)
+        cand, res.largest_bucket = band_join(keys, probes)
         dist = pair_distances(recipe, sigs, cand)
         lsh = cand[dist <= recipe.default_threshold]
         res.join_seconds = time.perf_counter() - t0
@@ -340,7 +370,9 @@ def throughput(n: int, seed: int) -> dict[str, float]:
     for recipe in RECIPES:
         t0 = time.perf_counter()
         for start in range(0, n, 20000):  # chunks, as ingest feeds them
-            recipe.band_keys(recipe.signatures(images[start : start + 20000]))
+            sigs = recipe.signatures(images[start : start + 20000])
+            recipe.band_keys(sigs)
+            recipe.probe_keys(sigs)
         out[recipe.name] = time.perf_counter() - t0
     return out
 
@@ -411,7 +443,8 @@ def report(results: list[RecipeResult], sizes: dict[str, int], runs: int) -> lis
         "",
         f"### Time ({total} images; signatures + band keys: median of {runs} runs)",
         "",
-        "| recipe | signatures + keys s | images/s | band join + verify s | numpy brute force s |",
+        "| recipe | signatures + keys (and probes) s | images/s | band join + verify s "
+        "| numpy brute force s |",
         "|---|---:|---:|---:|---:|",
     ]
     for res in results:
@@ -430,7 +463,8 @@ def header(args: argparse.Namespace) -> list[str]:
         f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
         f"nproc {os.cpu_count()}, Python {platform.python_version()}, numpy {np.__version__}, "
         f"datasketch {datasketch.__version__}. `python benchmarks/near_recall.py "
-        f"--n {args.n} --planted {args.planted} --letters {args.letters}`.",
+        f"--n {args.n} --planted {args.planted} --letters {args.letters} "
+        f"--recipes {','.join(r.name for r in RECIPES)}`.",
         "",
     ]
 
@@ -478,6 +512,7 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RECIPES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="distinct base images")
     parser.add_argument("--planted", type=int, default=1000, help="copies per transformation")
@@ -498,9 +533,18 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="benchmark letters with lines, the demo's catalog.synth letters, or both",
     )
+    parser.add_argument(
+        "--recipes",
+        default=",".join(r.name for r in RECIPES),
+        help="comma-separated recipe names (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.n < 2 or args.planted < 1 or args.runs < 1:
         parser.error("--n must be >= 2, --planted and --runs >= 1")
+    try:
+        RECIPES = tuple(get_recipe(name) for name in args.recipes.split(",") if name)
+    except ValueError as error:
+        parser.error(str(error))
     lines = header(args)
     for letters in ("lines", "synth"):
         if args.letters in (letters, "both"):
