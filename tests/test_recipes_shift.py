@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from catalog import api, synth
+from catalog.demo import DemoRun
 from catalog.errors import UsageError
 from catalog.recipes import PIXEL_SHIFT, get_recipe
 from catalog.recipes.shift import BLUR, PROBE_SHIFTS, SHIFTS, within_radius
@@ -153,6 +154,14 @@ def test_other_shapes_are_never_pairs() -> None:
     assert R.distances(a, b)[0] == 1.0
 
 
+def test_a_new_recipe_is_refused_on_every_engine(db: str) -> None:
+    api.ingest(db, "d", "v1", {"train": letters(10)})
+    with pytest.raises(UsageError, match="never signed under pixshift-v1"):
+        api.ingest(db, "d", "v2", {"train": letters(10, seed=1)}, recipes=["pixshift-v1"])
+    assert [v.tag for d in api.list_catalog(db).datasets for v in d.versions] == ["v1"]
+    assert sorted(r.name for r in api.list_recipes(db)) == ["phash256-v2", "pixel-v1"]
+
+
 # --- choosing recipes at ingest ---------------------------------------------------------------
 
 
@@ -165,12 +174,9 @@ def pairs(db: str, recipe: str) -> int:
 
 
 @pytest.mark.parametrize("copies_first", [False, True])
-def test_ingest_with_pixshift_finds_shifted_copies_old_or_new(
-    tmp_path: Path, copies_first: bool
-) -> None:
+def test_ingest_with_pixshift_finds_shifted_copies_old_or_new(db: str, copies_first: bool) -> None:
     base = letters(60, seed=5)
     moved = synth.shift(base[:20], 1, 0)
-    db = str(tmp_path / "c.db")
     first, second = (moved, base) if copies_first else (base, moved)
     api.ingest(db, "d", "v1", {"train": first}, recipes=["pixel-v1", "pixshift-v1"])
     # Later ingests use the catalog's recipes without naming them.
@@ -212,3 +218,16 @@ def test_a_new_recipe_for_a_catalog_with_images_is_refused(tmp_path: Path) -> No
         api.ingest(
             str(tmp_path / "x.db"), "d", "v1", {"t": letters(3)}, near=False, recipes=["pixel-v1"]
         )
+
+
+def test_the_demo_finds_every_planted_near_copy_on_every_engine(demo_run: DemoRun) -> None:
+    near = [c for c in demo_run.checks if "near copies" in c.finding]
+    assert [c.finding.rsplit(": ", 1)[1] for c in near] == [
+        "gaussian_noise",
+        "brightness",
+        "shift",
+        "jpeg",
+        "down_up",
+    ]
+    assert all(c.planted == c.found == 5 for c in near)
+    assert all(c.ok for c in demo_run.checks)
