@@ -487,22 +487,22 @@ def throughput_lines(speed: dict[str, float], speed_n: int) -> list[str]:
 NOTES = [
     "## Reading the tables",
     "",
-    "- *Candidates* are distinct image pairs sharing at least one band key, true pairs included "
-    "(every planted copy is near its original and near the other copies of the same original). "
-    "Collisions between distinct images grow linearly with the catalog, so at 220k images "
-    "expect several times more candidates per image than here; each is one numpy distance.",
+    "- *Candidates* are distinct image pairs sharing at least one band key (for pixshift-v1, "
+    "or a probe key with a band key), true pairs included (every planted copy is near its "
+    "original and near the other copies of the same original). Collisions between distinct "
+    "images grow linearly with the catalog, so at 220k images expect several times more "
+    "candidates per image than here; each is one numpy distance.",
     "- *False pairs among distinct bases* are pairs of different rendered letters within the "
-    "threshold in exact brute force. For pixel-v1 and phash256-v1: the same letter drawn at "
-    "nearly the same size and place. For fmag256-v1 (translation invariant, low frequencies "
-    "only): every pair of renders of the same letter at similar size, slant and stroke, "
-    "wherever they sit on the canvas. They are near under the distance, not LSH errors.",
+    "threshold in exact brute force. For pixel-v1 and phash256-v2: the same letter drawn at "
+    "nearly the same size and place. For pixshift-v1 also at places one pixel apart, which is "
+    "what it looks for. They are near under the distance, not LSH errors.",
     "- pixel-v1 misses are mostly *faint* images (nearly black, low contrast, e.g. 2x "
     "down+up copies of thin letters) that lie within 0.08 of each other only because both are "
     "dark; the wide bit thresholds (+-9000) keep most of their bits fixed so they still "
-    "collide. The *faint copies detected* column shows that phash256-v1 finds their planted "
+    "collide. The *faint copies detected* column shows that phash256-v2 finds their planted "
     "copies too.",
     "- Non-goals: horizontal flip for every recipe; 1-pixel shifts and 2x down+up of 28x28 "
-    "thin-stroke letters for pixel-v1 and phash256-v1 (fmag256-v1 finds them). The *local "
+    "thin-stroke letters for pixel-v1 and phash256-v2 (pixshift-v1 finds them). The *local "
     "stroke* row is a small local edit, included to show that recall is not only measured on "
     "edits the sign code is blind to.",
     "- The largest bucket bounds the join's worst case on this data; blank images, which would "

@@ -377,7 +377,7 @@ def dups(
 
         dsaudit dups notmnist@v1:train
 
-        dsaudit dups notmnist --recipe phash256-v1 --threshold 0.05
+        dsaudit dups notmnist --recipe phash256-v2 --threshold 0.05
     """
     if exact and recipe:
         raise UsageError("--exact and --recipe contradict each other; choose one")
@@ -447,7 +447,7 @@ def conflicts_command(
 
         dsaudit conflicts notmnist@v1
 
-        dsaudit conflicts notmnist@v1 notmnist@v2 --recipe phash256-v1
+        dsaudit conflicts notmnist@v1 notmnist@v2 --recipe phash256-v2
     """
     report = api.label_conflicts(
         ctx.obj, refs, recipes=_recipes(recipe, exact), threshold=threshold, limit=limit

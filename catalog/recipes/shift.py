@@ -2,7 +2,7 @@
 
 For aligned arrays where a copy may also be moved by a pixel or resampled down and up: the
 1-pixel shifts and 2x down-up copies of 28x28 glyphs that pixel-v1 (RMS 0.12-0.21) and
-phash256-v1 miss. Opt-in (``dsaudit ingest --recipe``): it costs nine band-key computations per
+phash256-v2 miss. Opt-in (``dsaudit ingest --recipe``): it costs nine band-key computations per
 image (below), and on data where the same shape recurs at neighbouring positions (rendered
 glyphs) it pairs those too, which is what it is for.
 
