@@ -244,8 +244,10 @@ def ingest(
         typer.Option(
             "--recipe",
             "-r",
+            metavar="NAME",
             help="At a catalog's first ingest: a near-duplicate recipe to sign with "
-            "(repeatable; default pixel-v1 and phash256-v2; `dsaudit recipes` explains them). "
+            "(repeatable; default pixel-v1 and phash256-v2; also pixshift-v1, fmag256-v1, "
+            "phash256-v1; README: Near duplicates). "
             "Add pixshift-v1 to find 1-pixel shifts and 2x down-up copies of small images. A "
             "catalog keeps its recipes: later ingests sign with the same ones, and a recipe "
             "new to a catalog that holds images is refused.",
