@@ -358,6 +358,24 @@ def placeholder(conn: Connection) -> str:
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
+def fetch_rows(
+    conn: Connection, statement: str, params: Sequence[Any] = ()
+) -> list[tuple[Any, ...]]:
+    """Every row of one statement (parameters marked with `placeholder`) as the DBAPI's tuples.
+
+    For results of hundreds of thousands of rows that go straight into ``np.fromiter``: Core
+    wraps each row in a Row object first, which cost more than the database's own work when
+    measured (500k items of three columns: 1.5-3.0 s through Core, 0.5-0.7 s this way), and
+    numpy reads plain tuples in C. Runs on the caller's transaction.
+    """
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(statement, tuple(params))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 ROWS_PER_STATEMENT = 1000
 """Rows per multi-row ``INSERT ... VALUES (...), (...)`` on SQLite (see `bulk_insert`)."""
 
