@@ -323,3 +323,16 @@ def test_overlap_equals_the_sql_joins(engine: Engine, seed: int) -> None:
                     full.conflict_images,
                     full.conflicts,
                 )
+
+
+@pytest.mark.parametrize("spread", [1, 10, 10_000])
+def test_index_of_equals_a_dictionary_lookup(spread: int) -> None:
+    """Dense ids take the lookup table, sparse ones the binary search: both must agree."""
+    rng = np.random.default_rng(spread)
+    ordered = np.unique(rng.integers(0, 50 * spread, 40))
+    values = rng.integers(0, 60 * spread, 200)
+    values[: ordered.size] = ordered
+    where = {int(v): n for n, v in enumerate(ordered)}
+    expected = [where.get(int(v), -1) for v in values]
+    assert queries._index_of(ordered, values).tolist() == expected
+    assert queries._index_of(ordered[:0], values).tolist() == [-1] * values.size
