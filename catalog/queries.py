@@ -525,11 +525,16 @@ def _items_of(
         )
         .join(image, image.c.id == item.c.image_id)
         .join(source, source.c.id == item.c.source_id)
-        .where(item.c.image_id.in_(list(image_ids)), item.c.split_id.in_(list(splits)))
+        # By image only: given the splits too, SQLite (without ANALYZE statistics) scanned
+        # every item of those splits by primary key instead of using the image index
+        # (500k items: 0.1 s a call against 1 ms). An image has few items outside them.
+        .where(item.c.image_id.in_(list(image_ids)))
         .order_by(item.c.split_id, item.c.position)
     ).all()
     found: dict[int, tuple[str, list[ItemRef]]] = {}
     for row in rows:
+        if row.split_id not in splits:
+            continue
         _digest, refs = found.setdefault(row.id, (bytes(row.digest).hex(), []))
         refs.append(
             ItemRef(
