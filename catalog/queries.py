@@ -685,7 +685,12 @@ def _near_tier(
         size = len(audit.splits)
         # Each image x with a near copy y: the splits holding y, less those holding x itself
         # (an exact copy there is the exact tier's), against every split holding x.
-        x, y = np.concatenate([a, b]), np.concatenate([b, a])
+        # Most pairs join two images of one split, each in no other: they count nowhere.
+        alone = (audit.spread[a] == 1) & (audit.spread[b] == 1)
+        split_a, split_b = audit.entry_split[audit.first[a]], audit.entry_split[audit.first[b]]
+        across = ~alone | (split_a != split_b)
+        x = np.concatenate([a[across], b[across]])
+        y = np.concatenate([b[across], a[across]])
         owner, entry = audit.entries_of(y)
         near = vectors.unique(x[owner] * size + audit.entry_split[entry])
         exact = audit.entry_image * size + audit.entry_split
