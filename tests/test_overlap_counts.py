@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, Engine, bindparam, insert, text
+from sqlalchemy import Connection, Engine, bindparam, event, insert, text
 
 from catalog import queries
 from catalog.db import writing
@@ -31,6 +32,7 @@ from catalog.schema import (
     Version,
     core_table,
 )
+from tests.conftest import sqlite_only
 
 _SPLITS = bindparam("splits", expanding=True)
 
@@ -336,3 +338,27 @@ def test_index_of_equals_a_dictionary_lookup(spread: int) -> None:
     expected = [where.get(int(v), -1) for v in values]
     assert queries._index_of(ordered, values).tolist() == expected
     assert queries._index_of(ordered[:0], values).tolist() == [-1] * values.size
+
+
+@sqlite_only
+def test_items_of_searches_the_image_index(engine: Engine) -> None:
+    """Looking up a few images' items must not scan the audited splits (no ANALYZE here)."""
+    _random_catalog(engine, 2)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((statement, parameters))
+
+    with engine.connect() as conn:
+        splits = {s.split_id: s for s in queries.resolve(conn, "a@v1")}
+        event.listen(conn, "before_cursor_execute", capture)
+        # From about five images on, the split filter in SQL made SQLite scan the splits.
+        found = queries._items_of(conn, list(range(1, 21)), splits)
+        event.remove(conn, "before_cursor_execute", capture)
+        assert found and all(refs for _digest, refs in found.values())
+        ((statement, parameters),) = seen
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        )
+    assert "item USING INDEX ix_item_image_id_split_id" in plan, plan
