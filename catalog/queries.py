@@ -663,15 +663,19 @@ def _near_tier(
 ) -> NearTier:
     """Near overlap matrix (unless ``matrix`` is False) and near label conflicts.
 
-    Reads the recipe's pairs within the threshold (one scan of its primary-key range) and
-    keeps those whose two images both sit in the audited splits.
+    Reads the recipe's pairs within the threshold (one range of its primary key) and keeps
+    those whose two images both sit in the audited splits.
     """
     mark = placeholder(conn)
+    # Only pairs between the lowest and the highest audited image id can count: a range of
+    # the primary key, which leaves out the pairs of later versions' new images unread.
+    low, high = (int(audit.images[0]), int(audit.images[-1])) if audit.images.size else (1, 0)
     rows = fetch_rows(
         conn,
-        "SELECT image_a, image_b, distance FROM pair "
-        f"WHERE recipe_id = {mark} AND distance <= {mark}",
-        (recipe_id, threshold),
+        f"SELECT image_a, image_b, distance FROM pair WHERE recipe_id = {mark} "
+        f"AND image_a BETWEEN {mark} AND {mark} AND image_b BETWEEN {mark} AND {mark} "
+        f"AND distance <= {mark}",
+        (recipe_id, low, high, low, high, threshold),
     )
     found = np.fromiter(
         rows, dtype=[("a", np.int64), ("b", np.int64), ("d", np.float64)], count=len(rows)
