@@ -317,6 +317,12 @@ class _Audit:
         images = np.bincount(cell, minlength=size * size)
         return items.astype(np.int64).reshape(size, size), images.reshape(size, size)
 
+    def across(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether images a and b (positions, (n,) each) have items in two different splits:
+        all but the pairs of two images that sit in one and the same split only."""
+        alone = (self.spread[a] == 1) & (self.spread[b] == 1)
+        return ~alone | (self.entry_split[self.first[a]] != self.entry_split[self.first[b]])
+
     def entries_of(self, image_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every entry of each image: (owner (n,), index into image_index; entry (n,))."""
         return _ranges(self.first[image_index], self.spread[image_index])
@@ -651,20 +657,14 @@ def select_recipes(
     return [(r.id, r.name, r.default_threshold if threshold is None else threshold) for r in rows]
 
 
-def _near_tier(
-    conn: Connection,
-    audit: _Audit,
-    recipe_id: int,
-    name: str,
-    threshold: float,
-    limit: int,
-    *,
-    matrix: bool = True,
-) -> NearTier:
-    """Near overlap matrix (unless ``matrix`` is False) and near label conflicts.
+def _near_pairs(
+    conn: Connection, audit: _Audit, recipe_id: int, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A recipe's pairs within the threshold whose two images both sit in the audited splits.
 
-    Reads the recipe's pairs within the threshold (one range of its primary key) and keeps
-    those whose two images both sit in the audited splits.
+    Returns:
+        (a, b, distance), each (n,): positions in ``audit.images`` of image_a and image_b
+        (int64), and the stored distance (float64), in primary-key order.
     """
     mark = placeholder(conn)
     # Only pairs between the lowest and the highest audited image id can count: a range of
@@ -683,16 +683,33 @@ def _near_tier(
     del rows
     a, b = audit.positions(found["a"]), audit.positions(found["b"])
     inside = (a >= 0) & (b >= 0)
-    a, b, distance = a[inside], b[inside], found["d"][inside]
+    return a[inside], b[inside], found["d"][inside]
+
+
+def _closest(a: np.ndarray, b: np.ndarray, distance: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the first ``limit`` pairs by (distance, a, b)."""
+    return np.lexsort((b, a, distance))[: max(limit, 0)]
+
+
+def _near_tier(
+    conn: Connection,
+    audit: _Audit,
+    recipe_id: int,
+    name: str,
+    threshold: float,
+    limit: int,
+    *,
+    matrix: bool = True,
+) -> NearTier:
+    """Near overlap matrix (unless ``matrix`` is False) and near label conflicts."""
+    a, b, distance = _near_pairs(conn, audit, recipe_id, threshold)
     pairs: tuple[PairOverlap, ...] = ()
     if matrix:
         size = len(audit.splits)
         # Each image x with a near copy y: the splits holding y, less those holding x itself
-        # (an exact copy there is the exact tier's), against every split holding x.
-        # Most pairs join two images of one split, each in no other: they count nowhere.
-        alone = (audit.spread[a] == 1) & (audit.spread[b] == 1)
-        split_a, split_b = audit.entry_split[audit.first[a]], audit.entry_split[audit.first[b]]
-        across = ~alone | (split_a != split_b)
+        # (an exact copy there is the exact tier's), against every split holding x. A pair
+        # inside one split (most pairs) counts nowhere.
+        across = audit.across(a, b)
         x = np.concatenate([a[across], b[across]])
         y = np.concatenate([b[across], a[across]])
         owner, entry = audit.entries_of(y)
@@ -707,7 +724,7 @@ def _near_tier(
     la, lb = audit.labels[a], audit.labels[b]
     conflict = (la != _UNLABELLED) & (lb != _UNLABELLED) & ((la == _MIXED) | (la != lb))
     closest = np.flatnonzero(conflict)
-    closest = closest[np.lexsort((b[closest], a[closest], distance[closest]))[:limit]]
+    closest = closest[_closest(a[closest], b[closest], distance[closest], limit)]
     ids_a, ids_b = audit.images[a[closest]].tolist(), audit.images[b[closest]].tolist()
     by_id = {s.split_id: s for s in audit.splits}
     items = _items_of(conn, sorted(set(ids_a) | set(ids_b)), by_id)
@@ -721,34 +738,6 @@ def _near_tier(
             for i, j, d in zip(ids_a, ids_b, distance[closest].tolist(), strict=True)
         ),
     )
-
-
-_MULTI_SPLIT_SQL = text(
-    """
-    SELECT image_id, COUNT(DISTINCT split_id), COUNT(*) FROM item
-    WHERE split_id IN :splits
-    GROUP BY image_id HAVING COUNT(DISTINCT split_id) > 1
-    """
-).bindparams(bindparam("splits", expanding=True))
-
-# Pairs within the threshold whose two images sit in different audited splits.
-_CROSS_PAIR_WHERE = """
-    WHERE p.recipe_id = :recipe AND p.distance <= :t
-      AND EXISTS (
-          SELECT 1 FROM item a JOIN item b ON b.image_id = p.image_b
-          WHERE a.image_id = p.image_a AND a.split_id IN :splits AND b.split_id IN :splits
-            AND a.split_id <> b.split_id
-      )
-"""
-_CROSS_PAIRS_COUNT_SQL = text(f"SELECT COUNT(*) FROM pair p {_CROSS_PAIR_WHERE}").bindparams(
-    bindparam("splits", expanding=True)
-)
-_CROSS_PAIRS_SQL = text(
-    f"""
-    SELECT p.image_a, p.image_b, p.distance FROM pair p {_CROSS_PAIR_WHERE}
-    ORDER BY p.distance, p.image_a, p.image_b LIMIT :limit
-    """
-).bindparams(bindparam("splits", expanding=True))
 
 
 def _members(
@@ -771,38 +760,36 @@ def cross_split_copies(
     whose images sit in different splits (closest first). Counts are complete; ``limit`` bounds
     the ones returned with their items and provenance.
     """
-    splits = resolve_all(conn, refs)
-    by_id = {s.split_id: s for s in splits}
-    ids = list(by_id)
-    multi = sorted(
-        conn.execute(_MULTI_SPLIT_SQL, {"splits": ids}).all(),
-        key=lambda row: (-row[1], -row[2], row[0]),
-    )
-    exact = _members(conn, [row[0] for row in multi[:limit]], by_id) if limit > 0 else []
+    audit = _audit(conn, resolve_all(conn, refs, sizes=False))
+    by_id = {s.split_id: s for s in audit.splits}
+    shared = np.flatnonzero(audit.spread > 1)
+    items = np.bincount(audit.entry_image, weights=audit.entry_items, minlength=audit.spread.size)
+    shared = shared[np.lexsort((shared, -items[shared], -audit.spread[shared]))]
+    first = audit.images[shared[: max(limit, 0)]].tolist()
+    exact = _members(conn, first, by_id) if first else []
     near = []
     for recipe_id, name, threshold in select_recipes(conn, recipes, None):
-        params = {"splits": ids, "recipe": recipe_id, "t": threshold}
-        total = conn.execute(_CROSS_PAIRS_COUNT_SQL, params).scalar_one()
-        closest = (
-            conn.execute(_CROSS_PAIRS_SQL, {**params, "limit": limit}).all() if limit > 0 else []
-        )
-        found = _items_of(conn, sorted({i for a, b, _d in closest for i in (a, b)}), by_id)
+        a, b, distance = _near_pairs(conn, audit, recipe_id, threshold)
+        across = np.flatnonzero(audit.across(a, b))
+        closest = across[_closest(a[across], b[across], distance[across], limit)]
+        ids_a, ids_b = audit.images[a[closest]].tolist(), audit.images[b[closest]].tolist()
+        found = _items_of(conn, sorted(set(ids_a) | set(ids_b)), by_id)
         near.append(
             NearLeaks(
                 recipe=name,
                 threshold=threshold,
-                pairs_total=int(total),
+                pairs_total=int(across.size),
                 pairs=tuple(
                     NearPair(
-                        distance=float(d),
-                        a=GroupMember(found[a][0], tuple(found[a][1])),
-                        b=GroupMember(found[b][0], tuple(found[b][1])),
+                        distance=d,
+                        a=GroupMember(found[i][0], tuple(found[i][1])),
+                        b=GroupMember(found[j][0], tuple(found[j][1])),
                     )
-                    for a, b, d in closest
+                    for i, j, d in zip(ids_a, ids_b, distance[closest].tolist(), strict=True)
                 ),
             )
         )
-    return LeaksReport(exact_images=len(multi), exact=tuple(exact), near=tuple(near))
+    return LeaksReport(exact_images=int(shared.size), exact=tuple(exact), near=tuple(near))
 
 
 def low_info_images(

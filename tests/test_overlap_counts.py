@@ -1,4 +1,5 @@
-"""`overlap` and `label_conflicts` count in numpy; here they must equal plain SQL joins.
+"""`overlap`, `label_conflicts` and `cross_split_copies` count in numpy; here they must equal
+plain SQL joins.
 
 The reference statements below are the joins these queries ran before they moved to numpy
 (too slow past a few hundred thousand images, but declarative and easy to check by eye).
@@ -139,6 +140,27 @@ NEAR_CONFLICT_PAIRS_SQL = text(
       )
     ORDER BY p.distance, p.image_a, p.image_b
     LIMIT :limit
+    """
+).bindparams(_SPLITS)
+
+MULTI_SPLIT_SQL = text(
+    """
+    SELECT image_id, COUNT(DISTINCT split_id), COUNT(*) FROM item
+    WHERE split_id IN :splits
+    GROUP BY image_id HAVING COUNT(DISTINCT split_id) > 1
+    """
+).bindparams(_SPLITS)
+
+CROSS_PAIRS_SQL = text(
+    """
+    SELECT p.image_a, p.image_b, p.distance FROM pair p
+    WHERE p.recipe_id = :recipe AND p.distance <= :t
+      AND EXISTS (
+          SELECT 1 FROM item a JOIN item b ON b.image_id = p.image_b
+          WHERE a.image_id = p.image_a AND a.split_id IN :splits AND b.split_id IN :splits
+            AND a.split_id <> b.split_id
+      )
+    ORDER BY p.distance, p.image_a, p.image_b
     """
 ).bindparams(_SPLITS)
 
@@ -296,6 +318,24 @@ def _check(conn: Connection, report: OverlapReport, limit: int) -> None:
         _check_near(conn, tier, recipe_id, ids, limit, matrix=True)
 
 
+def _check_leaks(conn: Connection, refs: list[str], limit: int) -> None:
+    leaks = queries.cross_split_copies(conn, refs, limit=limit)
+    ids = [s.split_id for s in queries.resolve_all(conn, refs)]
+    multi = sorted(
+        conn.execute(MULTI_SPLIT_SQL, {"splits": ids}).all(), key=lambda r: (-r[1], -r[2], r[0])
+    )
+    assert leaks.exact_images == len(multi)
+    assert [m.image_digest for m in leaks.exact] == [_digest(r[0]).hex() for r in multi[:limit]]
+    for tier, recipe_id in zip(leaks.near, (1, 2), strict=True):
+        rows = conn.execute(
+            CROSS_PAIRS_SQL, {"splits": ids, "recipe": recipe_id, "t": tier.threshold}
+        ).all()
+        assert tier.pairs_total == len(rows)
+        assert [(p.a.image_digest, p.b.image_digest, p.distance) for p in tier.pairs] == [
+            (_digest(a).hex(), _digest(b).hex(), d) for a, b, d in rows[:limit]
+        ]
+
+
 REFS = (["a"], ["a@v1"], ["a@v1:test", "a@v1:train"], ["a@v1", "a@v2", "b"], ["b"], ["a@v1:valid"])
 
 
@@ -306,6 +346,7 @@ def test_overlap_equals_the_sql_joins(engine: Engine, seed: int) -> None:
         for refs in REFS:
             for limit in (0, 3, 100):
                 _check(conn, queries.overlap(conn, refs, limit=limit), limit)
+                _check_leaks(conn, refs, limit)
             for threshold in (0.0, 0.05, 0.2):
                 report = queries.overlap(conn, refs, recipes=["r2"], threshold=threshold)
                 ids = [s.split_id for s in report.splits]
