@@ -274,10 +274,10 @@ _UNLABELLED, _MIXED = -1, -2
 class _Audit:
     """The items of the audited splits, read once and reduced to numpy arrays.
 
-    Every count of `overlap` and `label_conflicts` is a sort, search or bincount over these
-    instead of a join in SQL: the joins of items to items and to pairs grew faster than the
-    catalog (500k images: 42 s of SQL, most of it the near tiers' joins), while reading the
-    items and the pairs is one scan of each.
+    Every count of `overlap`, `label_conflicts` and `cross_split_copies` is a sort, search or
+    bincount over these instead of a join in SQL: the joins of items to items and to pairs
+    grew faster than the catalog (500k images: 42 s of SQL, most of it the near tiers'
+    joins), while reading the items and the pairs is one scan of each.
 
     Entries are the distinct (image, split) combinations, sorted by image then split; each
     array below has one value per entry (m,) or per distinct image (k,):
@@ -299,6 +299,11 @@ class _Audit:
     spread: np.ndarray
     labels: np.ndarray
     labelled: np.ndarray
+
+    def id_range(self) -> tuple[int, int]:
+        """The lowest and highest audited image id ((1, 0), an empty range, if none): rows of
+        other images outside it need not be read at all."""
+        return (int(self.images[0]), int(self.images[-1])) if self.images.size else (1, 0)
 
     def positions(self, image_ids: np.ndarray) -> np.ndarray:
         """Index of each image id in ``images``, or -1 for an image outside the audited splits."""
@@ -478,7 +483,12 @@ def overlap(
     np.maximum.at(largest, in_split, audit.entry_items[group])
     image = core_table(Image)
     low_ids = np.fromiter(
-        conn.execute(select(image.c.id).where(image.c.low_info.is_(True))).scalars(), np.int64
+        conn.execute(
+            select(image.c.id).where(
+                image.c.id.between(*audit.id_range()), image.c.low_info.is_(True)
+            )
+        ).scalars(),
+        np.int64,
     )
     low = np.isin(audit.images[audit.entry_image], low_ids)
     low_items = np.bincount(audit.entry_split[low], weights=audit.entry_items[low], minlength=size)
@@ -667,9 +677,8 @@ def _near_pairs(
         (int64), and the stored distance (float64), in primary-key order.
     """
     mark = placeholder(conn)
-    # Only pairs between the lowest and the highest audited image id can count: a range of
-    # the primary key, which leaves out the pairs of later versions' new images unread.
-    low, high = (int(audit.images[0]), int(audit.images[-1])) if audit.images.size else (1, 0)
+    # A range of the primary key: the pairs of later versions' new images stay unread.
+    low, high = audit.id_range()
     rows = fetch_rows(
         conn,
         f"SELECT image_a, image_b, distance FROM pair WHERE recipe_id = {mark} "
