@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from catalog.db import _alembic_config, open_catalog, schema_revision
+from catalog.db import SCHEMA_HEAD, _alembic_config, open_catalog, schema_revision
 from catalog.errors import NotFoundError, SchemaError
 from catalog.schema import Base
 from tests.conftest import sqlite_only
@@ -99,3 +101,20 @@ def test_sqlite_pragmas_are_set_on_the_catalog_engine(engine) -> None:  # type: 
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         # A new catalog gets big pages: a pixel signature stays inside its B-tree leaf.
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 16384
+
+
+def test_schema_head_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_heads() == [SCHEMA_HEAD]
+
+
+def test_an_up_to_date_catalog_opens_without_importing_alembic(catalog_path: Path) -> None:
+    """Alembic is a fifth of every command's start; it loads only to change a schema."""
+    code = (
+        "import sys; from catalog.db import open_catalog; "
+        f"open_catalog({str(catalog_path)!r}).dispose(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
