@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, bindparam, func, select, text
@@ -518,6 +519,10 @@ def overlap(
     )
 
 
+_IN_LIST = 10_000
+"""Ids per SQL IN list (SQLite allows 32,766 parameters per statement by default)."""
+
+
 def _items_of(
     conn: Connection, image_ids: Sequence[int], splits: dict[int, SplitInfo]
 ) -> dict[int, tuple[str, list[ItemRef]]]:
@@ -527,26 +532,31 @@ def _items_of(
         image id -> (hex digest, its items in split and position order)
     """
     item, image, source = core_table(Item), core_table(Image), core_table(Source)
-    rows = conn.execute(
-        select(
-            image.c.id,
-            image.c.digest,
-            item.c.split_id,
-            item.c.position,
-            item.c.label,
-            source.c.path,
-            item.c.source_key,
-            item.c.source_row,
-            item.c.source_sha256,
-        )
-        .join(image, image.c.id == item.c.image_id)
-        .join(source, source.c.id == item.c.source_id)
-        # By image only: given the splits too, SQLite (without ANALYZE statistics) scanned
-        # every item of those splits by primary key instead of using the image index
-        # (500k items: 0.1 s a call against 1 ms). An image has few items outside them.
-        .where(item.c.image_id.in_(list(image_ids)))
-        .order_by(item.c.split_id, item.c.position)
-    ).all()
+    ids = list(image_ids)
+    rows: list[Any] = []
+    # In slices of ids (SQLite's limit of parameters per statement); an image's items are all
+    # in its slice, so each keeps its split and position order.
+    for start in range(0, len(ids), _IN_LIST):
+        rows += conn.execute(
+            select(
+                image.c.id,
+                image.c.digest,
+                item.c.split_id,
+                item.c.position,
+                item.c.label,
+                source.c.path,
+                item.c.source_key,
+                item.c.source_row,
+                item.c.source_sha256,
+            )
+            .join(image, image.c.id == item.c.image_id)
+            .join(source, source.c.id == item.c.source_id)
+            # By image only: given the splits too, SQLite (without ANALYZE statistics) scanned
+            # every item of those splits by primary key instead of using the image index
+            # (500k items: 0.1 s a call against 1 ms). An image has few items outside them.
+            .where(item.c.image_id.in_(ids[start : start + _IN_LIST]))
+            .order_by(item.c.split_id, item.c.position)
+        ).all()
     found: dict[int, tuple[str, list[ItemRef]]] = {}
     for row in rows:
         if row.split_id not in splits:
@@ -610,16 +620,18 @@ def _conflict_details(
     if not image_ids or limit <= 0:
         return ()
     image = core_table(Image)
-    first = (
-        conn.execute(
-            select(image.c.id)
-            .where(image.c.id.in_(image_ids))
+    # In slices of ids: one IN list of every conflicting image would pass SQLite's limit of
+    # 32,766 parameters per statement on a catalog with that many conflicts.
+    candidates: list[tuple[bytes, int]] = []
+    for start in range(0, len(image_ids), _IN_LIST):
+        rows = conn.execute(
+            select(image.c.digest, image.c.id)
+            .where(image.c.id.in_(image_ids[start : start + _IN_LIST]))
             .order_by(image.c.digest)
             .limit(limit)
-        )
-        .scalars()
-        .all()
-    )
+        ).all()
+        candidates = sorted([*candidates, *((bytes(r[0]), int(r[1])) for r in rows)])[:limit]
+    first = [image_id for _digest, image_id in candidates]
     details = _items_of(conn, first, splits)
     conflicts = []
     for image_id in first:

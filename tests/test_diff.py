@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine, event
 from typer.testing import CliRunner
 
 from catalog import api, synth
@@ -95,3 +97,33 @@ def test_conflicts_within_and_across_versions_exact_and_near(db: str, tmp_path: 
     }
     table = runner.invoke(app, ["--db", db, "conflicts", "d@v1:train", "d@v2", "--exact"])
     assert table.exit_code == 0 and "1 images carry more than one label" in table.stdout
+
+
+def test_label_conflicts_beyond_sqlites_parameter_limit(tmp_path: Path) -> None:
+    # 33,000 images, each twice under two labels: more conflicting images than SQLite takes
+    # parameters in one statement by default (32,766; Debian's build raises it to 250,000, so
+    # the default is set on every connection here).
+    def default_limit(dbapi_connection: object, _record: object) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+
+    event.listen(Engine, "connect", default_limit)
+    try:
+        _conflicts_of_33k_images(tmp_path)
+    finally:
+        event.remove(Engine, "connect", default_limit)
+
+
+def _conflicts_of_33k_images(tmp_path: Path) -> None:
+    n = 33_000
+    images = np.zeros((n, 2, 3), np.uint8)
+    images.reshape(n, -1)[:, :3] = np.stack(
+        [np.arange(n) % 256, np.arange(n) // 256, np.full(n, 7)], axis=1
+    )
+    labels = np.repeat([0, 1], n)
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": (np.concatenate([images, images]), labels)}, near=False)
+    report = api.label_conflicts(db, ["d@v1"], limit=3)
+    assert report.exact_images == n
+    digests = [c.digest for c in report.exact]
+    assert len(digests) == 3 and digests == sorted(digests)
