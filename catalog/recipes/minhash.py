@@ -147,10 +147,14 @@ def minhash_codes(codes: np.ndarray, num_perm: int, seed: int, chunk: int = 1024
         )
     groups = byte_table(num_perm, seed)
     out = np.empty((codes.shape[0], num_perm), dtype=np.uint32)
-    cols = np.arange(CODE_BYTES)[None, :]
     for start in range(0, codes.shape[0], chunk):
         part = codes[start : start + chunk]
-        out[start : start + part.shape[0]] = groups[cols, part].min(axis=1)
+        # A running minimum over the 32 bytes, gathered one byte at a time: gathering all 32
+        # into a (chunk, 32, num_perm) array and reducing its middle axis cost 5x as much.
+        acc = out[start : start + part.shape[0]]
+        np.take(groups[0], part[:, 0], axis=0, out=acc)
+        for j in range(1, CODE_BYTES):
+            np.minimum(acc, groups[j][part[:, j]], out=acc)
     return out
 
 

@@ -21,18 +21,22 @@ Distance, in exact integer arithmetic on the ``gh x gw`` grid:
    form makes the distance symmetric (moving ``a`` by ``s`` equals moving ``b`` by ``-s``).
 3. Distance = the smallest of the nine, divided by ``255 * 256`` (0-1 scale).
 
-Measured on 2000 demo letters and their planted copies (`benchmarks/near_recall.py` holds the
-full tables): noise sigma 0.02, brightness +-0.05, contrast x1.1, JPEG q75 and a local stroke
-at most 0.048; zero-filled 1-pixel shifts 0.000 median, 0.975-1.000 within 0.08 (the misses are
-glyphs touching the border, which lose ink); 2x BILINEAR down-up 0.056 median, 0.998 within
-0.08. Default threshold 0.08, stored radius 0.1.
+Measured (`benchmarks/near_recall.py`, 20k distinct letters of two kinds plus 1000 planted copies
+per edit, `benchmarks/RESULTS.md` section 2): every planted noise sigma 0.02, brightness +-0.05,
+contrast x1.1, JPEG q75, local stroke and zero-filled or circular 1-pixel shift copy is within
+0.08 and found; 2x BILINEAR down-ups 0.993-1.000 (0.056 median; 0.13 unblurred). Default
+threshold 0.08, stored radius 0.1. The price: letters rendered alike one pixel apart are pairs
+too (93k-109k pairs among 20k letters), and the band join proposes hundreds to a thousand
+candidates per image at 33k images; LSH recall against brute force 0.976-0.978.
 
-LSH: pixel-v1's code (8x8 area means, 256 pinned balanced projections, thresholds +-9000) and
-bands, 24 x 24. A shifted copy's code differs from its original's, so each new image is also
+LSH: pixel-v1's code (8x8 area means, 256 pinned balanced projections, thresholds +-9000), in
+24 bands of 18 rather than 24 (2x down-ups found by the join: 0.93 with 24 x 24, 0.985 with
+24 x 18, at 43 rather than 13 candidates per image on 3000 demo letters). A shifted copy's code differs from its original's, so each new image is also
 looked up under its eight shifted variants: the **probe keys** (`probe_keys`), the band keys of
 the grid moved by one cell in each direction with zero fill. They are joined like band keys but
 never stored: a copy ``b = shift(a, s)`` collides with ``a`` through its probe ``-s``, whichever
-of the two is new. Blurring is left out of the code: the 8x8 area means already are a heavier
+of the two is new. Two probes meeting are no candidate (they relate images two cells apart; on
+5600 demo letters that rule removed 61 % of the candidates). Blurring is left out of the code: the 8x8 area means already are a heavier
 low-pass than the blur.
 
 Non-goals: shifts of two or more cells (that is a different picture position), flips, rotations.
