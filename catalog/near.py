@@ -35,7 +35,7 @@ from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
 from catalog.recipes import DEFAULT_RECIPES, Recipe, get_recipe
 from catalog.schema import BandKey, Image, Pair, RecipeRecord, Signature, core_table
-from catalog.vectors import unique
+from catalog.vectors import index_of, unique
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -286,22 +286,6 @@ class _Join:
     started: float
 
 
-def _involved(pairs: np.ndarray) -> np.ndarray:
-    """The sorted distinct image ids of int64 (p, 2) pairs.
-
-    Image ids are dense (a sequence), so a mask over 0..max id is a pass over the pairs, where
-    sorting 2p ids cost seconds at 220k images; sparse ids fall back to sorting.
-    """
-    if pairs.size == 0:
-        return np.empty(0, np.int64)
-    top = int(pairs.max())
-    if int(pairs.min()) < 0 or top > 4 * pairs.size + 1_000_000:
-        return unique(pairs.reshape(-1))
-    mask = np.zeros(top + 1, dtype=bool)
-    mask[pairs.reshape(-1)] = True
-    return np.flatnonzero(mask).astype(np.int64)
-
-
 def _verify(
     recipe: Recipe, pairs: np.ndarray, involved: np.ndarray, signatures: np.ndarray
 ) -> _Verified:
@@ -314,22 +298,12 @@ def _verify(
     """
     screen = recipe.screen(signatures) if pairs.size else None
     verify = recipe.verifier(signatures)
-    # Image id -> row of ``signatures``: a lookup table over dense ids (binary searches cost
-    # 3 s for 15M candidates at 220k images), searches when the ids are sparse.
-    top = int(involved[-1]) if involved.size else 0
-    table: np.ndarray | None = None
-    if involved.size and involved[0] >= 0 and top <= 4 * involved.size + 1_000_000:
-        table = np.zeros(top + 1, np.int64)
-        table[involved] = np.arange(involved.size)
     kept: list[np.ndarray] = []
     distances: list[np.ndarray] = []
     for start in range(0, len(pairs), VERIFY_BATCH):
         batch = pairs[start : start + VERIFY_BATCH]
-        if table is not None:
-            left, right = table[batch[:, 0]], table[batch[:, 1]]
-        else:
-            left = np.searchsorted(involved, batch[:, 0])
-            right = np.searchsorted(involved, batch[:, 1])
+        # Rows of ``signatures`` (binary searches cost 3 s for 15M candidates at 220k).
+        left, right = index_of(involved, batch[:, 0]), index_of(involved, batch[:, 1])
         if screen is not None:
             # Most candidates are far apart: a cheap lower bound rules them out before the
             # exact distance reads whole signatures.
@@ -521,7 +495,7 @@ class NearIndexer:
         pairs, largest, capped = job.candidates.result()
         step(task, 1, 3)
         recipe_id = self.ids[recipe.name]
-        involved = _involved(pairs)
+        involved = unique(pairs.reshape(-1))
         signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
         close, distance = _verify(recipe, pairs, involved, signatures)
         # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a

@@ -308,7 +308,7 @@ class _Audit:
 
     def positions(self, image_ids: np.ndarray) -> np.ndarray:
         """Index of each image id in ``images``, or -1 for an image outside the audited splits."""
-        return _index_of(self.images, image_ids)
+        return vectors.index_of(self.images, image_ids)
 
     def matrix(self, entries: np.ndarray, to_split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items and distinct images per (split of the entry, ``to_split``), each (s, s) int64.
@@ -343,24 +343,6 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
     owner = np.repeat(np.arange(starts.size), lengths)
     offset = np.arange(owner.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return owner, starts[owner] + offset
-
-
-def _index_of(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of each value (int64) in ``ordered`` (sorted distinct int64 >= 0), -1 if absent.
-
-    Image ids are dense (the catalog numbers its images 1, 2, ...), so a table over them is
-    usually small next to the arrays, and a lookup in it was 6x faster than a binary search
-    (600k values among 500k ids: 0.025 s against 0.15 s). Sparse ids fall back to the search.
-    """
-    if ordered.size == 0:
-        return np.full(values.shape, -1, np.int64)
-    top = int(ordered[-1])
-    if top < 8 * (ordered.size + values.size):
-        table = np.full(top + 2, -1, np.int64)
-        table[ordered] = np.arange(ordered.size)
-        return table[np.clip(values, 0, top + 1)]
-    found = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
-    return np.where(ordered[found] == values, found, -1)
 
 
 def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +386,7 @@ def _audit(conn: Connection, splits: Sequence[SplitInfo]) -> _Audit:
     names[None] = _UNLABELLED
     codes = np.fromiter(map(names.__getitem__, labels), np.int64, count=len(labels))
     labelled = codes != _UNLABELLED
-    where = _index_of(images, found["image"][labelled])
+    where = vectors.index_of(images, found["image"][labelled])
     width = max(len(names) - 1, 1)
     pairs = vectors.unique(where * width + codes[labelled])
     pair_image, pair_code = np.divmod(pairs, width)

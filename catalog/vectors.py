@@ -11,7 +11,8 @@ import numpy as np
 
 
 def unique(values: np.ndarray) -> np.ndarray:
-    """The sorted distinct values of a 1-D array, by sorting (see the module docstring).
+    """The sorted distinct values of a 1-D array: by a mask for dense non-negative integers,
+    else by sorting (see the module docstring).
 
     Args:
         values: 1-D array of any sortable dtype.
@@ -19,6 +20,14 @@ def unique(values: np.ndarray) -> np.ndarray:
     Returns:
         A new sorted 1-D array without repeats.
     """
+    if values.size and values.dtype.kind in "iu":
+        low, top = int(values.min()), int(values.max())
+        if low >= 0 and top < 4 * values.size + (1 << 20):
+            # Dense non-negative integers (image ids): a mask over 0..max is one pass, where
+            # sorting the 30M ids of 15M candidate pairs took 0.5 s.
+            mask = np.zeros(top + 1, dtype=bool)
+            mask[values] = True
+            return np.flatnonzero(mask).astype(values.dtype)
     # The default sort (numpy's SIMD quicksort for numbers): equal values are equal, so
     # stability buys nothing, and a stable sort of 30M int64 took 3.1 s against 0.46 s.
     ordered = np.sort(values)
@@ -28,3 +37,21 @@ def unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def index_of(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value (int64) in ``ordered`` (sorted distinct int64 >= 0), -1 if absent.
+
+    Image ids are dense (the catalog numbers its images 1, 2, ...), so a table over them is
+    usually small next to the arrays, and a lookup in it was 6x faster than a binary search
+    (600k values among 500k ids: 0.025 s against 0.15 s). Sparse ids fall back to the search.
+    """
+    if ordered.size == 0:
+        return np.full(values.shape, -1, np.int64)
+    top = int(ordered[-1])
+    if top < 8 * (ordered.size + values.size):
+        table = np.full(top + 2, -1, np.int64)
+        table[ordered] = np.arange(ordered.size)
+        return table[np.clip(values, 0, top + 1)]
+    found = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    return np.where(ordered[found] == values, found, -1)

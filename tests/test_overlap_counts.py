@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, Engine, bindparam, event, insert, text
 
-from catalog import queries
+from catalog import queries, vectors
 from catalog.db import writing
 from catalog.model import NearTier, OverlapReport
 from catalog.schema import (
@@ -377,8 +377,8 @@ def test_index_of_equals_a_dictionary_lookup(spread: int) -> None:
     values[: ordered.size] = ordered
     where = {int(v): n for n, v in enumerate(ordered)}
     expected = [where.get(int(v), -1) for v in values]
-    assert queries._index_of(ordered, values).tolist() == expected
-    assert queries._index_of(ordered[:0], values).tolist() == [-1] * values.size
+    assert vectors.index_of(ordered, values).tolist() == expected
+    assert vectors.index_of(ordered[:0], values).tolist() == [-1] * values.size
 
 
 @sqlite_only

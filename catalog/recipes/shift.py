@@ -29,15 +29,15 @@ threshold 0.08, stored radius 0.1. The price: letters rendered alike one pixel a
 too (93k-109k pairs among 20k letters), and the band join proposes hundreds to a thousand
 candidates per image at 33k images; LSH recall against brute force 0.976-0.978.
 
-LSH: pixel-v1's code (8x8 area means, 256 pinned balanced projections, thresholds +-9000), in
-24 bands of 18 rather than 24 (2x down-ups found by the join: 0.93 with 24 x 24, 0.985 with
-24 x 18, at 43 rather than 13 candidates per image on 3000 demo letters). A shifted copy's code differs from its original's, so each new image is also
-looked up under its eight shifted variants: the **probe keys** (`probe_keys`), the band keys of
-the grid moved by one cell in each direction with zero fill. They are joined like band keys but
-never stored: a copy ``b = shift(a, s)`` collides with ``a`` through its probe ``-s``, whichever
-of the two is new. Two probes meeting are no candidate (they relate images two cells apart; on
-5600 demo letters that rule removed 61 % of the candidates). Blurring is left out of the code: the 8x8 area means already are a heavier
-low-pass than the blur.
+LSH: pixel-v1's code (8x8 area means, 256 pinned balanced projections, thresholds +-9000), in 24
+bands of 18 rather than 24 (2x down-ups found by the join: 0.93 with 24 x 24, 0.985 with 24 x 18, at
+43 rather than 13 candidates per image on 3000 demo letters). A shifted copy's code differs from its
+original's, so each new image is also looked up under its eight shifted variants: the **probe keys**
+(`probe_keys`), the band keys of the grid moved by one cell in each direction with zero fill. They
+are joined like band keys but never stored: a copy ``b = shift(a, s)`` collides with ``a`` through
+its probe ``-s``, whichever of the two is new. Two probes meeting are no candidate (they relate
+images two cells apart; on 5600 demo letters that rule removed 61 % of the candidates). Blurring is
+left out of the code: the 8x8 area means already are a heavier low-pass than the blur.
 
 Non-goals: shifts of two or more cells (that is a different picture position), flips, rotations.
 """
