@@ -706,20 +706,19 @@ def _separated_letters(
     kept = np.zeros((0, 28 * 28))
     kept_raw = np.zeros((0, 28, 28), np.uint8)
     while len(kept) < n:
-        # About two thirds of candidates are rejected at the default radii (most as 1-pixel
-        # neighbours of another render under pixshift-v1); render a surplus.
+        # Many candidates are rejected (most as 1-pixel neighbours of another render under
+        # pixshift-v1), so each round renders a surplus.
         images, labels = synth.render_letters(max(64, (n - len(kept)) * 5 // 4), rng)
         x = images.reshape(len(images), -1).astype(np.float64)
         sq = (x * x).sum(axis=1)
         to_kept = sq[:, None] + (kept * kept).sum(axis=1)[None, :] - 2 * x @ kept.T
         within = sq[:, None] + sq[None, :] - 2 * x @ x.T
-        shift_radius = PIXEL_SHIFT.radius
         close_to_kept = (to_kept < limit).any(axis=1)
-        close_to_kept |= within_radius(images, kept_raw, shift_radius).any(axis=1)
-        within = (within < limit) | within_radius(images, images, shift_radius)
+        close_to_kept |= within_radius(images, kept_raw, PIXEL_SHIFT.radius).any(axis=1)
+        close = (within < limit) | within_radius(images, images, PIXEL_SHIFT.radius)
         accepted = np.zeros(len(images), dtype=bool)
         for i in range(len(images)):
-            if close_to_kept[i] or within[i, accepted].any():
+            if close_to_kept[i] or close[i, accepted].any():
                 continue
             accepted[i] = True
         kept = np.concatenate([kept, x[accepted]])

@@ -464,7 +464,7 @@ class NearIndexer:
         )
         self._keys[recipe.name], self._images[recipe.name] = [], []
         self._probes[recipe.name] = []
-        lookup = np.concatenate([keys, probes.reshape(-1, keys.shape[1])])
+        lookup = np.concatenate([keys, probes.reshape(-1, keys.shape[1])]) if probes.size else keys
         old_band, old_keys, old_images = self._old_members(recipe_id, lookup)
         probe_images = np.repeat(images, probes.shape[1])
         new_rows = np.ones(images.size + probe_images.size, bool)
