@@ -52,7 +52,7 @@ from catalog.recipes.shift import within_radius
 SIZE = 28
 LETTERS = "ABCDEFGHIJ"
 RECIPES: tuple[Recipe, ...] = (*DEFAULT_RECIPES, PIXEL_SHIFT)
-"""The recipes measured; ``--recipes`` replaces them."""
+"""The recipes measured by default; ``--recipes`` names others."""
 FAINT = 0.1
 """pixel-v1 LSH-grid contrast below which an image counts as faint in the tables."""
 FOUND_TODAY = 5
@@ -291,7 +291,12 @@ class RecipeResult:
 
 
 def run(
-    n: int, planted: int, runs: int, seed: int, letters: str = "lines"
+    n: int,
+    planted: int,
+    runs: int,
+    seed: int,
+    letters: str = "lines",
+    recipes: tuple[Recipe, ...] = RECIPES,
 ) -> tuple[list[RecipeResult], dict[str, int]]:
     base = synth_letters(n, seed) if letters == "synth" else render_letters(n, seed)
     rng = np.random.default_rng(seed + 1)
@@ -305,7 +310,7 @@ def run(
     # Planted copies (of the transformations found today) whose original pixel-v1 calls faint.
     faint_copy = (kind >= 0) & (kind < FOUND_TODAY) & faint[origin]
     results = []
-    for recipe in RECIPES:
+    for recipe in recipes:
         res = RecipeResult(recipe.name, recipe.default_threshold)
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -361,13 +366,13 @@ def run(
     return results, sizes
 
 
-def throughput(n: int, seed: int) -> dict[str, float]:
+def throughput(n: int, seed: int, recipes: tuple[Recipe, ...] = RECIPES) -> dict[str, float]:
     """Seconds for signatures + band keys of ``n`` 28x28 gray images, per recipe (one run)."""
     base = render_letters(min(n, 5000), seed + 7)
     reps = -(-n // len(base))
     images = np.tile(base, (reps, 1, 1))[:n, :, :, None]
     out = {}
-    for recipe in RECIPES:
+    for recipe in recipes:
         t0 = time.perf_counter()
         for start in range(0, n, 20000):  # chunks, as ingest feeds them
             sigs = recipe.signatures(images[start : start + 20000])
@@ -399,7 +404,7 @@ def report(results: list[RecipeResult], sizes: dict[str, int], runs: int) -> lis
         "|---|---:|---:|",
     ]
     for res in results:
-        recipe = next(r for r in RECIPES if r.name == res.name)
+        recipe = get_recipe(res.name)
         lines.append(f"| {res.name} | {recipe.bands} x {recipe.rows} | {res.threshold} |")
     lines += [
         "",
@@ -464,7 +469,7 @@ def header(args: argparse.Namespace) -> list[str]:
         f"nproc {os.cpu_count()}, Python {platform.python_version()}, numpy {np.__version__}, "
         f"datasketch {datasketch.__version__}. `python benchmarks/near_recall.py "
         f"--n {args.n} --planted {args.planted} --letters {args.letters} "
-        f"--recipes {','.join(r.name for r in RECIPES)}`.",
+        f"--recipes {args.recipes}`.",
         "",
     ]
 
@@ -512,7 +517,6 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RECIPES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="distinct base images")
     parser.add_argument("--planted", type=int, default=1000, help="copies per transformation")
@@ -542,15 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 2 or args.planted < 1 or args.runs < 1:
         parser.error("--n must be >= 2, --planted and --runs >= 1")
     try:
-        RECIPES = tuple(get_recipe(name) for name in args.recipes.split(",") if name)
+        recipes = tuple(get_recipe(name) for name in args.recipes.split(",") if name)
     except ValueError as error:
         parser.error(str(error))
     lines = header(args)
     for letters in ("lines", "synth"):
         if args.letters in (letters, "both"):
-            results, sizes = run(args.n, args.planted, args.runs, args.seed, letters)
+            results, sizes = run(args.n, args.planted, args.runs, args.seed, letters, recipes)
             lines += report(results, sizes, args.runs)
-    speed = throughput(args.throughput_n, args.seed) if args.throughput_n else {}
+    speed = throughput(args.throughput_n, args.seed, recipes) if args.throughput_n else {}
     text = "\n".join(lines + throughput_lines(speed, args.throughput_n) + NOTES)
     args.out.write_text(text)
     print(text)
