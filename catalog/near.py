@@ -217,8 +217,16 @@ def band_candidates(
     if not packed:
         rows = [f if f.ndim == 2 else np.stack([f >> 32, f & 0xFFFFFFFF], axis=1) for f in found]
         return np.unique(np.concatenate(rows), axis=0).reshape(-1, 2), largest, capped
-    distinct = unique(np.concatenate(found))
-    return np.stack([distinct >> 32, distinct & 0xFFFFFFFF], axis=1), largest, capped
+    # The peak of an ingest's memory at scale is here (tens of millions of pairs): the bands'
+    # pairs are joined, the list dropped, sorted in place, and unpacked into one new array.
+    joined = np.concatenate(found)
+    found.clear()
+    distinct = unique(joined, in_place=True)
+    del joined
+    out = np.empty((distinct.size, 2), np.int64)
+    np.right_shift(distinct, 32, out=out[:, 0])
+    np.bitwise_and(distinct, 0xFFFFFFFF, out=out[:, 1])
+    return out, largest, capped
 
 
 def _distinct(low: np.ndarray, high: np.ndarray, packed: bool) -> np.ndarray:
