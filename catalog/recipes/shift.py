@@ -121,22 +121,6 @@ def moved(grids: np.ndarray, shift: tuple[int, int], gh: int, gw: int) -> np.nda
     return out
 
 
-def _min_shift_rms(ba: np.ndarray, bb: np.ndarray) -> np.ndarray:
-    """The distance of row-aligned blurred grids: int32 (m, gh, gw) each -> float64 (m,)."""
-    m, gh, gw = ba.shape
-    best = np.full(m, np.inf)
-    for shift in SHIFTS:
-        rows_a, cols_a, rows_b, cols_b, cells = overlap(shift, gh, gw)
-        if cells == 0:
-            continue
-        diff = (ba[:, rows_a, cols_a] - bb[:, rows_b, cols_b]).reshape(m, -1)
-        # Integers below 2**17, squares below 2**34, sums below 2**44: exact in float64,
-        # whatever order the sum takes.
-        diff = diff.astype(np.float64)
-        best = np.minimum(best, np.einsum("ij,ij->i", diff, diff) / cells)
-    return np.minimum(np.sqrt(best) / (255.0 * BLUR_SCALE), 1.0)
-
-
 @dataclass(frozen=True)
 class ShiftRecipe(PixelRecipe):
     """pixel-v1's signature and code; blurred RMS minimised over 1-cell shifts; probe keys."""
@@ -164,19 +148,10 @@ class ShiftRecipe(PixelRecipe):
         return None
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The distance is defined once, in `verifier`; here it runs on the two batches."""
         a, b = self.check_pairs(a, b)
-        out = np.ones(a.shape[0], dtype=np.float64)
-        same = (a[:, :HEADER] == b[:, :HEADER]).all(axis=1)
-        shapes = _shapes(a)
-        for shape in unique(shapes[same]):
-            gh, gw = divmod(int(shape), 256)
-            rows = np.flatnonzero(same & (shapes == shape))
-            for start in range(0, rows.size, _ROWS_PER_CHUNK):
-                part = rows[start : start + _ROWS_PER_CHUNK]
-                out[part] = _min_shift_rms(
-                    blurred(_grids(a[part]), gh, gw), blurred(_grids(b[part]), gh, gw)
-                )
-        return out
+        rows = np.arange(a.shape[0])
+        return self.verifier(np.concatenate([a, b]))(rows, rows + a.shape[0])
 
     def verifier(self, signatures: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """Blurs every image once (uint16, 2 bytes per grid cell) and keeps, per shift, the sum
