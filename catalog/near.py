@@ -33,9 +33,9 @@ from sqlalchemy import Connection, select
 from catalog.db import bulk_insert, fetch_rows, lock_pair_finding, placeholder
 from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
-from catalog.recipes import DEFAULT_RECIPES, Recipe, get_recipe
+from catalog.recipes import DEFAULT_RECIPES, Recipe, Screen, get_recipe
 from catalog.schema import BandKey, Image, Pair, RecipeRecord, Signature, core_table
-from catalog.vectors import index_of, unique
+from catalog.vectors import lookup, unique
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -45,6 +45,17 @@ MAX_PENDING = 2
 """Chunks whose signing may be under way at once (each holds its pixels: the memory bound)."""
 VERIFY_BATCH = 50_000
 """Candidate pairs verified per numpy call (memory bound: 2 x batch x signature bytes)."""
+PREFILTER_BATCH = 262_144
+"""Proposed pairs ruled in or out per numpy call during the band join (memory bound: 2 x batch
+x the resident summary's bytes)."""
+RESIDENT_BYTES = 64
+"""Signatures up to this size are the band join's resident summary themselves (`_resident`)."""
+RESIDENT_SLICE = 50_000
+"""Stored signatures read at once to summarise catalogued images."""
+COMPACT_AT = 8_000_000
+"""Survivors of the band join held before repeats are removed (8 bytes each)."""
+VERIFY_BLOCK_BYTES = 64 * 2**20
+"""Signature bytes of one block of image ids in `NearIndexer._verify_blocks` (two are held)."""
 LOOKUP_BATCH = 5000
 INSERT_BATCH = 500_000
 """Band-key rows per executemany (memory bound of the Python rows)."""
@@ -164,10 +175,13 @@ def candidate_pairs(
 ) -> tuple[np.ndarray, int, int]:
     """Pairs proposed by shared buckets, at least one side new, with the blow-up guard.
 
+    The reference form of the band join, all pairs at once; an ingest runs the same
+    `band_proposals` band by band and never holds them all (`NearIndexer.finish`).
+
     Args:
         band: int64 (m,) band index of each membership row, any order.
         key: int64 (m,) band key of each row; a bucket is one (band, key).
-        image: int64 (m,) image id of each row.
+        image: int64 (m,) image id of each row, in [0, 2**31).
         new: bool (m,) whether the row's image is new in this ingest.
         cap, link: see `BUCKET_CAP`, `BUCKET_LINK`.
         probe: bool (m,) whether the row is a probe key (`Recipe.probe_keys`, always of a new
@@ -186,55 +200,42 @@ def candidate_pairs(
     bounds = np.flatnonzero(np.diff(band[order])) + 1
     if probe is None:
         probe = np.zeros(key.size, bool)
-    groups = ((key[rows], image[rows], new[rows], probe[rows]) for rows in np.split(order, bounds))
-    return band_candidates(groups, cap, link)
+    found, largest, capped = [], 0, 0
+    for rows in np.split(order, bounds):
+        pairs, big, over = band_proposals(key[rows], image[rows], new[rows], probe[rows], cap, link)
+        found.append(pairs)
+        largest, capped = max(largest, big), capped + over
+    return unpack(unique(np.concatenate(found))), largest, capped
 
 
-def band_candidates(
-    bands: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+def band_proposals(
+    key: np.ndarray,
+    image: np.ndarray,
+    new: np.ndarray,
+    probe: np.ndarray,
     cap: int = BUCKET_CAP,
     link: int = BUCKET_LINK,
 ) -> tuple[np.ndarray, int, int]:
-    """`candidate_pairs` from the rows of each band in turn: (key, image, new, probe) per band.
+    """The distinct pairs one band proposes (`candidate_pairs` for the rows of one band).
 
-    One band at a time: the pair-expansion arrays are a band's size, not all bands' (peak
-    memory at 220k images fell from 3.3 GB), and a generator of bands never holds them all.
+    Returns:
+        (sorted distinct pairs packed as ``low << 32 | high`` (`unpack`), the largest bucket's
+        size, buckets over ``cap``)
     """
-    found: list[np.ndarray] = []
-    largest = capped = 0
-    # Image ids below 2**31 pack a pair into one int64 (a fast 1-D unique); they always are in
-    # practice, and the general path (rows, unique over axis 0) is kept for when they are not.
-    packed = True
-    for key, image, new, probe in bands:
-        if image.size == 0:
-            continue
-        packed = packed and int(image.min()) >= 0 and int(image.max()) < 2**31
-        low, high, big, over = _band_pairs(key, image, new, probe, cap, link)
-        found.append(_distinct(low, high, packed))
-        largest, capped = max(largest, big), capped + over
-    if not found:
-        return np.empty((0, 2), np.int64), 0, 0
-    if not packed:
-        rows = [f if f.ndim == 2 else np.stack([f >> 32, f & 0xFFFFFFFF], axis=1) for f in found]
-        return np.unique(np.concatenate(rows), axis=0).reshape(-1, 2), largest, capped
-    # The peak of an ingest's memory at scale is here (tens of millions of pairs): the bands'
-    # pairs are joined, the list dropped, sorted in place, and unpacked into one new array.
-    joined = np.concatenate(found)
-    found.clear()
-    distinct = unique(joined, in_place=True)
-    del joined
-    out = np.empty((distinct.size, 2), np.int64)
-    np.right_shift(distinct, 32, out=out[:, 0])
-    np.bitwise_and(distinct, 0xFFFFFFFF, out=out[:, 1])
-    return out, largest, capped
+    if image.size == 0:
+        return np.empty(0, np.int64), 0, 0
+    if int(image.min()) < 0 or int(image.max()) >= 2**31:
+        raise ValueError("image ids must lie in [0, 2**31) to be joined")
+    low, high, big, over = _band_pairs(key, image, new, probe, cap, link)
+    return unique((low << 32) | high), big, over
 
 
-def _distinct(low: np.ndarray, high: np.ndarray, packed: bool) -> np.ndarray:
-    """The distinct pairs ``(low[k], high[k])``: int64 ``low << 32 | high`` when ``packed``,
-    else int64 (p, 2) rows."""
-    if packed:
-        return unique((low << 32) | high)
-    return np.unique(np.stack([low, high], axis=1), axis=0)
+def unpack(packed: np.ndarray) -> np.ndarray:
+    """int64 (p, 2) pairs from pairs packed as ``low << 32 | high`` (`band_proposals`)."""
+    out = np.empty((packed.size, 2), np.int64)
+    np.right_shift(packed, 32, out=out[:, 0])
+    np.bitwise_and(packed, 0xFFFFFFFF, out=out[:, 1])
+    return out
 
 
 def _band_pairs(
@@ -267,15 +268,52 @@ def _band_pairs(
     return np.minimum(a, b), np.maximum(a, b), big, over
 
 
-_Signed = tuple[np.ndarray, np.ndarray, np.ndarray | None]
-"""(signatures (n, S), band keys (n, bands), probe keys (n, probes, bands) or None)."""
+_Resident = np.ndarray | Screen | None
+"""What the band join keeps in memory for every image it joins, to rule candidates out before
+exact verification (`_resident`): a recipe's whole signatures when they are small (the exact
+distance then decides at once), else the coarsest level of its screen, else nothing."""
+
+_Signed = tuple[np.ndarray, np.ndarray, np.ndarray | None, _Resident]
+"""(signatures (n, S), band keys (n, bands), probe keys (n, probes, bands) or None, resident)."""
+
+
+def _resident(recipe: Recipe, signatures: np.ndarray) -> _Resident:
+    """The in-memory summary of some images the band join rules candidates out with.
+
+    Bounded per image (at most `RESIDENT_BYTES` of signature, or the screen's coarsest level:
+    136 bytes for pixel-v1 against its 1,032-byte signature), so a million images' summaries
+    fit where their signatures and full screens (1.7 GB for pixel-v1) would not.
+    """
+    if recipe.signature_bytes <= RESIDENT_BYTES:
+        return signatures
+    screen = recipe.screen(signatures)
+    return None if screen is None else screen.coarsest()
+
+
+def _concatenate(parts: Sequence[_Resident]) -> _Resident:
+    if not parts or parts[0] is None:
+        return None
+    if isinstance(parts[0], Screen):
+        return Screen.concatenate([p for p in parts if isinstance(p, Screen)])
+    return np.concatenate([p for p in parts if isinstance(p, np.ndarray)])
+
+
+def _rows(resident: _Resident, index: np.ndarray) -> _Resident:
+    if resident is None:
+        return None
+    return resident.rows(index) if isinstance(resident, Screen) else resident[index]
 
 
 def _sign(recipe: Recipe, unit: np.ndarray) -> _Signed:
-    """Signatures, band keys and probe keys of a chunk under one recipe; pure, runs in a worker
-    thread."""
+    """Signatures, band keys, probe keys and resident summary of a chunk under one recipe;
+    pure, runs in a worker thread."""
     signatures = recipe.signatures(unit)
-    return signatures, recipe.band_keys(signatures), recipe.probe_keys(signatures)
+    return (
+        signatures,
+        recipe.band_keys(signatures),
+        recipe.probe_keys(signatures),
+        _resident(recipe, signatures),
+    )
 
 
 _Verified = tuple[np.ndarray, np.ndarray]
@@ -283,15 +321,92 @@ _Verified = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
-class _Join:
-    """One recipe's band join under way (see `NearIndexer.finish`)."""
+class _Proposed:
+    """What the band join of one recipe left for exact verification (`_join_bands`)."""
 
-    images: int
-    members: tuple[np.ndarray, np.ndarray] | None
-    """The new images' band keys (n, bands) and ids (n,), to store (then dropped: memory)."""
-    candidates: Future[tuple[np.ndarray, int, int]]
-    """`candidate_pairs`, computing in a worker thread."""
-    started: float
+    survivors: np.ndarray
+    """Sorted distinct pairs, packed (`unpack`), that the resident summary did not rule out."""
+    proposals: int
+    """Pairs proposed, counted once in each band that proposes them."""
+    largest: int
+    capped: int
+
+
+def _keeper(recipe: Recipe, resident: _Resident) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``keep(left, right)``: which pairs of rows of ``resident`` may be within the radius."""
+    if resident is None:
+        return lambda left, _right: np.ones(left.size, bool)
+    if isinstance(resident, Screen):
+        return lambda left, right: resident.may_be_within(left, right, recipe.radius)
+    verify = recipe.verifier(resident)
+    return lambda left, right: verify(left, right) <= recipe.radius
+
+
+def _join_bands(
+    recipe: Recipe,
+    bands: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    ids: np.ndarray,
+    resident: _Resident,
+) -> _Proposed:
+    """Propose pairs band by band and keep those the resident summary does not rule out.
+
+    Only the survivors are held (compacted as they grow), never every band's proposals: at a
+    million images of the scale benchmark pixel-v1's band join proposes 113M distinct pairs,
+    1.8 GB as unpacked pairs, where the coarsest screen level leaves a fraction of them.
+
+    Args:
+        bands: (key, image, new, probe) rows of each band in turn (`band_proposals`).
+        ids: sorted distinct ids of every image in ``bands``; ``resident`` rows in that order.
+    """
+    row_of = lookup(ids)
+    keep = _keeper(recipe, resident)
+    kept: list[np.ndarray] = []
+    held = proposals = largest = capped = 0
+    for key, image, new, probe in bands:
+        pairs, big, over = band_proposals(key, image, new, probe)
+        largest, capped, proposals = max(largest, big), capped + over, proposals + pairs.size
+        for start in range(0, pairs.size, PREFILTER_BATCH):
+            batch = pairs[start : start + PREFILTER_BATCH]
+            left, right = row_of(batch >> 32), row_of(batch & 0xFFFFFFFF)
+            kept.append(batch[keep(left, right)])
+            held += kept[-1].size
+        if held > COMPACT_AT:
+            kept = [unique(np.concatenate(kept), in_place=True)]
+            held = kept[0].size
+    survivors = unique(np.concatenate(kept), in_place=True) if kept else np.empty(0, np.int64)
+    return _Proposed(survivors, proposals, largest, capped)
+
+
+def _band_rows(
+    keys: np.ndarray,
+    probes: np.ndarray,
+    images: np.ndarray,
+    old_band: np.ndarray,
+    old_keys: np.ndarray,
+    old_images: np.ndarray,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The (key, image, new, probe) rows of each band in turn (`band_proposals`).
+
+    Args:
+        keys: int64 (n, bands) the new images' band keys; probes: (n, probes, bands) their
+            probe keys; images: (n,) their ids.
+        old_band, old_keys, old_images: one row per old member (`NearIndexer._old_members`).
+    """
+    probe_images = np.repeat(images, probes.shape[1])
+    new_rows = np.ones(images.size + probe_images.size, bool)
+    probe_rows = np.repeat([False, True], [images.size, probe_images.size])
+    # Old members grouped by band once; each band's rows are built only when the join reaches
+    # it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
+    old_order = np.argsort(old_band, kind="stable")
+    old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
+    for band in range(keys.shape[1]):
+        old = old_order[old_bounds[band] : old_bounds[band + 1]]
+        yield (
+            np.concatenate([keys[:, band], probes[:, :, band].reshape(-1), old_keys[old]]),
+            np.concatenate([images, probe_images, old_images[old]]),
+            np.concatenate([new_rows, np.zeros(old.size, bool)]),
+            np.concatenate([probe_rows, np.zeros(old.size, bool)]),
+        )
 
 
 def _verify(
@@ -306,12 +421,12 @@ def _verify(
     """
     screen = recipe.screen(signatures) if pairs.size else None
     verify = recipe.verifier(signatures)
+    row_of = lookup(involved)
     kept: list[np.ndarray] = []
     distances: list[np.ndarray] = []
     for start in range(0, len(pairs), VERIFY_BATCH):
         batch = pairs[start : start + VERIFY_BATCH]
-        # Rows of ``signatures`` (binary searches cost 3 s for 15M candidates at 220k).
-        left, right = index_of(involved, batch[:, 0]), index_of(involved, batch[:, 1])
+        left, right = row_of(batch[:, 0]), row_of(batch[:, 1])
         if screen is not None:
             # Most candidates are far apart: a cheap lower bound rules them out before the
             # exact distance reads whole signatures.
@@ -336,11 +451,11 @@ class NearIndexer:
         self._keys: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._probes: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
+        self._resident: dict[str, list[_Resident]] = {r.name: [] for r in self.recipes}
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
         workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
-        # Band joins run one at a time: each holds arrays of its recipe's size, and two at
-        # once raised the peak memory at 220k images by 0.6 GB.
+        # The band join of one recipe runs here while this thread stores its band keys.
         self._joiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-join")
         self._pending: deque[tuple[list[Future[_Signed]], np.ndarray]] = deque()
 
@@ -374,7 +489,7 @@ class NearIndexer:
         ):
             jobs, image_ids = self._pending.popleft()
             for recipe, job in zip(self.recipes, jobs, strict=True):
-                signatures, keys, probes = job.result()
+                signatures, keys, probes, resident = job.result()
                 recipe_id = self.ids[recipe.name]
                 bulk_insert(
                     self.conn,
@@ -387,6 +502,7 @@ class NearIndexer:
                 )
                 self._keys[recipe.name].append(keys)
                 self._images[recipe.name].append(image_ids)
+                self._resident[recipe.name].append(resident)
                 if probes is not None:
                     self._probes[recipe.name].append(probes)
 
@@ -432,80 +548,68 @@ class NearIndexer:
         concurrent ingest's new images are either all visible (committed) or joined later by
         that ingest against ours.
 
-        SQL runs on this thread (the caller's connection). Every recipe's candidate pairs are
-        computed in a worker thread while this thread inserts the band keys; then each recipe
-        in turn reads the signatures its candidates involve, verifies them, stores its pairs.
+        One recipe after the other (each holds its survivors and verification blocks; two at
+        once doubled the peak memory): its band join runs in a worker thread while this thread
+        stores its band keys; then this thread verifies the survivors block by block on the
+        stored signatures (`_verify_blocks`) and stores the pairs.
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
         lock_pair_finding(self.conn)
         try:
-            jobs = [self._join(recipe) for recipe in self.recipes]
-            for recipe, job in zip(self.recipes, jobs, strict=True):
-                if job is not None and job.members is not None:
-                    self._store_band_keys(self.ids[recipe.name], *job.members)
-                    job.members = None
-                    step(f"{recipe.name}: store band keys, join, verify", 1, 3)
-            # One recipe's verification at a time: each holds the signatures and screen of
-            # every image its candidates involve (two at once raised the 220k peak by 1 GB).
-            return tuple(
-                self._verify_and_store(recipe, job, step)
-                for recipe, job in zip(self.recipes, jobs, strict=True)
-            )
+            return tuple(self._find_pairs(recipe, step) for recipe in self.recipes)
         finally:
             self.close()
 
-    def _join(self, recipe: Recipe) -> _Join | None:
-        """Start the band join of one recipe: the new images' keys against the catalog's."""
+    def _find_pairs(self, recipe: Recipe, step: Progress) -> NearStats:
+        """Band keys stored, joined, verified and pairs stored for one recipe."""
         started = time.perf_counter()
-        recipe_id = self.ids[recipe.name]
-        if not self._keys[recipe.name]:
-            return None
-        keys = np.concatenate(self._keys[recipe.name])
-        images = np.concatenate(self._images[recipe.name])
+        name, recipe_id = recipe.name, self.ids[recipe.name]
+        if not self._keys[name]:
+            return NearStats(name, 0, 0, 0, 0, 0, 0.0)
+        task = f"{name}: store band keys, join, verify"
+        keys = np.concatenate(self._keys[name])
+        images = np.concatenate(self._images[name])
+        resident = _concatenate(self._resident[name])
         # Probe keys (`Recipe.probe_keys`): more rows of the new images in each band, joined
-        # like their stored keys, never stored. (0, 0, bands) when the recipe has none.
+        # like their stored keys, never stored. (n, 0, bands) when the recipe has none.
         probes = (
-            np.concatenate(self._probes[recipe.name])
-            if self._probes[recipe.name]
+            np.concatenate(self._probes[name])
+            if self._probes[name]
             else np.empty((images.size, 0, keys.shape[1]), np.int64)
         )
-        self._keys[recipe.name], self._images[recipe.name] = [], []
-        self._probes[recipe.name] = []
-        lookup = np.concatenate([keys, probes.reshape(-1, keys.shape[1])]) if probes.size else keys
-        old_band, old_keys, old_images = self._old_members(recipe_id, lookup)
-        probe_images = np.repeat(images, probes.shape[1])
-        new_rows = np.ones(images.size + probe_images.size, bool)
-        probe_rows = np.repeat([False, True], [images.size, probe_images.size])
-        # Old members grouped by band once; each band's rows are built only when the join
-        # reaches it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
-        old_order = np.argsort(old_band, kind="stable")
-        old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
-
-        def bands() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-            for band in range(keys.shape[1]):
-                old = old_order[old_bounds[band] : old_bounds[band + 1]]
-                yield (
-                    np.concatenate([keys[:, band], probes[:, :, band].reshape(-1), old_keys[old]]),
-                    np.concatenate([images, probe_images, old_images[old]]),
-                    np.concatenate([new_rows, np.zeros(old.size, bool)]),
-                    np.concatenate([probe_rows, np.zeros(old.size, bool)]),
-                )
-
-        candidates = self._joiner.submit(band_candidates, bands())
-        return _Join(len(images), (keys, images), candidates, started)
-
-    def _verify_and_store(self, recipe: Recipe, job: _Join | None, step: Progress) -> NearStats:
-        """Verify one recipe's candidates on their stored signatures and store the pairs."""
-        if job is None:
-            return NearStats(recipe.name, 0, 0, 0, 0, 0, 0.0)
-        task = f"{recipe.name}: store band keys, join, verify"
-        pairs, largest, capped = job.candidates.result()
+        self._keys[name], self._images[name], self._probes[name] = [], [], []
+        self._resident[name] = []
+        lookup_keys = (
+            np.concatenate([keys, probes.reshape(-1, keys.shape[1])]) if probes.size else keys
+        )
+        old_band, old_keys, old_images = self._old_members(recipe_id, lookup_keys)
+        del lookup_keys
+        # Every joined image's resident summary, in id order (new ones computed while signing,
+        # old ones from their stored signatures).
+        old_ids = unique(old_images)
+        ids = np.concatenate([images, old_ids])
+        order = np.argsort(ids, kind="stable")
+        if old_ids.size:
+            resident = _concatenate([resident, self._stored_resident(recipe, recipe_id, old_ids)])
+        resident = _rows(resident, order)
+        ids = ids[order]
+        bands = _band_rows(keys, probes, images, old_band, old_keys, old_images)
+        joining = self._joiner.submit(_join_bands, recipe, bands, ids, resident)
+        self._store_band_keys(recipe_id, keys, images)
         step(task, 1, 3)
-        recipe_id = self.ids[recipe.name]
-        involved = unique(pairs.reshape(-1))
-        signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
-        close, distance = _verify(recipe, pairs, involved, signatures)
+        proposed = joining.result()
+        del keys, probes, bands, old_keys, old_images, resident
+        step(task, 1, 3)
+        pairs = unpack(proposed.survivors)
+        if recipe.signature_bytes <= RESIDENT_BYTES:
+            # The resident summary was the signatures and kept only pairs within the radius:
+            # their distances come from the same signatures, nothing more to verify.
+            involved = unique(pairs.reshape(-1))
+            signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
+            close, distance = _verify(recipe, pairs, involved, signatures)
+        else:
+            close, distance = self._verify_blocks(recipe, recipe_id, pairs)
         # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
         # concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no pair is
         # stored twice; on PostgreSQL that lets the rows go by COPY.
@@ -523,13 +627,91 @@ class NearIndexer:
         )
         step(task, 1, 3)
         return NearStats(
-            recipe=recipe.name,
-            images=job.images,
-            candidates=len(pairs),
+            recipe=name,
+            images=images.size,
+            candidates=proposed.proposals,
             pairs=len(close),
-            largest_bucket=largest,
-            capped_buckets=capped,
-            seconds=time.perf_counter() - job.started,
+            largest_bucket=proposed.largest,
+            capped_buckets=proposed.capped,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _verify_blocks(self, recipe: Recipe, recipe_id: int, pairs: np.ndarray) -> _Verified:
+        """`_verify` over blocks of image ids, so only two blocks' signatures are held at once.
+
+        Image ids are cut into blocks of about `VERIFY_BLOCK_BYTES` of signatures; the pairs
+        (sorted by their lower id) are verified block pair by block pair, (i, j) with i <= j,
+        each block's signatures read from the catalog (`_block_signatures`).
+
+        Args:
+            pairs: int64 (p, 2), sorted by the first column, first < second.
+        """
+        kept: list[_Verified] = []
+        if pairs.size == 0:
+            return np.empty((0, 2), np.int64), np.empty(0, np.float64)
+        block = max(1, VERIFY_BLOCK_BYTES // recipe.signature_bytes)
+        low_block = pairs[:, 0] // block
+        starts = np.flatnonzero(np.r_[True, low_block[1:] != low_block[:-1]])
+        ends = np.r_[starts[1:], low_block.size]
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            part = pairs[start:end]
+            i = int(low_block[start])
+            high_block = part[:, 1] // block
+            order = np.argsort(high_block, kind="stable")
+            part, high_block = part[order], high_block[order]
+            wanted = unique(np.concatenate([part[:, 0], part[high_block == i, 1]]))
+            ids_i, values_i = self._block_signatures(recipe, recipe_id, wanted, block)
+            cuts = np.flatnonzero(np.r_[True, high_block[1:] != high_block[:-1]])
+            for a, b in zip(cuts.tolist(), np.r_[cuts[1:], high_block.size].tolist(), strict=True):
+                tile = part[a:b]
+                if int(high_block[a]) == i:
+                    ids, values = ids_i, values_i
+                else:
+                    wanted = unique(tile[:, 1])
+                    ids_j, values_j = self._block_signatures(recipe, recipe_id, wanted, block)
+                    ids = np.concatenate([ids_i, ids_j])
+                    values = np.concatenate([values_i, values_j])
+                kept.append(_verify(recipe, tile, ids, values))
+        return np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept])
+
+    def _block_signatures(
+        self, recipe: Recipe, recipe_id: int, wanted: np.ndarray, block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored signatures of at least the ``wanted`` ids (sorted, unique, all in one block of
+        ``block`` ids): (sorted ids (n,), uint8 (n, S)).
+
+        One range scan of the signature table's primary key when they fill a good part of the
+        block (a first ingest, where nearly every image has candidates); else lookups of just
+        those ids (an incremental ingest, whose old images in a block are a few members of
+        the buckets its new images joined).
+        """
+        if wanted.size * 4 < block:
+            return wanted, self._signatures(recipe_id, wanted, recipe.signature_bytes)
+        first = int(wanted[0]) // block * block
+        mark = placeholder(self.conn)
+        rows = fetch_rows(
+            self.conn,
+            f"SELECT image_id, value FROM signature WHERE recipe_id = {mark} "
+            f"AND image_id >= {mark} AND image_id < {mark} ORDER BY image_id",
+            (recipe_id, first, first + block),
+        )
+        ids = np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
+        values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
+        return ids, values.reshape(len(rows), recipe.signature_bytes)
+
+    def _stored_resident(self, recipe: Recipe, recipe_id: int, image_ids: np.ndarray) -> _Resident:
+        """`_resident` of catalogued images (``image_ids`` sorted, unique, not empty), from their
+        stored signatures, read and summarised a slice at a time."""
+        return _concatenate(
+            [
+                _resident(
+                    recipe,
+                    self._signatures(
+                        recipe_id, image_ids[start : start + RESIDENT_SLICE], recipe.signature_bytes
+                    ),
+                )
+                for start in range(0, image_ids.size, RESIDENT_SLICE)
+            ]
         )
 
     def _old_members(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from catalog import api, synth
+from catalog import api, near, synth
 from catalog.db import open_catalog, writing
 from catalog.errors import InputError, NotFoundError, SchemaError
 from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
@@ -235,3 +235,72 @@ def test_near_copies_with_another_label_are_conflicts(db: str, tmp_path: Path, l
             ("l@v1:train", 1),
             ("l@v1:test", 1),
         }
+
+
+def _stored(db: str, recipe: str, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    engine = open_catalog(db)
+    try:
+        with engine.connect() as conn:
+            rid = conn.exec_driver_sql(f"SELECT id FROM recipe WHERE name = '{recipe}'").scalar()
+            return [tuple(r) for r in conn.exec_driver_sql(sql.format(rid=rid))]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_streamed_join_and_block_verification_equal_the_reference(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch, small: bool
+) -> None:
+    """The ingest's band join (band by band, ruled out on resident summaries, survivors
+    compacted) and its verification block by block store exactly the pairs of the reference:
+    `candidate_pairs` over the stored band keys, every candidate's exact distance within the
+    radius. With ``small``, blocks of 7 images, batches of 5 pairs and compaction at 3 pairs
+    make every loop turn many times; two versions exercise the old members' summaries."""
+    if small:
+        monkeypatch.setattr(near, "VERIFY_BLOCK_BYTES", 7 * PIXEL.signature_bytes)
+        monkeypatch.setattr(near, "PREFILTER_BATCH", 5)
+        monkeypatch.setattr(near, "COMPACT_AT", 3)
+        monkeypatch.setattr(near, "RESIDENT_SLICE", 4)
+    images, _labels = letters
+    rng = np.random.default_rng(5)
+    copies = synth.gaussian_noise(images[:40], 0.02, rng)
+    dimmed = synth.brightness(images[40:80], 0.03)
+    api.ingest(db, "l", "v1", {"train": np.concatenate([images[:200], copies])})
+    api.ingest(db, "l", "v2", {"train": np.concatenate([images[150:400], dimmed])})
+    for recipe in DEFAULT_RECIPES:
+        keys = np.array(
+            _stored(
+                db, recipe.name, "SELECT band, key, image_id FROM band_key WHERE recipe_id = {rid}"
+            ),
+            np.int64,
+        )
+        signed = _stored(
+            db,
+            recipe.name,
+            "SELECT image_id, value FROM signature WHERE recipe_id = {rid} ORDER BY image_id",
+        )
+        ids = np.array([r[0] for r in signed], np.int64)
+        signatures = np.frombuffer(b"".join(bytes(r[1]) for r in signed), np.uint8).reshape(
+            len(signed), -1
+        )
+        candidates, _largest, _capped = candidate_pairs(
+            keys[:, 0], keys[:, 1], keys[:, 2], np.ones(len(keys), bool)
+        )
+        rows = np.searchsorted(ids, candidates)
+        distance = recipe.distances(signatures[rows[:, 0]], signatures[rows[:, 1]])
+        expected = {
+            (a, b): d
+            for (a, b), d in zip(candidates.tolist(), distance.tolist(), strict=True)
+            if d <= recipe.radius
+        }
+        stored = dict(
+            ((a, b), d)
+            for a, b, d in _stored(
+                db,
+                recipe.name,
+                "SELECT image_a, image_b, distance FROM pair WHERE recipe_id = {rid}",
+            )
+        )
+        assert len(expected) >= 80, recipe.name  # the planted copies at least
+        assert stored.keys() == expected.keys(), recipe.name
+        assert all(stored[p] == pytest.approx(d) for p, d in expected.items())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -69,6 +69,27 @@ class Screen:
             square = np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64
             types.append((difference, square))
         return tuple(types)
+
+    def coarsest(self) -> Screen:
+        """This screen with its first (smallest) level only: what a band join keeps in memory
+        for every image it joins (`catalog.near`), where the full screen would not fit."""
+        return Screen(levels=self.levels[:1], scale=self.scale)
+
+    @staticmethod
+    def concatenate(screens: Sequence[Screen]) -> Screen:
+        """One screen over the images of several (same recipe, same levels), in order."""
+        levels = tuple(
+            (np.concatenate([s.levels[k][0] for s in screens]), factor)
+            for k, (_vectors, factor) in enumerate(screens[0].levels)
+        )
+        return Screen(levels=levels, scale=np.concatenate([s.scale for s in screens]))
+
+    def rows(self, index: np.ndarray) -> Screen:
+        """The screen of the images at ``index``, in that order."""
+        return Screen(
+            levels=tuple((vectors[index], factor) for vectors, factor in self.levels),
+            scale=self.scale[index],
+        )
 
     def may_be_within(self, left: np.ndarray, right: np.ndarray, radius: float) -> np.ndarray:
         """Which pairs ``(left[k], right[k])`` no level rules out at ``radius``.
