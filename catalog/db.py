@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
@@ -399,6 +400,31 @@ def fetch_rows(
         return list(cursor.fetchall())
     finally:
         cursor.close()
+
+
+def fetch_integers(
+    conn: Connection, columns: Sequence[str], rest: str, params: Sequence[Any] = ()
+) -> list[np.ndarray]:
+    """Integer columns of one query, ``SELECT columns... rest``, as int64 arrays.
+
+    SQLite: each column comes back as one comma-separated text (``group_concat``), which numpy
+    parses in C; a Python tuple per row cost four times as much (2M pairs of a 1M-image
+    catalog: 0.54 s against 2.2 s), and ``overlap`` reads every pair of every recipe. The
+    aggregates of one query see its rows in one order, so the arrays line up row by row.
+    Other engines: `fetch_rows`. Parameters are marked with `placeholder`.
+    """
+    if conn.dialect.name != "sqlite":
+        rows = fetch_rows(conn, f"SELECT {', '.join(columns)} {rest}", params)
+        flat = np.fromiter(
+            itertools.chain.from_iterable(rows), np.int64, count=len(rows) * len(columns)
+        )
+        return list(flat.reshape(len(rows), len(columns)).T.copy())
+    aggregated = ", ".join(f"group_concat({column})" for column in columns)
+    texts = fetch_rows(conn, f"SELECT {aggregated} {rest}", params)[0]
+    return [
+        np.fromstring(text, dtype=np.int64, sep=",") if text else np.empty(0, np.int64)
+        for text in texts
+    ]
 
 
 ROWS_PER_STATEMENT = 1000

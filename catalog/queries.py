@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Connection, bindparam, func, select, text
 
 from catalog import vectors
-from catalog.db import fetch_rows, placeholder
+from catalog.db import fetch_integers, fetch_rows, placeholder
 from catalog.errors import InputError, NotFoundError
 from catalog.loaders.chunk import SkippedFile
 from catalog.loaders.folders import FOLDER_FORMAT
@@ -661,32 +661,50 @@ def select_recipes(
     return [(r.id, r.name, r.default_threshold if threshold is None else threshold) for r in rows]
 
 
+RANK_UNIT = 1e-12
+"""Distances are read as integer ranks in this unit (`_near_pairs`)."""
+
+
 def _near_pairs(
     conn: Connection, audit: _Audit, recipe_id: int, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A recipe's pairs within the threshold whose two images both sit in the audited splits.
 
     Returns:
-        (a, b, distance), each (n,): positions in ``audit.images`` of image_a and image_b
-        (int64), and the stored distance (float64), in primary-key order.
+        (a, b, rank), each (n,) int64: positions in ``audit.images`` of image_a and image_b,
+        and the stored distance in units of `RANK_UNIT`, rounded, in primary-key order. Ranks
+        order pairs as their distances do (the built-in recipes' distinct distances differ by
+        far more than the unit), and integers read four times faster than floats
+        (`catalog.db.fetch_integers`); `_exact_distances` reads the few a report shows.
     """
     mark = placeholder(conn)
     # A range of the primary key: the pairs of later versions' new images stay unread.
     low, high = audit.id_range()
-    rows = fetch_rows(
+    ids_a, ids_b, rank = fetch_integers(
         conn,
-        f"SELECT image_a, image_b, distance FROM pair WHERE recipe_id = {mark} "
-        f"AND image_a BETWEEN {mark} AND {mark} AND image_b BETWEEN {mark} AND {mark} "
-        f"AND distance <= {mark}",
+        ("image_a", "image_b", f"CAST(ROUND(distance * {1 / RANK_UNIT:.0f}) AS BIGINT)"),
+        f"FROM pair WHERE recipe_id = {mark} AND image_a BETWEEN {mark} AND {mark} "
+        f"AND image_b BETWEEN {mark} AND {mark} AND distance <= {mark}",
         (recipe_id, low, high, low, high, threshold),
     )
-    found = np.fromiter(
-        rows, dtype=[("a", np.int64), ("b", np.int64), ("d", np.float64)], count=len(rows)
-    )
-    del rows
-    a, b = audit.positions(found["a"]), audit.positions(found["b"])
+    a, b = audit.positions(ids_a), audit.positions(ids_b)
     inside = (a >= 0) & (b >= 0)
-    return a[inside], b[inside], found["d"][inside]
+    return a[inside], b[inside], rank[inside]
+
+
+def _exact_distances(
+    conn: Connection, recipe_id: int, ids_a: Sequence[int], ids_b: Sequence[int]
+) -> list[float]:
+    """The stored distances of the pairs (ids_a[k], ids_b[k]), each a primary-key lookup."""
+    mark = placeholder(conn)
+    statement = (
+        f"SELECT distance FROM pair WHERE recipe_id = {mark} AND image_a = {mark} "
+        f"AND image_b = {mark}"
+    )
+    return [
+        float(fetch_rows(conn, statement, (recipe_id, a, b))[0][0])
+        for a, b in zip(ids_a, ids_b, strict=True)
+    ]
 
 
 def _closest(a: np.ndarray, b: np.ndarray, distance: np.ndarray, limit: int) -> np.ndarray:
@@ -705,7 +723,7 @@ def _near_tier(
     matrix: bool = True,
 ) -> NearTier:
     """Near overlap matrix (unless ``matrix`` is False) and near label conflicts."""
-    a, b, distance = _near_pairs(conn, audit, recipe_id, threshold)
+    a, b, rank = _near_pairs(conn, audit, recipe_id, threshold)
     pairs: tuple[PairOverlap, ...] = ()
     if matrix:
         size = len(audit.splits)
@@ -727,8 +745,9 @@ def _near_tier(
     la, lb = audit.labels[a], audit.labels[b]
     conflict = (la != _UNLABELLED) & (lb != _UNLABELLED) & ((la == _MIXED) | (la != lb))
     closest = np.flatnonzero(conflict)
-    closest = closest[_closest(a[closest], b[closest], distance[closest], limit)]
+    closest = closest[_closest(a[closest], b[closest], rank[closest], limit)]
     ids_a, ids_b = audit.images[a[closest]].tolist(), audit.images[b[closest]].tolist()
+    distances = _exact_distances(conn, recipe_id, ids_a, ids_b)
     by_id = {s.split_id: s for s in audit.splits}
     items = _items_of(conn, sorted(set(ids_a) | set(ids_b)), by_id)
     return NearTier(
@@ -737,8 +756,8 @@ def _near_tier(
         pairs=pairs,
         conflict_images=int(vectors.unique(np.concatenate([a[conflict], b[conflict]])).size),
         conflicts=tuple(
-            NearConflict(distance=float(d), a=tuple(items[i][1]), b=tuple(items[j][1]))
-            for i, j, d in zip(ids_a, ids_b, distance[closest].tolist(), strict=True)
+            NearConflict(distance=d, a=tuple(items[i][1]), b=tuple(items[j][1]))
+            for i, j, d in zip(ids_a, ids_b, distances, strict=True)
         ),
     )
 
@@ -772,10 +791,11 @@ def cross_split_copies(
     exact = _members(conn, first, by_id) if first else []
     near = []
     for recipe_id, name, threshold in select_recipes(conn, recipes, None):
-        a, b, distance = _near_pairs(conn, audit, recipe_id, threshold)
+        a, b, rank = _near_pairs(conn, audit, recipe_id, threshold)
         across = np.flatnonzero(audit.across(a, b))
-        closest = across[_closest(a[across], b[across], distance[across], limit)]
+        closest = across[_closest(a[across], b[across], rank[across], limit)]
         ids_a, ids_b = audit.images[a[closest]].tolist(), audit.images[b[closest]].tolist()
+        distances = _exact_distances(conn, recipe_id, ids_a, ids_b)
         found = _items_of(conn, sorted(set(ids_a) | set(ids_b)), by_id)
         near.append(
             NearLeaks(
@@ -788,7 +808,7 @@ def cross_split_copies(
                         a=GroupMember(found[i][0], tuple(found[i][1])),
                         b=GroupMember(found[j][0], tuple(found[j][1])),
                     )
-                    for i, j, d in zip(ids_a, ids_b, distance[closest].tolist(), strict=True)
+                    for i, j, d in zip(ids_a, ids_b, distances, strict=True)
                 ),
             )
         )
