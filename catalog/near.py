@@ -1,12 +1,17 @@
 """Near duplicates in the catalog: store signatures and band keys, join, verify, store pairs.
 
 During an ingest, `NearIndexer.add` takes each chunk's new, informative images and computes
-every recipe's signatures and LSH band keys (vectorised, `catalog.recipes`) in worker threads;
-signatures are stored as they come, band keys kept. After the last chunk, `NearIndexer.finish`
-stores the band keys in one sorted insert, joins only the NEW images' keys (and their probe
-keys, `Recipe.probe_keys`, which are never stored) against all band keys of the recipe, verifies
-every candidate exactly on the stored signatures, and stores the pairs within the recipe's
-radius. The band join only proposes; the distance decides.
+every recipe's signatures, LSH band keys and resident summary (`_resident`; vectorised,
+`catalog.recipes`) in worker threads; signatures are stored as they come, band keys and
+summaries kept. After the last chunk, `NearIndexer.finish` takes one recipe after the other:
+it stores the band keys in one sorted insert while a worker joins only the NEW images' keys
+(and their probe keys, `Recipe.probe_keys`, which are never stored) against all band keys of
+the recipe, band by band, ruling each band's proposals in or out on the summaries at once
+(`_join_bands`); then it verifies the survivors exactly on the stored signatures, block pair by
+block pair of image ids (`NearIndexer._verify_blocks`), and stores the pairs within the
+recipe's radius. The band join only proposes; the distance decides. Memory follows the
+summaries (at most 136 bytes an image), the survivors and two blocks of signatures, not the
+candidates: at 1M images of `benchmarks/scale.py`, pixel-v1's join proposes 126M pairs.
 
 The blow-up guard: a bucket (recipe, band, key) with thousands of members (thousands of
 near-identical images) would propose millions of pairs. Inside one bucket, members are taken in
@@ -30,7 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Connection, select
 
-from catalog.db import bulk_insert, fetch_integers, fetch_rows, lock_pair_finding, placeholder
+from catalog.db import (
+    bulk_insert,
+    fetch_batches,
+    fetch_integers,
+    fetch_rows,
+    lock_pair_finding,
+    placeholder,
+)
 from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
 from catalog.recipes import DEFAULT_RECIPES, Recipe, Screen, get_recipe
@@ -71,7 +83,9 @@ class NearStats:
     images: int
     """New images signed (low-information images are left out)."""
     candidates: int
-    """Distinct candidate pairs the band join proposed."""
+    """Pairs the band join proposed: distinct within each band, and counted in every band that
+    proposes them (the join never holds all bands' pairs at once, which counting each pair once
+    would need; most far pairs share one band, near pairs many)."""
     pairs: int
     """Candidates within the recipe's radius, stored."""
     largest_bucket: int
@@ -701,15 +715,23 @@ class NearIndexer:
             return wanted, self._signatures(recipe_id, wanted, recipe.signature_bytes)
         first = int(wanted[0]) // block * block
         mark = placeholder(self.conn)
-        rows = fetch_rows(
+        ids = np.empty(block, np.int64)
+        values = np.empty((block, recipe.signature_bytes), np.uint8)
+        count = 0
+        # Copied into place a batch of rows at a time, never a block's worth of bytes objects.
+        for rows in fetch_batches(
             self.conn,
             f"SELECT image_id, value FROM signature WHERE recipe_id = {mark} "
             f"AND image_id >= {mark} AND image_id < {mark} ORDER BY image_id",
             (recipe_id, first, first + block),
-        )
-        ids = np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
-        values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
-        return ids, values.reshape(len(rows), recipe.signature_bytes)
+        ):
+            end = count + len(rows)
+            ids[count:end] = [row[0] for row in rows]
+            values[count:end] = np.frombuffer(
+                b"".join(bytes(row[1]) for row in rows), np.uint8
+            ).reshape(len(rows), recipe.signature_bytes)
+            count = end
+        return ids[:count], values[:count]
 
     def _stored_resident(self, recipe: Recipe, recipe_id: int, image_ids: np.ndarray) -> _Resident:
         """`_resident` of catalogued images (``image_ids`` sorted, unique, not empty), from their

@@ -929,37 +929,66 @@ def duplicate_groups(
     """
     from catalog.recipes import get_recipe
 
-    splits = resolve_all(conn, refs)
+    audit = _audit(conn, resolve_all(conn, refs, sizes=False))
+    size = max(len(audit.splits), 1)
     chosen: tuple[int, str, float] | None = None
     if not exact_only:
         candidates = select_recipes(conn, [recipe] if recipe else None, threshold)
         chosen = candidates[0] if candidates else None
-    # (items, split, member image ids) of every group of every split.
-    groups: list[tuple[int, SplitInfo, np.ndarray]] = []
-    for split in splits:
-        copies: dict[int, int] = dict(
-            conn.execute(_EXACT_GROUPS_SQL, {"split": split.split_id}).all()
-        )
-        edges = np.empty((0, 2), np.int64)
-        if chosen is not None:
-            found = conn.execute(
-                _NEAR_EDGES_SQL, {"recipe": chosen[0], "t": chosen[2], "split": split.split_id}
-            ).all()
-            edges = np.array(found, dtype=np.int64).reshape(-1, 2)
-        exact = np.array(sorted(copies), dtype=np.int64)
-        nodes = np.unique(np.concatenate([exact, edges.reshape(-1)]))
+    # Entries are sorted by image then split, so their keys image * size + split are sorted.
+    entry_keys = audit.entry_image * size + audit.entry_split
+    # Near edges inside a split: for each entry of a pair's first image, the pair is an edge of
+    # that split when its second image has an entry there too.
+    edge_a = edge_b = edge_split = np.empty(0, np.int64)
+    if chosen is not None:
+        a, b, _rank = _near_pairs(conn, audit, chosen[0], chosen[2])
+        owner, entry = audit.entries_of(a)
+        split_of = audit.entry_split[entry]
+        wanted = b[owner] * size + split_of
+        found = np.minimum(np.searchsorted(entry_keys, wanted), max(entry_keys.size - 1, 0))
+        hit = entry_keys[found] == wanted if entry_keys.size else np.zeros(0, bool)
+        edge_a, edge_b, edge_split = a[owner][hit], b[owner][hit], split_of[hit]
+    # Every group of every split: (items, images, split index, first image position) per
+    # group, and its members' positions in `audit.images`, grouped.
+    totals: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    group_split: list[np.ndarray] = []
+    firsts: list[np.ndarray] = []
+    member_lists: list[np.ndarray] = []
+    for index in range(len(audit.splits)):
+        here = audit.entry_split == index
+        exact = audit.entry_image[here & (audit.entry_items > 1)]
+        inside = edge_split == index
+        edges = np.stack([edge_a[inside], edge_b[inside]], axis=1)
+        nodes = vectors.unique(np.concatenate([exact, edges.reshape(-1)]))
         if nodes.size == 0:
             continue
-        items = np.array([copies.get(n, 1) for n in nodes.tolist()], dtype=np.int64)
+        items = audit.entry_items[np.searchsorted(entry_keys, nodes * size + index)]
         labels = _components(edges, nodes)
-        sizes = np.bincount(labels)
-        totals = np.bincount(labels, weights=items).astype(np.int64)
-        for component in np.flatnonzero((sizes > 1) | (totals > 1)):
-            groups.append((int(totals[component]), split, nodes[labels == component]))
-    groups.sort(key=lambda g: (-g[0], -g[2].size, g[1].split_id, int(g[2][0])))
+        order = np.argsort(labels, kind="stable")  # members stay in id order
+        starts, lengths = _runs(labels[order])
+        total = np.add.reduceat(items[order], starts)
+        group = (lengths > 1) | (total > 1)
+        grouped = np.split(nodes[order], starts[1:])
+        totals.append(total[group])
+        counts.append(lengths[group])
+        group_split.append(np.full(int(group.sum()), index))
+        firsts.append(nodes[order][starts][group])
+        member_lists.extend(m for m, keep in zip(grouped, group.tolist(), strict=True) if keep)
+    if totals:
+        total, count = np.concatenate(totals), np.concatenate(counts)
+        split_index, first = np.concatenate(group_split), np.concatenate(firsts)
+    else:
+        total = count = split_index = first = np.empty(0, np.int64)
+    split_ids = np.array([s.split_id for s in audit.splits], np.int64)
+    ranked = np.lexsort((first, split_ids[split_index], -count, -total))
+    groups = [
+        (int(total[g]), audit.splits[int(split_index[g])], audit.images[member_lists[g]])
+        for g in ranked[: max(limit, 0)].tolist()
+    ]
     resolved = get_recipe(chosen[1]) if chosen is not None else None
     shown = []
-    for total, split, members in groups[:limit]:
+    for group_items, split, members in groups:
         provenance = _items_of(conn, members.tolist(), {split.split_id: split})
         max_distance = 0.0
         if chosen is not None and resolved is not None and members.size > 1:
@@ -968,7 +997,7 @@ def duplicate_groups(
             DuplicateGroup(
                 split=split.ref,
                 images=int(members.size),
-                items=total,
+                items=group_items,
                 max_distance=max_distance,
                 members=tuple(
                     GroupMember(provenance[i][0], tuple(provenance[i][1])) for i in members.tolist()
@@ -978,24 +1007,11 @@ def duplicate_groups(
     return DupsReport(
         recipe=chosen[1] if chosen else None,
         threshold=chosen[2] if chosen else None,
-        groups_total=len(groups),
+        groups_total=int(total.size),
         groups=tuple(shown),
     )
 
 
-_EXACT_GROUPS_SQL = text(
-    "SELECT image_id, COUNT(*) FROM item WHERE split_id = :split "
-    "GROUP BY image_id HAVING COUNT(*) > 1"
-)
-
-_NEAR_EDGES_SQL = text(
-    """
-    SELECT p.image_a, p.image_b FROM pair p
-    WHERE p.recipe_id = :recipe AND p.distance <= :t
-      AND EXISTS (SELECT 1 FROM item i WHERE i.image_id = p.image_a AND i.split_id = :split)
-      AND EXISTS (SELECT 1 FROM item i WHERE i.image_id = p.image_b AND i.split_id = :split)
-    """
-)
 _DIAMETER_MEMBERS = 64
 
 

@@ -403,3 +403,71 @@ def test_items_of_searches_the_image_index(engine: Engine) -> None:
             for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
         )
     assert "item USING INDEX ix_item_image_id_split_id" in plan, plan
+
+
+def _root(parent: dict[int, int], n: int) -> int:
+    while parent[n] != n:
+        n = parent[n]
+    return n
+
+
+def _reference_groups(conn: Connection, refs: list[str], threshold: float) -> list[tuple]:  # type: ignore[type-arg]
+    """Duplicate groups by hand: per split, images with several items or joined by a pair of
+    recipe 1 within the threshold whose two images both sit in the split, merged by a
+    union-find; ordered by items, images, split id and first image id."""
+    groups = []
+    for split in queries.resolve_all(conn, refs):
+        counts = dict(
+            conn.execute(
+                text("SELECT image_id, COUNT(*) FROM item WHERE split_id = :s GROUP BY image_id"),
+                {"s": split.split_id},
+            ).all()
+        )
+        edges = [
+            (a, b)
+            for a, b in conn.execute(
+                text("SELECT image_a, image_b FROM pair WHERE recipe_id = 1 AND distance <= :t"),
+                {"t": threshold},
+            ).all()
+            if a in counts and b in counts
+        ]
+        nodes = {i for i, n in counts.items() if n > 1} | {i for e in edges for i in e}
+        parent = {n: n for n in nodes}
+        for a, b in edges:
+            parent[_root(parent, a)] = _root(parent, b)
+        members: dict[int, list[int]] = {}
+        for n in sorted(nodes):
+            members.setdefault(_root(parent, n), []).append(n)
+        for group in members.values():
+            items = sum(counts[n] for n in group)
+            if len(group) > 1 or items > 1:
+                groups.append((items, len(group), split.split_id, group, split.ref))
+    groups.sort(key=lambda g: (-g[0], -g[1], g[2], g[3][0]))
+    return groups
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_duplicate_groups_equal_a_union_find(engine: Engine, seed: int) -> None:
+    _random_catalog(engine, seed)
+    with writing(engine) as conn:  # a recipe the library knows; its pairs are the random ones
+        conn.execute(text("UPDATE recipe SET name = 'pixel-v1' WHERE id = 1"))
+    with engine.connect() as conn:
+        for refs in REFS:
+            for threshold in (0.0, 0.1, 0.2):
+                expected = _reference_groups(conn, refs, threshold)
+                for limit in (0, 3, 1000):
+                    report = queries.duplicate_groups(
+                        conn, refs, recipe="pixel-v1", threshold=threshold, limit=limit
+                    )
+                    assert report.groups_total == len(expected)
+                    assert [
+                        (g.split, g.images, g.items, [m.image_digest for m in g.members])
+                        for g in report.groups
+                    ] == [
+                        (ref, size, items, [_digest(i).hex() for i in group])
+                        for items, size, _split, group, ref in expected[:limit]
+                    ]
+            exact = queries.duplicate_groups(conn, refs, exact_only=True, limit=1000)
+            assert [(g.split, g.items) for g in exact.groups] == [
+                (g[4], g[0]) for g in _reference_groups(conn, refs, -1.0)
+            ]
