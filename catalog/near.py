@@ -622,17 +622,15 @@ class NearIndexer:
         self._store_band_keys(recipe_id, keys, images)
         step(task, 1, 3)
         proposed = joining.result()
-        del keys, probes, bands, old_keys, old_images, resident
+        del keys, probes, bands, old_keys, old_images
         step(task, 1, 3)
         survivors, proposed.survivors = proposed.survivors, np.empty(0, np.int64)
-        if recipe.signature_bytes <= RESIDENT_BYTES:
-            # The resident summary was the signatures and kept only pairs within the radius:
-            # their distances come from the same signatures, nothing more to verify.
-            pairs = unpack(survivors)
-            involved = unique(pairs.reshape(-1))
-            signatures = self._signatures(recipe_id, involved, recipe.signature_bytes)
-            close, distance = _verify(recipe, pairs, involved, signatures)
+        if isinstance(resident, np.ndarray):
+            # The resident summaries were the signatures themselves (in id order, `ids`) and
+            # kept only pairs within the radius: their distances come from them at once.
+            close, distance = _verify(recipe, unpack(survivors), ids, resident)
         else:
+            del resident
             close, distance = self._verify_blocks(recipe, recipe_id, survivors)
         del survivors
         # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
