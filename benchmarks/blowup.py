@@ -47,7 +47,8 @@ def main() -> None:
         unguarded = near.images * (near.images - 1) // 2
         print(
             f"{near.recipe}: largest bucket {near.largest_bucket:,}, {near.capped_buckets} "
-            f"buckets over the cap, {near.candidates:,} candidates (all pairs: {unguarded:,}), "
+            f"buckets over the cap, {near.candidates:,} band-join proposals, counted in each "
+            f"band that proposes them (all pairs: {unguarded:,}), "
             f"{near.pairs:,} pairs stored, join + verify {near.seconds:.2f} s"
         )
     print(

@@ -66,8 +66,8 @@ def ingest_result(result: IngestResult) -> RenderableType:
     for near in result.near:
         parts.append(
             Text(
-                f"{near.recipe}: {near.images:,} images signed, {near.candidates:,} candidates "
-                f"from the band join, {near.pairs:,} near pairs stored ({near.seconds:.1f} s)"
+                f"{near.recipe}: {near.images:,} images signed, {near.candidates:,} band-join "
+                f"proposals, {near.pairs:,} near pairs stored ({near.seconds:.1f} s)"
                 + (
                     f"; {near.capped_buckets:,} buckets over the cap (largest "
                     f"{near.largest_bucket:,})"
