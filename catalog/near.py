@@ -613,7 +613,7 @@ class NearIndexer:
         old_ids = unique(old_images)
         ids = np.concatenate([images, old_ids])
         order = np.argsort(ids, kind="stable")
-        if old_ids.size:
+        if old_ids.size and resident is not None:
             resident = _concatenate([resident, self._stored_resident(recipe, recipe_id, old_ids)])
         resident = _rows(resident, order)
         ids = ids[order]
