@@ -23,6 +23,7 @@ from catalog.recipes import (
     PerceptualRecipe,
     PixelRecipe,
     Recipe,
+    Screen,
     get_recipe,
     minhash,
     perceptual,
@@ -356,6 +357,33 @@ def test_pixel_screen_rules_out_distinct_letters() -> None:
     # An inverted image is far even in 8x8 blocks; an image is within any radius of itself.
     assert not screen.may_be_within(np.arange(n), np.arange(n) + n, PIXEL.radius).any()
     assert screen.may_be_within(np.arange(n), np.arange(n), 0.0).all()
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_screen_across_two_screens_equals_one_screen_of_both(wide: bool) -> None:
+    # Verification screens two blocks of images against each other without joining them
+    # (`other`); that must rule in and out exactly what one screen over both blocks does,
+    # also when one block's values need wider exact types than the other's.
+    rng = np.random.default_rng(3)
+    letters = golden_images()["gray28"]
+    images = np.concatenate([letters, np.clip(letters + rng.normal(0, 0.03, letters.shape), 0, 1)])
+    first = PIXEL.screen(PIXEL.signatures(images[::2].astype(np.float32)))
+    second = PIXEL.screen(PIXEL.signatures(images[1::2].astype(np.float32)))
+    assert first is not None and second is not None
+    if wide:  # values near the int16 limit: differences across the screens need int32
+        second = Screen(
+            levels=tuple((v.astype(np.int32) * 4 + 20_000, f / 4) for v, f in second.levels),
+            scale=second.scale,
+        )
+        assert second._exact_types[0][0] is np.int32
+    both = Screen.concatenate([first, second])
+    n, m = first.scale.size, second.scale.size
+    left, right = rng.integers(0, n, 400), rng.integers(0, m, 400)
+    for radius in (0.05, PIXEL.radius, 0.3, 1.0):
+        np.testing.assert_array_equal(
+            first.may_be_within(left, right, radius, other=second),
+            both.may_be_within(left, right + n, radius),
+        )
 
 
 @settings(max_examples=25, deadline=None)

@@ -91,30 +91,39 @@ class Screen:
             scale=self.scale[index],
         )
 
-    def may_be_within(self, left: np.ndarray, right: np.ndarray, radius: float) -> np.ndarray:
+    def may_be_within(
+        self, left: np.ndarray, right: np.ndarray, radius: float, other: Screen | None = None
+    ) -> np.ndarray:
         """Which pairs ``(left[k], right[k])`` no level rules out at ``radius``.
 
         Each level looks only at the pairs the coarser levels kept.
 
         Args:
-            left, right: int64 (p,) row indices into the vectors.
+            left: int64 (p,) row indices into this screen's vectors.
+            right: int64 (p,) row indices into ``other``'s (same recipe, same levels; default
+                this screen): verification screens two blocks of images without joining them.
             radius: the distance a pair must not exceed.
 
         Returns:
             bool (p,).
         """
+        theirs = self if other is None else other
         keep = np.ones(left.size, dtype=bool)
-        for (vectors, factor), (difference, square) in zip(
-            self.levels, self._exact_types, strict=True
+        for (vectors, factor), (their_vectors, _), mine, their_types in zip(
+            self.levels, theirs.levels, self._exact_types, theirs._exact_types, strict=True
         ):
             rows = np.flatnonzero(keep)
             if rows.size == 0:
                 break
+            # The wider of the two screens' exact types bounds every difference across them.
+            narrow = mine[0] is np.int16 and their_types[0] is np.int16
+            difference = np.int16 if narrow else np.int32
+            square = np.int32 if mine[1] is np.int32 and their_types[1] is np.int32 else np.int64
             a, b = left[rows], right[rows]
             if difference is np.int16:
-                diff = vectors[a] - vectors[b]
+                diff = vectors[a] - their_vectors[b]
             else:
-                diff = vectors[a].astype(difference) - vectors[b]
+                diff = vectors[a].astype(difference) - their_vectors[b]
             sums = np.einsum("ij,ij->i", diff, diff, dtype=square)
             bound = self.scale[a] * factor * np.sqrt(sums)
             keep[rows] = np.minimum(bound, 1.0) <= radius
