@@ -21,6 +21,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -297,6 +298,12 @@ def _why_no_room(path: Path | None) -> str | None:
         return None
     files = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists()]
     largest = max((p.stat().st_size for p in files), default=0)
+    return _limit_reached(largest, path.parent)
+
+
+def _limit_reached(largest: int, directory: Path) -> str | None:
+    """The file size limit, if a file of ``largest`` bytes is at it, or the disk of
+    ``directory``, if it is full; else None."""
     try:
         import resource  # POSIX only
 
@@ -306,12 +313,30 @@ def _why_no_room(path: Path | None) -> str | None:
     except (ImportError, OSError, ValueError):
         pass
     try:
-        free = shutil.disk_usage(path.parent).free
+        free = shutil.disk_usage(directory).free
     except OSError:
         return None
     if free < _NO_ROOM_BYTES:
-        return f"disk full ({free:,} bytes free on {path.parent})"
+        return f"disk full ({free:,} bytes free on {directory})"
     return None
+
+
+def scratch_directory(conn: Connection) -> Path:
+    """Where an ingest keeps its scratch files: beside a SQLite catalog (a disk known to hold
+    the catalog, where the system's temporary directory may be a small RAM disk), else the
+    system's temporary directory."""
+    path = _sqlite_path(str(conn.engine.url))
+    return path.resolve().parent if path is not None else Path(tempfile.gettempdir())
+
+
+def scratch_error(conn: Connection, directory: Path, size: int, exc: OSError) -> StorageError:
+    """The person's version of a failed write of an ingest's scratch file of ``size`` bytes so
+    far in ``directory`` (`scratch_directory`); the caller's transaction rolls back."""
+    reason = _limit_reached(size, directory) or (exc.strerror or str(exc))
+    return StorageError(
+        f"{describe(str(conn.engine.url))}: {reason} while writing the ingest's scratch file "
+        f"in {directory}; nothing was added and the catalog is unchanged"
+    )
 
 
 _RETRYABLE = {"40P01", "40001", "23505"}

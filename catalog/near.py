@@ -2,15 +2,17 @@
 
 During an ingest, `NearIndexer.add` takes each chunk's new, informative images and computes
 every recipe's signatures, LSH band keys and resident summary (`_resident`; vectorised,
-`catalog.recipes`) in worker threads; signatures are stored as they come, band keys and
-summaries kept. After the last chunk, `NearIndexer.finish` takes one recipe after the other:
-it stores the band keys in one sorted insert while a worker joins only the NEW images' keys
-(and their probe keys, `Recipe.probe_keys`, which are never stored) against all band keys of
-the recipe, band by band, ruling each band's proposals in or out on the summaries at once
-(`_join_bands`); then it verifies the survivors exactly on the stored signatures, block pair by
-block pair of image ids (`NearIndexer._verify_blocks`), and stores the pairs within the
-recipe's radius. The band join only proposes; the distance decides. Memory follows the
-summaries (at most 136 bytes an image), the survivors and two blocks of signatures, not the
+`catalog.recipes`) in worker threads; signatures are stored as they come (and, for recipes
+verified in blocks, also written to a scratch file, `_Spill`), band keys and summaries kept.
+After the last chunk, `NearIndexer.finish` takes one recipe after the other: it stores the band
+keys in one sorted insert while `WORKERS` threads join only the NEW images' keys (and their
+probe keys, `Recipe.probe_keys`, which are never stored) against all band keys of the recipe,
+each thread its share of the bands, band by band, ruling each band's proposals in or out on
+the summaries at once (`_join_bands`); then it verifies the survivors exactly, tile by tile of
+image-id blocks, the workers verifying while this thread reads the next blocks' signatures
+(`NearIndexer._verify_blocks`), and stores the pairs within the recipe's radius while the next
+recipe's join runs. The band join only proposes; the distance decides. Memory follows the
+summaries (at most 136 bytes an image), the survivors and a few blocks of signatures, not the
 candidates: at 1M images of `benchmarks/scale.py`, pixel-v1's join proposes 126M pairs.
 
 The blow-up guard: a bucket (recipe, band, key) with thousands of members (thousands of
@@ -23,14 +25,17 @@ connected, so duplicate groups (connected components) are still whole.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sqlalchemy import Connection, select
@@ -42,6 +47,8 @@ from catalog.db import (
     fetch_rows,
     lock_pair_finding,
     placeholder,
+    scratch_directory,
+    scratch_error,
 )
 from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
@@ -55,8 +62,12 @@ BUCKET_LINK = 8
 """How many of a big bucket's first members each later member is compared with."""
 MAX_PENDING = 2
 """Chunks whose signing may be under way at once (each holds its pixels: the memory bound)."""
-VERIFY_BATCH = 50_000
-"""Candidate pairs verified per numpy call (memory bound: 2 x batch x signature bytes)."""
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Threads sharing a recipe's band join and its verification (each holds one band's or one
+tile's arrays: memory grows with them, hence at most 4)."""
+VERIFY_BATCH = 16_384
+"""Candidate pairs verified per numpy call (memory bound per worker: 3 x batch x the bytes of a
+screen level or signature)."""
 PREFILTER_BATCH = 262_144
 """Proposed pairs ruled in or out per numpy call during the band join (memory bound: 2 x batch
 x the resident summary's bytes)."""
@@ -92,6 +103,32 @@ class NearStats:
     capped_buckets: int
     """Buckets larger than `BUCKET_CAP`, where the guard limited the candidates."""
     seconds: float
+
+
+def _release_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing).
+
+    numpy's arrays below 32 MB come from malloc's heaps, one heap per thread that allocated;
+    what a stage frees stays in them, so the next stage's peak (verification after the band
+    join) stacked on top of the last one's: at 1M images the process held 2.1 GB after the
+    join with 1.2 GB of live arrays.
+    """
+    trim = _MALLOC_TRIM
+    if trim is not None:
+        trim(0)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
 
 
 def _recipe_params(recipe: Recipe) -> str:
@@ -236,12 +273,14 @@ def band_proposals(
         (sorted distinct pairs packed as ``low << 32 | high`` (`unpack`), the largest bucket's
         size, buckets over ``cap``)
     """
-    if image.size == 0:
-        return np.empty(0, np.int64), 0, 0
-    if int(image.min()) < 0 or int(image.max()) >= 2**31:
-        raise ValueError("image ids must lie in [0, 2**31) to be joined")
-    low, high, big, over = _band_pairs(key, image, new, probe, cap, link)
-    return unique((low << 32) | high), big, over
+    big, over, pieces = _band_pieces(key, image, new, probe, cap, link)
+    return _distinct(pieces), big, over
+
+
+def _distinct(pieces: Iterable[np.ndarray]) -> np.ndarray:
+    """The sorted distinct packed pairs of all ``pieces``."""
+    found = list(pieces)
+    return unique(np.concatenate(found), in_place=True) if found else np.empty(0, np.int64)
 
 
 def unpack(packed: np.ndarray) -> np.ndarray:
@@ -252,34 +291,62 @@ def unpack(packed: np.ndarray) -> np.ndarray:
     return out
 
 
-def _band_pairs(
-    key: np.ndarray, image: np.ndarray, new: np.ndarray, probe: np.ndarray, cap: int, link: int
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """`candidate_pairs` for the rows of one band, where a bucket is one key.
+def _band_pieces(
+    key: np.ndarray,
+    image: np.ndarray,
+    new: np.ndarray,
+    probe: np.ndarray,
+    cap: int = BUCKET_CAP,
+    link: int = BUCKET_LINK,
+    piece: int | None = None,
+) -> tuple[int, int, Iterator[np.ndarray]]:
+    """`candidate_pairs` for the rows of one band, where a bucket is one key, a piece at a time.
+
+    The pairs are expanded about ``piece`` (default `PREFILTER_BATCH`) at a time, a row's pairs
+    in one piece, so memory follows the piece, not the band: at 1M images a band of pixel-v1
+    proposes 5M pairs, and expanding them at once held about 0.3 GB per band in flight. When no
+    image has two rows in the band (no probe keys), a pair shares at most one bucket of it, so
+    the pieces never repeat a pair; with probe keys they may.
 
     Returns:
-        (smaller image ids, larger image ids, the largest bucket's size, buckets over ``cap``);
-        a pair may repeat.
+        (the largest bucket's size, buckets over ``cap``, the pieces: pairs packed as
+        ``low << 32 | high`` (`unpack`))
     """
+    if image.size == 0:
+        return 0, 0, iter(())
+    if int(image.min()) < 0 or int(image.max()) >= 2**31:
+        raise ValueError("image ids must lie in [0, 2**31) to be joined")
     order = np.lexsort((image, key))
     key, image, new, probe = key[order], image[order], new[order], probe[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     sizes = np.diff(np.r_[starts, key.size])
+    first = np.repeat(starts, sizes)
     # Rank of each row inside its bucket; a row at rank j pairs with ranks [0, j) while j < cap,
     # and with ranks [0, link) after that.
-    rank = np.arange(key.size) - np.repeat(starts, sizes)
-    partners = np.where(rank < cap, rank, min(link, cap))
-    total = int(partners.sum())
+    partners = np.arange(key.size) - first
+    np.putmask(partners, partners >= cap, min(link, cap))
     big, over = int(sizes.max()), int((sizes > cap).sum())
-    if total == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64), big, over
-    left = np.repeat(np.arange(key.size), partners)
-    offsets = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
-    right = np.repeat(np.repeat(starts, sizes), partners) + offsets
-    # Two probes meeting relate two images by a shift of two steps: not a candidate.
-    keep = (new[left] | new[right]) & (image[left] != image[right]) & ~(probe[left] & probe[right])
-    a, b = image[left[keep]], image[right[keep]]
-    return np.minimum(a, b), np.maximum(a, b), big, over
+    ends = np.cumsum(partners)
+    step = piece or PREFILTER_BATCH
+    cuts = np.r_[0, np.searchsorted(ends, np.arange(step, int(ends[-1]), step), "right"), key.size]
+
+    def pieces() -> Iterator[np.ndarray]:
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            counts = partners[lo:hi]
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            left = np.repeat(np.arange(lo, hi), counts)
+            right = np.repeat(first[lo:hi] - np.cumsum(counts) + counts, counts)
+            right += np.arange(total)
+            # Two probes meeting relate two images by a shift of two steps: not a candidate.
+            keep = new[left] | new[right]
+            keep &= image[left] != image[right]
+            keep &= ~(probe[left] & probe[right])
+            a, b = image[left[keep]], image[right[keep]]
+            yield (np.minimum(a, b) << 32) | np.maximum(a, b)
+
+    return big, over, pieces()
 
 
 _Resident = np.ndarray | Screen | None
@@ -345,6 +412,16 @@ class _Proposed:
     largest: int
     capped: int
 
+    @staticmethod
+    def merge(parts: Sequence[_Proposed]) -> _Proposed:
+        """One recipe's join from the joins of its shares of the bands (`_join_bands`)."""
+        return _Proposed(
+            survivors=unique(np.concatenate([p.survivors for p in parts]), in_place=True),
+            proposals=sum(p.proposals for p in parts),
+            largest=max(p.largest for p in parts),
+            capped=sum(p.capped for p in parts),
+        )
+
 
 def _keeper(recipe: Recipe, resident: _Resident) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``keep(left, right)``: which pairs of rows of ``resident`` may be within the radius."""
@@ -377,13 +454,19 @@ def _join_bands(
     kept: list[np.ndarray] = []
     held = proposals = largest = capped = 0
     for key, image, new, probe in bands:
-        pairs, big, over = band_proposals(key, image, new, probe)
-        largest, capped, proposals = max(largest, big), capped + over, proposals + pairs.size
-        for start in range(0, pairs.size, PREFILTER_BATCH):
-            batch = pairs[start : start + PREFILTER_BATCH]
-            left, right = row_of(batch >> 32), row_of(batch & 0xFFFFFFFF)
-            kept.append(batch[keep(left, right)])
-            held += kept[-1].size
+        big, over, pieces = _band_pieces(key, image, new, probe)
+        if probe.any():
+            # An image with probe keys has several rows in the band: a pair may come from
+            # two buckets, and is counted once (`band_proposals`).
+            pieces = iter([_distinct(pieces)])
+        largest, capped = max(largest, big), capped + over
+        for pairs in pieces:
+            proposals += pairs.size
+            for start in range(0, pairs.size, PREFILTER_BATCH):
+                batch = pairs[start : start + PREFILTER_BATCH]
+                left, right = row_of(batch >> 32), row_of(batch & 0xFFFFFFFF)
+                kept.append(batch[keep(left, right)])
+                held += kept[-1].size
         if held > COMPACT_AT:
             kept = [unique(np.concatenate(kept), in_place=True)]
             held = kept[0].size
@@ -398,6 +481,7 @@ def _band_rows(
     old_band: np.ndarray,
     old_keys: np.ndarray,
     old_images: np.ndarray,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The (key, image, new, probe) rows of each band in turn (`band_proposals`).
 
@@ -405,6 +489,7 @@ def _band_rows(
         keys: int64 (n, bands) the new images' band keys; probes: (n, probes, bands) their
             probe keys; images: (n,) their ids.
         old_band, old_keys, old_images: one row per old member (`NearIndexer._old_members`).
+        share: (k, m): only bands k, k + m, k + 2m, ... (worker k of m).
     """
     probe_images = np.repeat(images, probes.shape[1])
     new_rows = np.ones(images.size + probe_images.size, bool)
@@ -413,7 +498,7 @@ def _band_rows(
     # it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
     old_order = np.argsort(old_band, kind="stable")
     old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
-    for band in range(keys.shape[1]):
+    for band in range(share[0], keys.shape[1], share[1]):
         old = old_order[old_bounds[band] : old_bounds[band + 1]]
         yield (
             np.concatenate([keys[:, band], probes[:, :, band].reshape(-1), old_keys[old]]),
@@ -423,45 +508,133 @@ def _band_rows(
         )
 
 
-def _verify(
-    recipe: Recipe,
-    pairs: np.ndarray,
-    involved: np.ndarray,
-    signatures: np.ndarray,
-    *,
-    screened: bool = False,
-) -> _Verified:
+@dataclass(frozen=True)
+class _Side:
+    """Images on one side of the candidate pairs being verified, with what verifying needs."""
+
+    ids: np.ndarray
+    """int64 (n,) sorted distinct image ids."""
+    signatures: np.ndarray
+    """uint8 (n, S), row k the signature of image ``ids[k]``."""
+    screen: Screen | None
+    """`Recipe.screen` of the signatures, without the levels the band join already applied."""
+
+
+def _side(recipe: Recipe, ids: np.ndarray, signatures: np.ndarray, *, screened: bool) -> _Side:
+    """A `_Side`; ``screened``: the band join ruled its pairs in on the screen's coarsest level
+    (the resident summary, `_resident`), so only the finer levels are kept."""
+    screen = recipe.screen(signatures) if ids.size else None
+    if screen is not None and screened:
+        screen = Screen(levels=screen.levels[1:], scale=screen.scale) if screen.levels[1:] else None
+    return _Side(ids, signatures, screen)
+
+
+def _verify(recipe: Recipe, pairs: np.ndarray, low: _Side, high: _Side) -> _Verified:
     """The candidate pairs within the recipe's radius, with their exact distances.
 
+    Pure numpy on arrays it does not change, so verification runs it in worker threads, tile
+    after tile (`NearIndexer._verify_blocks`).
+
     Args:
-        pairs: int64 (p, 2) candidate image ids.
-        involved: int64 sorted unique ids of every image in ``pairs``.
-        signatures: uint8 (len(involved), S), row k the signature of image ``involved[k]``.
-        screened: the screen's coarsest level ruled these pairs in already (the band join's
-            resident summary, `_resident`), so only its finer levels run.
+        pairs: int64 (p, 2) candidate image ids, ``pairs[:, 0]`` among ``low.ids`` and
+            ``pairs[:, 1]`` among ``high.ids`` (the same side for a block with itself).
     """
-    screen = recipe.screen(signatures) if pairs.size else None
-    if screen is not None and screened:
-        screen = Screen(levels=screen.levels[1:], scale=screen.scale)
-    verify = recipe.verifier(signatures)
-    row_of = lookup(involved)
     kept: list[np.ndarray] = []
     distances: list[np.ndarray] = []
     for start in range(0, len(pairs), VERIFY_BATCH):
         batch = pairs[start : start + VERIFY_BATCH]
-        left, right = row_of(batch[:, 0]), row_of(batch[:, 1])
-        if screen is not None:
+        left = np.searchsorted(low.ids, batch[:, 0])
+        right = np.searchsorted(high.ids, batch[:, 1])
+        if low.screen is not None:
             # Most candidates are far apart: a cheap lower bound rules them out before the
             # exact distance reads whole signatures.
-            maybe = screen.may_be_within(left, right, recipe.radius)
+            maybe = low.screen.may_be_within(left, right, recipe.radius, other=high.screen)
             batch, left, right = batch[maybe], left[maybe], right[maybe]
-        distance = verify(left, right)
+        # The exact distance on the few rows left, gathered into one array: a recipe's
+        # verifier may do per-image work ahead (`Recipe.verifier`).
+        rows_low, rows_high = unique(left), unique(right)
+        verify = recipe.verifier(
+            np.concatenate([low.signatures[rows_low], high.signatures[rows_high]])
+        )
+        distance = verify(
+            np.searchsorted(rows_low, left), rows_low.size + np.searchsorted(rows_high, right)
+        )
         close = distance <= recipe.radius
         kept.append(batch[close])
         distances.append(distance[close])
     if not kept:
         return np.empty((0, 2), np.int64), np.empty(0, np.float64)
     return np.concatenate(kept), np.concatenate(distances)
+
+
+class _Spill:
+    """The signatures of an ingest's new images in a scratch file, read back by verification.
+
+    Verification reads the signatures of a block of image ids once for every block it is
+    paired with; read from the catalog that was a range scan of the signature table each time
+    (about 30 s of a 1M-image ingest). Here a block is a slice of a file the page cache
+    holds. The file is unnamed (`tempfile.TemporaryFile`, in `catalog.db.scratch_directory`)
+    and gone when closed, also when the process dies.
+    """
+
+    def __init__(self, width: int, conn: Connection) -> None:
+        self.width = width
+        self._conn = conn
+        self._directory = scratch_directory(conn)
+        # Closed by `close` (the indexer's lifetime), not by a with block.
+        self._file = tempfile.TemporaryFile(  # noqa: SIM115
+            prefix="dsaudit-signatures-", dir=self._directory
+        )
+        self._size = 0
+        self._chunks: list[np.ndarray] = []
+        self._ids: np.ndarray | None = None
+        self._positions: np.ndarray | None = None
+
+    def append(self, image_ids: np.ndarray, signatures: np.ndarray) -> None:
+        """Write a chunk's signatures; a write the disk or the file size limit refuses raises
+        `catalog.errors.StorageError` naming which."""
+        data = np.ascontiguousarray(signatures, np.uint8)
+        try:
+            self._file.write(data.data)
+            self._file.flush()
+        except OSError as exc:
+            raise scratch_error(self._conn, self._directory, self._size, exc) from None
+        self._size += data.nbytes
+        self._chunks.append(image_ids)
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted ids, their rows in the file); built at the first read."""
+        if self._ids is None or self._positions is None:
+            self._file.flush()
+            ids = np.concatenate(self._chunks) if self._chunks else np.empty(0, np.int64)
+            self._positions = np.argsort(ids, kind="stable")
+            self._ids = ids[self._positions]
+            self._chunks = []
+        return self._ids, self._positions
+
+    def holds(self, image_ids: np.ndarray) -> np.ndarray:
+        """bool: which of ``image_ids`` are spilled here."""
+        ids, _ = self._index()
+        if ids.size == 0:
+            return np.zeros(image_ids.size, bool)
+        found = np.minimum(np.searchsorted(ids, image_ids), ids.size - 1)
+        return ids[found] == image_ids
+
+    def read(self, image_ids: np.ndarray) -> np.ndarray:
+        """uint8 (n, width): the signatures of ``image_ids`` (all spilled here), in that order."""
+        ids, positions = self._index()
+        rows = positions[np.searchsorted(ids, image_ids)]
+        if rows.size == 0:
+            return np.empty((0, self.width), np.uint8)
+        # Mapped for this read only, so its pages leave the process with the map.
+        mapped = np.memmap(self._file, np.uint8, "r", shape=(ids.size, self.width))
+        try:
+            return np.asarray(mapped[rows])
+        finally:
+            del mapped
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class NearIndexer:
@@ -475,12 +648,21 @@ class NearIndexer:
         self._images: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._probes: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._resident: dict[str, list[_Resident]] = {r.name: [] for r in self.recipes}
+        # Signatures read back by block verification (`_verify_blocks`), per recipe that
+        # needs it: its resident summary is not the signature itself.
+        self._spills = {
+            r.name: _Spill(r.signature_bytes, conn)
+            for r in self.recipes
+            if r.signature_bytes > RESIDENT_BYTES
+        }
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
         workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
-        # The band join of one recipe runs here while this thread stores its band keys.
-        self._joiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-join")
+        # The band join (its bands shared out) and the verification's tiles run here, while
+        # this thread stores band keys and reads signatures.
+        self._workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="dsaudit-join")
         self._pending: deque[tuple[list[Future[_Signed]], np.ndarray]] = deque()
+        self._store_seconds: dict[str, float] = {}
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
         """Sign new images (in worker threads), store their signatures, keep their band keys.
@@ -523,6 +705,8 @@ class NearIndexer:
                         for i, s in zip(image_ids.tolist(), signatures, strict=True)
                     ],
                 )
+                if recipe.name in self._spills:
+                    self._spills[recipe.name].append(image_ids, signatures)
                 self._keys[recipe.name].append(keys)
                 self._images[recipe.name].append(image_ids)
                 self._resident[recipe.name].append(resident)
@@ -536,7 +720,9 @@ class NearIndexer:
                 job.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._joiner.shutdown(wait=True, cancel_futures=True)
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        for spill in self._spills.values():
+            spill.close()
 
     def _store_band_keys(self, recipe_id: int, keys: np.ndarray, images: np.ndarray) -> None:
         """Insert the new images' band keys: ``keys`` int64 (n, bands), ``images`` (n,)."""
@@ -572,20 +758,33 @@ class NearIndexer:
         that ingest against ours.
 
         One recipe after the other (each holds its survivors and verification blocks; two at
-        once doubled the peak memory): its band join runs in a worker thread while this thread
-        stores its band keys; then this thread verifies the survivors block by block on the
-        stored signatures (`_verify_blocks`) and stores the pairs.
+        once doubled the peak memory): its band join runs in the worker threads while this
+        thread stores its band keys, then the previous recipe's pairs; then the survivors are
+        verified block by block (`_verify_blocks`). A recipe's `NearStats.seconds` include its
+        pairs' insert, done during the next recipe's join.
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
         lock_pair_finding(self.conn)
         try:
-            return tuple(self._find_pairs(recipe, step) for recipe in self.recipes)
+            # A recipe's pairs are stored while the next recipe's band join runs, after its
+            # band keys (this thread is idle then; 5M pairs took 74 s at 1M images).
+            pending: list[Callable[[], None]] = []
+            found = [self._find_pairs(recipe, step, pending) for recipe in self.recipes]
+            for insert in pending:
+                insert()
+            return tuple(
+                replace(stats, seconds=stats.seconds + self._store_seconds.get(stats.recipe, 0.0))
+                for stats in found
+            )
         finally:
             self.close()
 
-    def _find_pairs(self, recipe: Recipe, step: Progress) -> NearStats:
-        """Band keys stored, joined, verified and pairs stored for one recipe."""
+    def _find_pairs(
+        self, recipe: Recipe, step: Progress, pending: list[Callable[[], None]]
+    ) -> NearStats:
+        """Band keys stored, joined and verified for one recipe; its pairs' insert appended to
+        ``pending``, after running the inserts already there (`finish`)."""
         started = time.perf_counter()
         name, recipe_id = recipe.name, self.ids[recipe.name]
         if not self._keys[name]:
@@ -603,6 +802,7 @@ class NearIndexer:
         )
         self._keys[name], self._images[name], self._probes[name] = [], [], []
         self._resident[name] = []
+        _release_memory()
         lookup_keys = (
             np.concatenate([keys, probes.reshape(-1, keys.shape[1])]) if probes.size else keys
         )
@@ -617,38 +817,63 @@ class NearIndexer:
             resident = _concatenate([resident, self._stored_resident(recipe, recipe_id, old_ids)])
         resident = _rows(resident, order)
         ids = ids[order]
-        bands = _band_rows(keys, probes, images, old_band, old_keys, old_images)
-        joining = self._joiner.submit(_join_bands, recipe, bands, ids, resident)
+        # The bands are shared out among the workers (each band is independent), which run
+        # while this thread stores the band keys and then the previous recipe's pairs.
+        joins = [
+            self._workers.submit(
+                _join_bands,
+                recipe,
+                _band_rows(
+                    keys, probes, images, old_band, old_keys, old_images, share=(w, WORKERS)
+                ),
+                ids,
+                resident,
+            )
+            for w in range(min(WORKERS, keys.shape[1]))
+        ]
         self._store_band_keys(recipe_id, keys, images)
+        for insert in pending:
+            insert()
+        pending.clear()
         step(task, 1, 3)
-        proposed = joining.result()
-        del keys, probes, bands, old_keys, old_images
+        proposed = _Proposed.merge([join.result() for join in joins])
+        del keys, probes, joins, old_keys, old_images
+        _release_memory()
         step(task, 1, 3)
         survivors, proposed.survivors = proposed.survivors, np.empty(0, np.int64)
         if isinstance(resident, np.ndarray):
             # The resident summaries were the signatures themselves (in id order, `ids`) and
             # kept only pairs within the radius: their distances come from them at once.
-            close, distance = _verify(recipe, unpack(survivors), ids, resident)
+            side = _Side(ids, resident, None)
+            close, distance = _verify(recipe, unpack(survivors), side, side)
         else:
+            screened = isinstance(resident, Screen)
             del resident
-            close, distance = self._verify_blocks(recipe, recipe_id, survivors)
+            close, distance = self._verify_blocks(recipe, recipe_id, survivors, screened=screened)
         del survivors
-        # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and a
-        # concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no pair is
-        # stored twice; on PostgreSQL that lets the rows go by COPY.
-        bulk_insert(
-            self.conn,
-            core_table(Pair),
-            ("recipe_id", "image_a", "image_b", "distance"),
-            zip(
-                itertools.repeat(recipe_id),
-                close[:, 0].tolist(),
-                close[:, 1].tolist(),
-                distance.tolist(),
-                strict=False,
-            ),
-        )
-        step(task, 1, 3)
+        _release_memory()
+
+        def store() -> None:
+            began = time.perf_counter()
+            # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and
+            # a concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no
+            # pair is stored twice; on PostgreSQL that lets the rows go by COPY.
+            bulk_insert(
+                self.conn,
+                core_table(Pair),
+                ("recipe_id", "image_a", "image_b", "distance"),
+                zip(
+                    itertools.repeat(recipe_id),
+                    close[:, 0].tolist(),
+                    close[:, 1].tolist(),
+                    distance.tolist(),
+                    strict=False,
+                ),
+            )
+            self._store_seconds[name] = time.perf_counter() - began
+            step(task, 1, 3)
+
+        pending.append(store)
         return NearStats(
             recipe=name,
             images=images.size,
@@ -659,59 +884,93 @@ class NearIndexer:
             seconds=time.perf_counter() - started,
         )
 
-    def _verify_blocks(self, recipe: Recipe, recipe_id: int, packed: np.ndarray) -> _Verified:
-        """`_verify` over blocks of image ids, so only two blocks' signatures are held at once.
+    def _verify_blocks(
+        self, recipe: Recipe, recipe_id: int, packed: np.ndarray, *, screened: bool
+    ) -> _Verified:
+        """`_verify` over blocks of image ids, so only a few blocks' signatures are held at once.
 
         Image ids are cut into blocks of about `VERIFY_BLOCK_BYTES` of signatures; the pairs
-        (sorted by their lower id) are verified block pair by block pair, (i, j) with i <= j,
-        each block's signatures read from the catalog (`_block_signatures`).
+        (sorted by their lower id) are verified tile by tile, a tile being the pairs between
+        blocks (i, j), i <= j. This thread reads each block's signatures (`_block_signatures`)
+        and screens them once (`_side`); the workers verify the tiles, at most `WORKERS` at a
+        time.
 
         Args:
             packed: sorted distinct pairs packed as ``low << 32 | high`` (`unpack`); unpacked
                 a block at a time (unpacked at once, 29M survivors at 1M images took 0.46 GB).
+            screened: the band join applied the screen's coarsest level (`_resident`).
         """
-        kept: list[_Verified] = []
         if packed.size == 0:
             return np.empty((0, 2), np.int64), np.empty(0, np.float64)
+        kept: list[_Verified] = []
+        running: deque[Future[_Verified]] = deque()
         block = max(1, VERIFY_BLOCK_BYTES // recipe.signature_bytes)
         top = int(packed[-1] >> 32) // block
         bounds = np.searchsorted(packed, (np.arange(top + 2) * block) << 32)
-        for i in range(top + 1):
-            if bounds[i] == bounds[i + 1]:
-                continue
-            part = unpack(packed[bounds[i] : bounds[i + 1]])
-            high_block = part[:, 1] // block
-            order = np.argsort(high_block, kind="stable")
-            part, high_block = part[order], high_block[order]
-            wanted = unique(np.concatenate([part[:, 0], part[high_block == i, 1]]))
-            ids_i, values_i = self._block_signatures(recipe, recipe_id, wanted, block)
-            cuts = np.flatnonzero(np.r_[True, high_block[1:] != high_block[:-1]])
-            for a, b in zip(cuts.tolist(), np.r_[cuts[1:], high_block.size].tolist(), strict=True):
-                tile = part[a:b]
-                if int(high_block[a]) == i:
-                    ids, values = ids_i, values_i
-                else:
-                    wanted = unique(tile[:, 1])
-                    ids_j, values_j = self._block_signatures(recipe, recipe_id, wanted, block)
-                    ids = np.concatenate([ids_i, ids_j])
-                    values = np.concatenate([values_i, values_j])
-                kept.append(_verify(recipe, tile, ids, values, screened=True))
+        try:
+            for i in range(top + 1):
+                if bounds[i] == bounds[i + 1]:
+                    continue
+                part = unpack(packed[bounds[i] : bounds[i + 1]])
+                high_block = part[:, 1] // block
+                order = np.argsort(high_block, kind="stable")
+                part, high_block = part[order], high_block[order]
+                wanted = unique(np.concatenate([part[:, 0], part[high_block == i, 1]]))
+                low = _side(
+                    recipe,
+                    *self._block_signatures(recipe, recipe_id, wanted, block),
+                    screened=screened,
+                )
+                cuts = np.flatnonzero(np.r_[True, high_block[1:] != high_block[:-1]])
+                ends = np.r_[cuts[1:], high_block.size]
+                for a, b in zip(cuts.tolist(), ends.tolist(), strict=True):
+                    tile = part[a:b]
+                    high = low
+                    if int(high_block[a]) != i:
+                        wanted = unique(tile[:, 1])
+                        high = _side(
+                            recipe,
+                            *self._block_signatures(recipe, recipe_id, wanted, block),
+                            screened=screened,
+                        )
+                    # At most WORKERS tiles in flight, and the next one's side read meanwhile.
+                    while len(running) >= WORKERS:
+                        kept.append(running.popleft().result())
+                    running.append(self._workers.submit(_verify, recipe, tile, low, high))
+            while running:
+                kept.append(running.popleft().result())
+        finally:
+            for job in running:
+                job.cancel()
         return np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept])
 
     def _block_signatures(
         self, recipe: Recipe, recipe_id: int, wanted: np.ndarray, block: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Stored signatures of at least the ``wanted`` ids (sorted, unique, all in one block of
+        """The signatures of at least the ``wanted`` ids (sorted, unique, all in one block of
         ``block`` ids): (sorted ids (n,), uint8 (n, S)).
 
-        One range scan of the signature table's primary key when they fill a good part of the
-        block (a first ingest, where nearly every image has candidates); else lookups of just
-        those ids (an incremental ingest, whose old images in a block are a few members of
-        the buckets its new images joined).
+        This ingest's new images come from its spill file (`_Spill`). The others, old members
+        of the buckets the new images joined, from the catalog: by one range scan of the
+        signature table's primary key when they fill a good part of the block, else by
+        lookups of just those ids.
         """
-        if wanted.size * 4 < block:
-            return wanted, self._signatures(recipe_id, wanted, recipe.signature_bytes)
-        first = int(wanted[0]) // block * block
+        spill = self._spills.get(recipe.name)
+        new = spill.holds(wanted) if spill is not None else np.zeros(wanted.size, bool)
+        old = wanted[~new]
+        if old.size * 4 >= block:
+            return self._block_scan(recipe, recipe_id, int(old[0]) // block * block, block)
+        values = np.empty((wanted.size, recipe.signature_bytes), np.uint8)
+        if spill is not None:
+            values[new] = spill.read(wanted[new])
+        if old.size:
+            values[~new] = self._signatures(recipe_id, old, recipe.signature_bytes)
+        return wanted, values
+
+    def _block_scan(
+        self, recipe: Recipe, recipe_id: int, first: int, block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored signature of image ids [first, first + block), by one range scan."""
         mark = placeholder(self.conn)
         ids = np.empty(block, np.int64)
         values = np.empty((block, recipe.signature_bytes), np.uint8)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from catalog import api, near, synth
-from catalog.db import open_catalog, writing
-from catalog.errors import InputError, NotFoundError, SchemaError
+from catalog.db import describe, open_catalog, scratch_directory, writing
+from catalog.errors import InputError, NotFoundError, SchemaError, StorageError
 from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
 from catalog.recipes import DEFAULT_RECIPES, PERCEPTUAL, PIXEL
 from cli.app import app
@@ -118,6 +121,35 @@ def test_candidate_pairs_equal_a_naive_loop_on_small_buckets() -> None:
             ):
                 expected.add((min(image[i], image[j]), max(image[i], image[j])))
     assert {tuple(p) for p in pairs.tolist()} == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    members=st.integers(1, 300),
+    keys=st.integers(1, 12),
+    piece=st.integers(1, 400),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_band_pieces_are_the_band_a_piece_at_a_time(
+    members: int, keys: int, piece: int, seed: int
+) -> None:
+    """The join expands a band's pairs a piece at a time: together the pieces are exactly the
+    band's pairs (guard included: buckets beyond `BUCKET_CAP` at few keys), and with one row
+    per image, as in a band without probe keys, no piece repeats a pair."""
+    rng = np.random.default_rng(seed)
+    image = rng.permutation(10 * members)[:members].astype(np.int64)
+    key = rng.integers(0, keys, members).astype(np.int64)
+    new = rng.random(members) < 0.5
+    probe = np.zeros(members, bool)
+    whole = near._band_pieces(key, image, new, probe, piece=10**9)
+    parts = near._band_pieces(key, image, new, probe, piece=piece)
+    assert whole[:2] == parts[:2]
+    expected = np.concatenate([*whole[2], np.empty(0, np.int64)])
+    found = np.concatenate([*parts[2], np.empty(0, np.int64)])
+    np.testing.assert_array_equal(np.sort(found), np.sort(expected))
+    assert np.unique(found).size == found.size
+    pairs, _largest, _capped = candidate_pairs(np.zeros(members, np.int64), key, image, new)
+    np.testing.assert_array_equal(near.unpack(np.sort(found)), pairs)
 
 
 def test_a_recipe_with_other_parameters_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
@@ -261,6 +293,7 @@ def test_streamed_join_and_block_verification_equal_the_reference(  # type: igno
         monkeypatch.setattr(near, "PREFILTER_BATCH", 5)
         monkeypatch.setattr(near, "COMPACT_AT", 3)
         monkeypatch.setattr(near, "RESIDENT_SLICE", 4)
+        monkeypatch.setattr(near, "WORKERS", 3)  # bands shared out unevenly, tiles in flight
     images, _labels = letters
     rng = np.random.default_rng(5)
     copies = synth.gaussian_noise(images[:40], 0.02, rng)
@@ -304,3 +337,53 @@ def test_streamed_join_and_block_verification_equal_the_reference(  # type: igno
         assert len(expected) >= 80, recipe.name  # the planted copies at least
         assert stored.keys() == expected.keys(), recipe.name
         assert all(stored[p] == pytest.approx(d) for p, d in expected.items())
+
+
+def test_spill_reads_back_any_ids_in_any_order(engine) -> None:  # type: ignore[no-untyped-def]
+    """Verification reads new images' signatures back from the scratch file by id, whatever
+    order the chunks came in, and tells spilled ids from catalogued ones."""
+    rng = np.random.default_rng(2)
+    chunks = [np.array([40, 7, 12]), np.array([3]), np.array([90, 41])]
+    values = {int(i): rng.integers(0, 256, 5, dtype=np.uint8) for c in chunks for i in c}
+    with engine.connect() as conn:
+        spill = near._Spill(5, conn)
+        try:
+            for chunk in chunks:
+                spill.append(chunk, np.stack([values[int(i)] for i in chunk]))
+            wanted = np.array([3, 12, 41, 90])
+            np.testing.assert_array_equal(
+                spill.read(wanted), np.stack([values[int(i)] for i in wanted])
+            )
+            assert spill.read(np.empty(0, np.int64)).shape == (0, 5)
+            np.testing.assert_array_equal(
+                spill.holds(np.array([1, 3, 8, 40, 90, 91])),
+                [False, True, False, True, True, False],
+            )
+        finally:
+            spill.close()
+
+
+def test_a_full_disk_under_the_scratch_file_is_one_clear_error(  # type: ignore[no-untyped-def]
+    engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scratch file lives beside a SQLite catalog; when its disk refuses a write, the
+    ingest stops with a `StorageError` that names the catalog, the directory and the cause
+    (the file size limit case runs for real in tests/test_crash.py)."""
+
+    class Full:
+        def write(self, _data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    with engine.connect() as conn:
+        spill = near._Spill(5, conn)
+        spill._file.close()
+        monkeypatch.setattr(spill, "_file", Full())
+        with pytest.raises(StorageError) as raised:
+            spill.append(np.array([1]), np.zeros((1, 5), np.uint8))
+        directory = str(scratch_directory(conn))
+    message = str(raised.value)
+    assert describe(str(engine.url)) in message and directory in message, message
+    assert "scratch file" in message and "catalog is unchanged" in message, message
