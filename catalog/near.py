@@ -111,8 +111,8 @@ def _release_memory() -> None:
 
     numpy's arrays below 32 MB come from malloc's heaps, one heap per thread that allocated;
     what a stage frees stays in them, so the next stage's peak (verification after the band
-    join) stacked on top of the last one's: at 1M images the process held 2.1 GB after the
-    join with 1.2 GB of live arrays.
+    join) stacked on top of the last one's. Called between stages, it took the peak of a 1M
+    image ingest from 2.58 to 2.10 GB; at 250k it cost no measurable time.
     """
     trim = _MALLOC_TRIM
     if trim is not None:
