@@ -11,10 +11,13 @@ run it inside `catalog.db.writing(engine)`.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Connection, Insert, Table, func, insert, select
@@ -23,6 +26,7 @@ from catalog import __version__
 from catalog.db import bulk_insert, insert_absent, placeholder
 from catalog.errors import InputError, NotFoundError, VersionExistsError
 from catalog.loaders import Chunk, ImageArray, PlannedSplit, SkippedFile, SplitInput
+from catalog.loaders.arrays import file_digest
 from catalog.loaders.folders import FOLDER_FORMAT
 from catalog.near import NearIndexer, NearStats
 from catalog.pixels import (
@@ -286,13 +290,14 @@ def ingest(
                 {
                     "version_id": version_id,
                     "path": split.source.path,
-                    "sha256": split.source.sha256,
+                    "sha256": "",  # below: _SourceDigests, or _seal_folder
                     "size": split.source.size,
                     "format": split.source.format,
                 },
             ).scalar_one()
 
     indexer = NearIndexer(conn, recipes) if recipes else None
+    sources = _SourceDigests([s.source.path for s in splits if s.source.digested])
     skipped: list[SkippedFile] = []
     file_bytes: dict[int, int] = {}
     try:
@@ -305,7 +310,13 @@ def ingest(
             done.append(ingested)
             file_bytes[source_id] = file_bytes.get(source_id, 0) + read
         near = indexer.finish(report) if indexer is not None else ()
+        source = core_table(Source)
+        for path, sha256 in sources.results():
+            conn.execute(
+                source.update().where(source.c.id == source_ids[path]).values(sha256=sha256)
+            )
     finally:
+        sources.close()
         if indexer is not None:
             indexer.close()
     folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
@@ -321,6 +332,37 @@ def ingest(
         seconds=time.perf_counter() - started,
         skipped_files=tuple(skipped),
     )
+
+
+class _SourceDigests:
+    """The sha256 of an ingest's array files, digested one after the other in a background
+    thread while the ingest reads their rows.
+
+    Digested up front, the files of the 1M-image benchmark (3.1 GB) kept one core busy for
+    7 s before the first chunk, 5 % of an incremental ingest.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsaudit-digest")
+        self._jobs = {
+            path: self._pool.submit(file_digest, Path(path), self._stop)
+            for path in dict.fromkeys(paths)
+        }
+
+    def results(self) -> Iterator[tuple[str, str]]:
+        """(path, sha256 hex) of each file, waiting for them; a file that can no longer be
+        read raises `InputError` naming it."""
+        for path, job in self._jobs.items():
+            try:
+                yield path, job.result()
+            except OSError as exc:
+                raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+    def close(self) -> None:
+        """Stop digesting (an ingest that failed does not wait for its files)."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _seal_folder(conn: Connection, version_id: int, source_id: int, size: int) -> None:

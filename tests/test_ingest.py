@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +123,40 @@ def test_items_keep_label_and_provenance(db: str, tmp_path: Path) -> None:
     assert [r.label for r in rows] == ["7", "8", "9"]
     assert {(r.source_key, r.path) for r in rows} == {("x_train", str(path))}
     assert [r.source_row for r in rows] == [0, 1, 2]
-    assert len(rows[0].sha256) == 64
+    # Digested in a background thread while the rows were read (`_SourceDigests`).
+    assert rows[0].sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_source_file_gone_before_its_digest_is_one_error_and_no_change(
+    db: str, tmp_path: Path
+) -> None:
+    api.ingest(db, "d", "v1", {"train": np.zeros((2, 4, 4), np.uint8)})
+    before = _catalog_counts(db)
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4))
+    planned = api.plan([], [f"train={path}"])  # its rows mapped here, its bytes digested later
+    path.unlink()
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read \(No such file"):
+        api.ingest(db, "d", "v2", planned)
+    assert _catalog_counts(db) == before
+
+
+def test_a_source_file_that_fails_its_digest_is_one_error_and_no_change(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows were read, but the background digest (`_SourceDigests`) hit a read error."""
+    api.ingest(db, "d", "v1", {"train": np.zeros((2, 4, 4), np.uint8)})
+    before = _catalog_counts(db)
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4))
+
+    def failing(_path: Path, _stop: object = None) -> str:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("catalog.ingest.file_digest", failing)
+    with pytest.raises(InputError, match=rf"^{path}: cannot be read \(Input/output error\)$"):
+        api.ingest(db, "d", "v2", api.plan([], [f"train={path}"]))
+    assert _catalog_counts(db) == before
 
 
 def _catalog_counts(db: str) -> dict[str, int]:

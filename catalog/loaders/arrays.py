@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import pickle
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -80,12 +81,18 @@ class ImageArray(Protocol):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file an ingest read, recorded for provenance."""
+    """A file an ingest read, recorded for provenance. Its sha256 is the ingest's to compute
+    (`catalog.ingest`): an array file's while its rows are read, an image folder's from its
+    files' manifest."""
 
     path: str
     format: str
     size: int
-    sha256: str
+
+    @property
+    def digested(self) -> bool:
+        """Whether the file's own bytes are digested (an array file, not a folder or memory)."""
+        return self.format in FILE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,11 @@ class MemoryArray:
         row_shape = array.shape[1:]
         per_row = int(np.prod(row_shape, dtype=np.int64))
         row_bytes = per_row * array.dtype.itemsize
-        with open(str(array.filename), "rb") as stream:
+        try:
+            stream = open(str(array.filename), "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:  # gone or unreadable since it was planned
+            raise InputError(f"{array.filename}: cannot be read ({exc.strerror})") from None
+        with stream:
             for start in range(0, array.shape[0], rows):
                 count = min(rows, array.shape[0] - start)
                 stream.seek(array.offset + start * row_bytes)
@@ -266,16 +277,29 @@ def parse_split_spec(text: str) -> SplitSpec:
     return SplitSpec(name=name, images=images, labels=labels or None)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in blocks."""
+FILE_FORMATS = ("npy", "npz", "pickle")
+"""`SourceFile.format` of the array files `plan_arrays` reads."""
+_DIGEST_BLOCK = 1 << 20
+
+
+def file_digest(path: Path, stop: threading.Event | None = None) -> str:
+    """sha256 of a file's bytes, read in blocks; "" if ``stop`` is set before the end.
+
+    hashlib and the reads release the GIL, so a thread digests a file while others work.
+    """
+    sha256 = hashlib.sha256()
+    block = bytearray(_DIGEST_BLOCK)
+    view = memoryview(block)
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while size := handle.readinto(block):
+            if stop is not None and stop.is_set():
+                return ""
+            sha256.update(view[:size])
+    return sha256.hexdigest()
 
 
 def _source_file(path: Path, fmt: str) -> SourceFile:
-    return SourceFile(
-        path=str(path), format=fmt, size=path.stat().st_size, sha256=file_digest(path)
-    )
+    return SourceFile(path=str(path), format=fmt, size=path.stat().st_size)
 
 
 def _sniff(path: Path) -> str:
@@ -659,7 +683,7 @@ def from_memory(
 ) -> list[SplitInput]:
     """Splits from arrays already in memory: ``{"train": (images, labels), "test": images}``."""
     result = []
-    source = SourceFile(path=name, format="memory", size=0, sha256="")
+    source = SourceFile(path=name, format="memory", size=0)
     for split, value in splits.items():
         images, labels = value if isinstance(value, tuple) else (value, None)
         images = np.asarray(images)

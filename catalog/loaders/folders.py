@@ -535,7 +535,7 @@ def plan_folder(
     if not split_names:
         raise InputError(f"{root}: no split folders inside; {_LAYOUT}")
     mapping = read_labels(Path(labels)) if labels is not None else None
-    source = SourceFile(path=str(root), format=FOLDER_FORMAT, size=0, sha256="")
+    source = SourceFile(path=str(root), format=FOLDER_FORMAT, size=0)
     found = {split: _split_files(root, split) for split in split_names}
     if mapping is not None:
         missing = [f for files, _classes in found.values() for f in files if f not in mapping]
