@@ -152,6 +152,26 @@ def test_band_pieces_are_the_band_a_piece_at_a_time(
     np.testing.assert_array_equal(near.unpack(np.sort(found)), pairs)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    # Few distinct values, so rows tie on leading columns; band keys span all of int64.
+    rows=st.lists(st.tuples(*[st.sampled_from([-(2**63), -1, 0, 1, 2**63 - 1])] * 3), max_size=30),
+    sort=st.booleans(),
+)
+def test_lexsorted_says_whether_lexsort_would_move_a_row(
+    rows: list[tuple[int, int, int]], sort: bool
+) -> None:
+    """`_lexsorted` (whether the old members came back from SQL in bucket order) agrees with
+    `np.lexsort`: true exactly when its stable order is the identity."""
+    if sort:
+        rows = sorted(rows)
+    table = np.array(rows, np.int64).reshape(-1, 3)
+    columns = [table[:, 0], table[:, 1], table[:, 2]]
+    expected = bool((np.lexsort(columns[::-1]) == np.arange(len(rows))).all())
+    assert near._lexsorted(*columns) == expected
+    assert not sort or expected
+
+
 def test_a_recipe_with_other_parameters_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
     with writing(engine) as conn:
         ensure_recipes(conn, DEFAULT_RECIPES)
