@@ -13,7 +13,9 @@ reports how many problems it found with a few examples:
 - ``band-keys``: every signed, informative image has one key per LSH band of its recipe, and no
   low-information image has any (they stay out of the band join);
 - ``digests``: a seeded sample of items is read again from its source files, where those are
-  still present and unchanged (same sha256), and the digest recomputed.
+  still present and unchanged (same sha256), and the digest recomputed;
+- ``stored-reports``: each overlap report an ingest stored (`catalog.queries.overlap` answers
+  from them) equals the report computed now from the items and pairs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy.exc import DatabaseError
 from catalog.loaders.arrays import file_digest
 from catalog.pixels import canonical, digests
 from catalog.preview import read_rows
+from catalog.queries import stored_overlap_problems
 
 CHECK_SCHEMA = "dsaudit.check/1"
 DEFAULT_SAMPLE = 200
@@ -392,6 +395,16 @@ def check_digests(conn: Connection, sample: int, seed: int) -> CheckResult:
     return _result("digests", description, problems, verified)
 
 
+def check_stored_reports(conn: Connection) -> CheckResult:
+    compared, problems = stored_overlap_problems(conn)
+    return _result(
+        "stored-reports",
+        "each version's stored overlap report equals the one computed now",
+        problems,
+        compared,
+    )
+
+
 def check(
     conn: Connection, catalog: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0
 ) -> CheckReport:
@@ -410,6 +423,7 @@ def check(
         ("recipes", lambda: check_recipes(conn)),
         ("band-keys", lambda: check_band_keys(conn)),
         ("digests", lambda: check_digests(conn, sample, seed)),
+        ("stored-reports", lambda: check_stored_reports(conn)),
     )
     results = []
     for name, run in checks:

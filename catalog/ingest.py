@@ -37,6 +37,7 @@ from catalog.pixels import (
     to_unit,
     value_range,
 )
+from catalog.queries import store_overlap
 from catalog.recipes import DEFAULT_RECIPES, Recipe
 from catalog.schema import (
     Dataset,
@@ -51,6 +52,8 @@ from catalog.schema import SkippedFile as SkippedFileRecord
 
 ProgressCallback = Callable[[str, int, int], None]
 """``on_progress(task, advance, total)``: ``advance`` more units of ``task`` (of ``total``) done."""
+AUDIT_TASK = "overlap report"
+"""The progress task of the overlap report an ingest stores with the version."""
 
 CHUNK_BYTES = 32 * 1024 * 1024
 """Raw pixel bytes per chunk: the ingest's memory is a small multiple of this."""
@@ -322,6 +325,10 @@ def ingest(
     folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
     for source_id in sorted(folders):
         _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
+    # The audit everyone runs next, kept with the version (seconds at a million images).
+    report(AUDIT_TASK, 0, 1)
+    store_overlap(conn, version_id)
+    report(AUDIT_TASK, 1, 1)
     return IngestResult(
         dataset=dataset,
         version=version,

@@ -4,15 +4,19 @@ Queries build these; renderers (rich tables in ``cli/``, JSON here) read them. T
 numbers (counts, rates as fractions), never formatted text, and no live database objects, so
 they outlive the session that made them.
 
-`to_json` is the one place that names the JSON keys; the README documents them.
+`to_json` is the one place that names the JSON keys; the README documents them. `from_json`
+reads them back (for reports stored in the catalog, `catalog.queries.overlap`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from catalog.loaders.chunk import SkippedFile
 from catalog.preview import Preview
@@ -24,6 +28,7 @@ RECIPES_SCHEMA = "dsaudit.recipes/1"
 DIFF_SCHEMA = "dsaudit.diff/1"
 CONFLICTS_SCHEMA = "dsaudit.conflicts/1"
 SHOW_SCHEMA = "dsaudit.show/1"
+T = TypeVar("T")
 SKIPPED_LISTED = 20
 """Skipped files listed per version in ``ls`` and reports (the count is complete)."""
 
@@ -310,6 +315,46 @@ def to_json(value: Any, schema: str | None = None) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def from_json(kind: type[T], data: Any) -> T:
+    """The report `to_json` made, from its JSON data: the inverse for every report dataclass.
+
+    Keys that are not fields (``schema``, a split's ``ref``) are ignored; fields `to_json`
+    leaves out take their defaults.
+    """
+    return typing.cast(T, _decode(kind, data))
+
+
+@functools.cache
+def _field_types(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+def _decode(hint: Any, data: Any) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        hints = _field_types(hint)
+        return hint(
+            **{
+                field.name: _decode(hints[field.name], data[field.name])
+                for field in dataclasses.fields(hint)
+                if field.name in data
+            }
+        )
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        member = typing.get_args(hint)[0]
+        return tuple(_decode(member, value) for value in data)
+    if origin in (types.UnionType, typing.Union):
+        if data is None:
+            return None
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _decode(inner, data)
+    if hint is datetime:
+        return datetime.fromisoformat(data)
+    if hint is float:
+        return float(data)
+    return data
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ dataset's latest, without a split every split of the version.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -13,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, func, select, text
+from sqlalchemy import Connection, bindparam, func, insert, select, text
 
 from catalog import vectors
 from catalog.db import fetch_integers, fetch_rows, placeholder
@@ -48,6 +50,8 @@ from catalog.model import (
     SplitMove,
     VersionInfo,
     WithinSplit,
+    from_json,
+    to_json,
 )
 from catalog.schema import (
     Dataset,
@@ -56,6 +60,7 @@ from catalog.schema import (
     RecipeRecord,
     Source,
     Split,
+    StoredReport,
     Version,
     core_table,
 )
@@ -428,16 +433,30 @@ def _pair_tables(audit: _Audit, items: np.ndarray, images: np.ndarray) -> tuple[
     )
 
 
+STORED_OVERLAP = "overlap"
+"""`StoredReport.kind` of a version's overlap report."""
+STORED_OVERLAP_FORMAT = 1
+"""`StoredReport.format` of the overlap reports this release stores and reads: bump it whenever
+`overlap` computes or holds anything differently, and older stored reports are ignored."""
+STORED_LIMIT = 20
+"""Label conflicts a stored overlap report lists in detail per tier: the default ``--limit``
+of ``dsaudit overlap`` and ``dsaudit report``; a larger limit is computed as asked."""
+
+
 def overlap(
     conn: Connection,
     refs: Sequence[Ref | str],
     *,
-    limit: int = 20,
+    limit: int = STORED_LIMIT,
     recipes: Sequence[str] | None = None,
     threshold: float | None = None,
 ) -> OverlapReport:
     """Overlap between every ordered pair of the refs' splits (exact, and near under each
     recipe), duplicates inside each split, low-information items, conflicting labels.
+
+    The common question, one whole version with every recipe at its default threshold, is
+    answered from the report its ingest stored (`store_overlap`): reading a million items and
+    their pairs again takes seconds. Anything else is computed here.
 
     Args:
         conn: any connection to the catalog.
@@ -448,7 +467,129 @@ def overlap(
         threshold: distance for the near tier; needs exactly one recipe; default each
             recipe's own default threshold.
     """
-    audit = _audit(conn, resolve_all(conn, refs, sizes=False))
+    splits = resolve_all(conn, refs, sizes=False)
+    if recipes is None and threshold is None and 0 <= limit <= STORED_LIMIT:
+        stored = _stored_overlap(conn, splits)
+        if stored is not None:
+            return replace(
+                stored,
+                conflicts=stored.conflicts[:limit],
+                near=tuple(replace(t, conflicts=t.conflicts[:limit]) for t in stored.near),
+            )
+    return _overlap(conn, splits, limit=limit, recipes=recipes, threshold=threshold)
+
+
+def store_overlap(conn: Connection, version_id: int) -> None:
+    """Compute one version's overlap report (all its splits, every recipe at its default
+    threshold) and store it for `overlap`; on the ingest's transaction, before it commits.
+
+    What the report counts never changes once the version is committed: its items are
+    immutable, the catalog keeps its recipes (`catalog.near.resolve_recipes`), and every pair
+    between two of its images is stored by the ingest that brought in the later of the two.
+    Conflicts are listed in their order (digest; distance), so the first ``limit`` of the
+    stored `STORED_LIMIT` are what a query with that limit finds.
+    """
+    dataset, version = core_table(Dataset), core_table(Version)
+    name, tag = conn.execute(
+        select(dataset.c.name, version.c.tag)
+        .join(dataset, dataset.c.id == version.c.dataset_id)
+        .where(version.c.id == version_id)
+    ).one()
+    splits = resolve(conn, Ref(name, tag), sizes=False)
+    report = _overlap(conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None)
+    conn.execute(
+        insert(core_table(StoredReport)),
+        {
+            "version_id": version_id,
+            "kind": STORED_OVERLAP,
+            "format": STORED_OVERLAP_FORMAT,
+            "body": json.dumps(to_json(report), ensure_ascii=False, separators=(",", ":")),
+        },
+    )
+
+
+def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapReport | None:
+    """The stored overlap report of exactly these splits in this order (one version's, as its
+    ref lists them), if its ingest stored one this release reads; else None."""
+    if not splits:
+        return None
+    split, stored = core_table(Split), core_table(StoredReport)
+    ids = [s.split_id for s in splits]
+    versions = (
+        conn.execute(select(split.c.version_id).where(split.c.id.in_(ids)).distinct())
+        .scalars()
+        .all()
+    )
+    if len(versions) != 1:
+        return None
+    body = conn.execute(
+        select(stored.c.body).where(
+            stored.c.version_id == versions[0],
+            stored.c.kind == STORED_OVERLAP,
+            stored.c.format == STORED_OVERLAP_FORMAT,
+        )
+    ).scalar_one_or_none()
+    if body is None:
+        return None
+    report = from_json(OverlapReport, json.loads(body))
+    # A subset of the version's splits, or another order, is another report; and a catalog
+    # whose first ingest was exact-only gains recipes at its first near ingest.
+    tiers = [(name, t) for _id, name, t in select_recipes(conn, None, None)]
+    if [s.split_id for s in report.splits] != ids or [
+        (t.recipe, t.threshold) for t in report.near
+    ] != tiers:
+        return None
+    return report
+
+
+def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
+    """Each stored overlap report `overlap` would answer with, against the one computed now
+    (`catalog.check`): (reports compared, one line per report that differs or cannot be read).
+    Reports `overlap` ignores (another format; recipes the catalog gained since) are left out.
+    """
+    dataset, version, stored = core_table(Dataset), core_table(Version), core_table(StoredReport)
+    rows = conn.execute(
+        select(dataset.c.name, version.c.tag, stored.c.body)
+        .join(version, version.c.id == stored.c.version_id)
+        .join(dataset, dataset.c.id == version.c.dataset_id)
+        .where(stored.c.kind == STORED_OVERLAP, stored.c.format == STORED_OVERLAP_FORMAT)
+        .order_by(stored.c.version_id)
+    ).all()
+    compared, problems = 0, []
+    for name, tag, _body in rows:
+        splits = resolve(conn, Ref(name, tag), sizes=False)
+        try:
+            report = _stored_overlap(conn, splits)
+        except (ValueError, KeyError, TypeError) as error:
+            problems.append(f"{name}@{tag}: the stored overlap report cannot be read ({error})")
+            continue
+        if report is None:
+            continue
+        compared += 1
+        computed = _overlap(conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None)
+        differ = [
+            field.name
+            for field in dataclasses.fields(OverlapReport)
+            if getattr(report, field.name) != getattr(computed, field.name)
+        ]
+        if differ:
+            problems.append(
+                f"{name}@{tag}: the stored overlap report differs from the one computed now "
+                f"({', '.join(differ)})"
+            )
+    return compared, problems
+
+
+def _overlap(
+    conn: Connection,
+    splits: Sequence[SplitInfo],
+    *,
+    limit: int,
+    recipes: Sequence[str] | None,
+    threshold: float | None,
+) -> OverlapReport:
+    """`overlap` computed from the items and pairs of ``splits`` (from `resolve_all`)."""
+    audit = _audit(conn, splits)
     splits = audit.splits
     size = len(splits)
     # Exact: every entry of an image held by several splits, with each other split holding it.

@@ -156,6 +156,24 @@ class SkippedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class StoredReport(Base):
+    """A report computed at ingest, in its JSON form (`catalog.model.to_json`), so the common
+    query answers without reading a million items again (`catalog.queries.overlap`).
+
+    Valid for as long as its ``format`` is current: what it summarises never changes once the
+    version is committed (items are immutable, a catalog keeps its recipes, and every pair
+    between two of its images is stored by the ingest that brought in the later one)."""
+
+    __tablename__ = "stored_report"
+
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("version.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    format: Mapped[int] = mapped_column(Integer)
+    """Bumped whenever what the report holds or how it is computed changes; a stored report of
+    another format is ignored (and the report computed as it is asked for)."""
+    body: Mapped[str] = mapped_column(Text)
+
+
 class RecipeRecord(Base):
     """A near-duplicate recipe as stored: its parameters and the fingerprint that identifies them.
 

@@ -263,7 +263,8 @@ def ingest(
     parallel and canonicalised first (README: "Ingest an image folder"); a file that cannot be
     decoded stops the ingest, naming it, unless --skip-bad is given. New images get
     near-duplicate signatures and LSH band keys under every recipe; their band keys are joined
-    against the catalog and candidates verified exactly. The version appears all at once when
+    against the catalog and candidates verified exactly. Last, the version's overlap report is
+    computed and stored with it, for `dsaudit overlap`. The version appears all at once when
     ingest finishes; an interrupted ingest leaves the catalog as it was.
 
     Example:
@@ -339,6 +340,9 @@ def overlap(
     that as a share of A ("3.3 % of test has a copy in train"). Inside each split: duplicate
     groups and redundant copies. Across all: images that carry more than one label. Near
     tiers (one per recipe) count the items of A with no exact copy in B but a near copy there.
+
+    One whole version, as here, is read from the report its ingest stored (fast at any size);
+    other refs, --recipe, --threshold, --exact or --limit above 20 are computed as asked.
 
     Example:
 
@@ -563,8 +567,9 @@ def check(
     Checks SQLite's integrity and foreign keys; orphans (images no item holds; signatures, band
     keys and pairs of missing images or recipes); pairs stored out of order; each recipe's
     fingerprint recomputed from its stored parameters; one band key per LSH band for every
-    signed informative image; and the digests of a seeded sample of items read again from their
-    source files, where those are present and unchanged (same sha256).
+    signed informative image; the digests of a seeded sample of items read again from their
+    source files, where those are present and unchanged (same sha256); and each version's
+    stored overlap report against the one computed now.
 
     Exit codes: 0 all checks pass, 1 a problem was found, 2 usage error (e.g. no catalog).
 

@@ -52,8 +52,8 @@ def _sql(db: Path, *statements: str) -> None:
         raw.close()
 
 
-def _results(db: Path, sample: int = 1000) -> dict[str, api.CheckResult]:
-    return {r.name: r for r in api.check(str(db), sample=sample).results}
+def _results(db: Path, sample: int = 1000, seed: int = 0) -> dict[str, api.CheckResult]:
+    return {r.name: r for r in api.check(str(db), sample=sample, seed=seed).results}
 
 
 def test_a_clean_catalog_passes(catalog: Path) -> None:
@@ -66,7 +66,9 @@ def test_a_clean_catalog_passes(catalog: Path) -> None:
         "recipes": "ok",
         "band-keys": "ok",
         "digests": "ok",
+        "stored-reports": "ok",
     }
+    assert results["stored-reports"].checked == 1  # d@v1's overlap report
     assert results["digests"].checked == 150  # every item, read back from data.npz
     assert results["recipes"].checked == 2
     assert results["pair-order"].checked and results["pair-order"].checked >= 5
@@ -147,6 +149,21 @@ DAMAGE = {
         [f"UPDATE image SET low_info = 1 WHERE id = {SIGNED}"],
         "band-keys",
         "is low-information but has band keys",
+    ),
+    "stored overlap report edited": (
+        ["UPDATE stored_report SET body = json_set(body, '$.conflict_items', 999)"],
+        "stored-reports",
+        "d@v1: the stored overlap report differs from the one computed now (conflict_items)",
+    ),
+    "near pair deleted after its version's report was stored": (
+        ["DELETE FROM pair WHERE recipe_id = 1"],
+        "stored-reports",
+        "differs from the one computed now (near)",
+    ),
+    "stored overlap report unreadable": (
+        ["UPDATE stored_report SET body = '{\"splits\": []}'"],
+        "stored-reports",
+        "d@v1: the stored overlap report cannot be read",
     ),
     "digest that does not match the source": (
         ["UPDATE image SET digest = randomblob(32) WHERE id = 7"],
@@ -230,14 +247,8 @@ def test_a_source_changed_since_ingest_is_not_read_and_says_so(
 
 def test_the_sample_is_seeded(catalog: Path) -> None:
     _sql(catalog, "UPDATE image SET digest = randomblob(32) WHERE id = 7")
-    found = {
-        seed: api.check(str(catalog), sample=20, seed=seed).results[-1].problems
-        for seed in range(12)
-    }
-    again = {
-        seed: api.check(str(catalog), sample=20, seed=seed).results[-1].problems
-        for seed in range(12)
-    }
+    found = {seed: _results(catalog, 20, seed)["digests"].problems for seed in range(12)}
+    again = {seed: _results(catalog, 20, seed)["digests"].problems for seed in range(12)}
     assert found == again
     assert set(found.values()) == {0, 1}  # 20 of 150 items: some seeds draw image 7, some not
 

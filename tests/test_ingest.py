@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from catalog import api
+from catalog import api, queries
 from catalog.db import open_catalog, writing
 from catalog.errors import InputError, NotFoundError, VersionExistsError
 from catalog.ingest import ingest
 from catalog.loaders import from_memory
-from catalog.queries import parse_ref
-from catalog.schema import Image, Item, Source, Version
+from catalog.queries import STORED_LIMIT, STORED_OVERLAP, STORED_OVERLAP_FORMAT, parse_ref
+from catalog.schema import Image, Item, Source, StoredReport, Version
 
 
 def _planted(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -83,6 +83,40 @@ def test_overlap_across_versions_and_datasets(
     assert report.pair("a@v1:train", "b@v1:all").items == 4
     assert api.overlap(db, ["a@v2"]).pair("a@v2:test", "a@v2:train").items == 0
     assert report.pair("a@v2:test", "b@v1:all").images == 2  # base[0] and base[40]
+
+
+def test_each_ingest_stores_the_overlap_report_of_its_version(
+    db: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    pool = rng.integers(0, 200, size=(300, 16, 16), dtype=np.uint8)
+    near = pool + rng.integers(0, 3, size=pool.shape, dtype=np.uint8)  # near copies
+    labels = rng.integers(0, 3, size=len(pool))
+    api.ingest(db, "a", "v1", {"train": (pool[:250], labels[:250]), "test": near[250:]})
+    # v2: new near copies of v1's train in test, beside pairs among v1's images.
+    v2_test = np.concatenate([near[250:], near[5:25], pool[5:10]])
+    v2_labels = np.concatenate([labels[250:], (labels[5:25] + 1) % 3, labels[5:10]])
+    api.ingest(db, "a", "v2", {"train": (pool[5:250], labels[5:250]), "test": (v2_test, v2_labels)})
+    engine = open_catalog(db)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                select(StoredReport.version_id, StoredReport.kind, StoredReport.format)
+            ).all()
+            assert stored == [(v, STORED_OVERLAP, STORED_OVERLAP_FORMAT) for v in (1, 2)]
+            for ref in ("a@v1", "a@v2"):
+                report = queries.overlap(conn, [ref])
+                splits = queries.resolve(conn, ref, sizes=False)
+                assert queries._stored_overlap(conn, splits) == report
+                computed = queries._overlap(
+                    conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None
+                )
+                assert report == computed
+        v2 = api.overlap(db, ["a@v2"])
+        assert v2.pair("a@v2:test", "a@v2:train").items == 5
+        assert all(tier.pair("a@v2:test", "a@v2:train").items >= 20 for tier in v2.near)
+        assert all(tier.conflict_images >= 20 for tier in v2.near)
+    finally:
+        engine.dispose()
 
 
 def test_latest_version_is_the_default_and_parent_is_recorded(db: str, tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ across splits and to images outside the audited splits, with tied distances.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, Engine, bindparam, event, insert, text
+from sqlalchemy import Connection, Engine, bindparam, event, insert, select, text, update
 
 from catalog import queries, vectors
 from catalog.db import writing
@@ -30,6 +31,7 @@ from catalog.schema import (
     RecipeRecord,
     Source,
     Split,
+    StoredReport,
     Version,
     core_table,
 )
@@ -366,6 +368,87 @@ def test_overlap_equals_the_sql_joins(engine: Engine, seed: int) -> None:
                     full.conflict_images,
                     full.conflicts,
                 )
+
+
+def _store_every_version(engine: Engine) -> None:
+    with writing(engine) as conn:
+        for version_id in conn.execute(select(core_table(Version).c.id)).scalars().all():
+            queries.store_overlap(conn, version_id)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stored_overlap_is_the_computed_one(
+    engine: Engine, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _random_catalog(engine, seed)
+    with engine.connect() as conn:
+        computed = {
+            (tuple(refs), limit): queries.overlap(conn, refs, limit=limit)
+            for refs in REFS
+            for limit in (0, 3, queries.STORED_LIMIT, 100)
+        }
+    _store_every_version(engine)
+    stored_refs = [["a"], ["a@v1"], ["b"], ["a@v2"]]
+    with engine.connect() as conn:
+        # The stored reports answer without reading items or pairs.
+        with monkeypatch.context() as patched:
+            patched.setattr(queries, "_audit", _fails)
+            for refs in stored_refs:
+                for limit in (0, 3, queries.STORED_LIMIT):
+                    report = queries.overlap(conn, refs, limit=limit)
+                    _check(conn, report, limit)
+                    if (tuple(refs), limit) in computed:
+                        assert report == computed[tuple(refs), limit]
+        # Any other question is computed: a subset or a mix of versions, a larger limit,
+        # chosen recipes or a threshold.
+        for refs in REFS:
+            for limit in (0, 3, queries.STORED_LIMIT, 100):
+                assert queries.overlap(conn, refs, limit=limit) == computed[tuple(refs), limit]
+        with monkeypatch.context() as patched:
+            patched.setattr(queries, "_audit", _fails)
+            for refs, kwargs in (
+                (["a@v1:test", "a@v1:train"], {}),
+                (["a@v1:valid"], {}),
+                (["a@v1", "a@v2"], {}),
+                (["a@v1"], {"limit": queries.STORED_LIMIT + 1}),
+                (["a@v1"], {"recipes": ["r1", "r2"]}),
+                (["a@v1"], {"recipes": []}),
+                (["a@v1"], {"recipes": ["r2"], "threshold": 0.1}),
+            ):
+                with pytest.raises(AssertionError, match="computed"):
+                    queries.overlap(conn, refs, **kwargs)
+
+
+def _fails(*_args: Any) -> Any:
+    raise AssertionError("computed, not read from the stored report")
+
+
+def test_stored_overlap_of_another_format_or_recipes_is_ignored(engine: Engine) -> None:
+    _random_catalog(engine, 4)
+    _store_every_version(engine)
+    with engine.connect() as conn:
+        stored = queries.overlap(conn, ["a@v1"])
+    stored_report = core_table(StoredReport)
+    with writing(engine) as conn:
+        conn.execute(update(stored_report).values(format=queries.STORED_OVERLAP_FORMAT + 1))
+    with engine.connect() as conn:
+        assert queries.overlap(conn, ["a@v1"]) == stored
+        assert queries._stored_overlap(conn, queries.resolve(conn, "a@v1")) is None
+    with writing(engine) as conn:
+        conn.execute(update(stored_report).values(format=queries.STORED_OVERLAP_FORMAT))
+        # As after an exact-only first ingest: the stored reports know no near tiers, and the
+        # catalog has its recipes since.
+        for row in conn.execute(select(stored_report)).all():
+            body = json.loads(row.body)
+            body["near"] = []
+            conn.execute(
+                update(stored_report)
+                .where(stored_report.c.version_id == row.version_id)
+                .values(body=json.dumps(body))
+            )
+    with engine.connect() as conn:
+        assert queries._stored_overlap(conn, queries.resolve(conn, "a@v1")) is None
+        assert queries.overlap(conn, ["a@v1"]) == stored
 
 
 @pytest.mark.parametrize("spread", [1, 10, 10_000])
