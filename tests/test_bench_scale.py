@@ -87,7 +87,16 @@ def test_measure_reads_recall_from_the_catalog_and_writes_table_and_plot(
 ) -> None:
     result = measured
     times = result["times"]
-    for key in ("ingest", "overlap", "report", "incremental", "loop", "np.unique", "brute force"):
+    for key in (
+        "ingest",
+        "overlap",
+        "overlap computed",
+        "report",
+        "incremental",
+        "loop",
+        "np.unique",
+        "brute force",
+    ):
         assert len(times[key]) == 1 and times[key][0] > 0, key
     assert set(result["near"]) == {"pixel-v1", "phash256-v2"}
     recall = result["recall"]
