@@ -551,9 +551,9 @@ def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapRep
             stored.c.format == STORED_OVERLAP_FORMAT,
         )
     ).scalar_one_or_none()
-    if body is None:
+    report = _decoded(body) if body is not None else None
+    if report is None:
         return None
-    report = from_json(OverlapReport, json.loads(body))
     # A subset of the version's splits, or another order, is another report; and a catalog
     # whose first ingest was exact-only gains recipes at its first near ingest.
     tiers = [(name, t) for _id, name, t in select_recipes(conn, None, None)]
@@ -562,6 +562,19 @@ def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapRep
     ] != tiers:
         return None
     return report
+
+
+_UNREADABLE = (ValueError, KeyError, TypeError)
+"""What decoding a damaged stored report raises (bad JSON; missing or unexpected fields)."""
+
+
+def _decoded(body: str) -> OverlapReport | None:
+    """A stored overlap report, or None if it is damaged (`dsaudit check` names it): the
+    report is then computed, as for a version that has none."""
+    try:
+        return from_json(OverlapReport, json.loads(body))
+    except _UNREADABLE:
+        return None
 
 
 def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
@@ -578,13 +591,14 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
         .order_by(stored.c.version_id)
     ).all()
     compared, problems = 0, []
-    for name, tag, _body in rows:
-        splits = resolve(conn, Ref(name, tag), sizes=False)
+    for name, tag, body in rows:
         try:
-            report = _stored_overlap(conn, splits)
-        except (ValueError, KeyError, TypeError) as error:
+            from_json(OverlapReport, json.loads(body))
+        except _UNREADABLE as error:
             problems.append(f"{name}@{tag}: the stored overlap report cannot be read ({error})")
             continue
+        splits = resolve(conn, Ref(name, tag), sizes=False)
+        report = _stored_overlap(conn, splits)
         if report is None:
             continue
         compared += 1

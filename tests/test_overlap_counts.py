@@ -453,6 +453,13 @@ def test_stored_overlap_of_another_format_or_recipes_is_ignored(engine: Engine) 
     with engine.connect() as conn:
         assert queries._stored_overlap(conn, queries.resolve(conn, "a@v1")) is None
         assert queries.overlap(conn, ["a@v1"]) == stored
+    # A damaged stored report is computed instead (and `dsaudit check` names it).
+    for body in ("{", '{"splits": []}', '{"splits": [{"dataset": "a"}]}'):
+        with writing(engine) as conn:
+            conn.execute(update(stored_report).values(body=body))
+        with engine.connect() as conn:
+            assert queries._stored_overlap(conn, queries.resolve(conn, "a@v1")) is None
+            assert queries.overlap(conn, ["a@v1"]) == stored
 
 
 @pytest.mark.parametrize("spread", [1, 10, 10_000])
