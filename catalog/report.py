@@ -196,6 +196,20 @@ def assemble(
     failing = [FailOn(f) for f in fail_on]
     if limit < 0 or thumbnails < 0:
         raise UsageError("--limit and --thumbnails count rows and pictures: give 0 or more")
+    with queries.shared_reads(conn):
+        return _assemble(conn, ref, against, recipes, limit, thumbnails, max_leakage, failing)
+
+
+def _assemble(
+    conn: Connection,
+    ref: str,
+    against: Sequence[str],
+    recipes: Sequence[str] | None,
+    limit: int,
+    thumbnails: int,
+    max_leakage: float | None,
+    failing: list[FailOn],
+) -> AuditReport:
     overlap = queries.overlap(conn, [ref], limit=limit, recipes=recipes)
     leaks = queries.cross_split_copies(conn, [ref], recipes=recipes, limit=limit)
     used = [tier.recipe for tier in overlap.near]

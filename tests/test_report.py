@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from catalog import api, demo, synth
+from catalog import api, demo, queries, synth
+from catalog.db import open_catalog
 from catalog.demo import DemoRun
 from catalog.errors import UsageError
 from catalog.model import to_json
@@ -70,6 +72,45 @@ def test_report_model_holds_every_planted_problem(demo_run: DemoRun, planted: de
     assert report.pictures and all(
         p.png and p.png[:8] == b"\x89PNG\r\n\x1a\n" for p in report.pictures
     )
+
+
+def test_a_report_reads_items_and_pairs_once_and_equals_its_queries_run_alone(
+    demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    for name in ("_read_audit", "_read_near_pairs"):
+        real = getattr(queries, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            reads.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(queries, name, counted)
+    report = api.report(_db(demo_run), V2, against=[V1])
+    # v2's items once (its overlap is the stored one; the diff reads its own way), and each
+    # recipe's pairs among them once; alone, the sections read the items three times and the
+    # first recipe's pairs twice.
+    recipes = len(report.overlap.near)
+    assert sorted(reads) == ["_read_audit"] + ["_read_near_pairs"] * recipes
+    engine = open_catalog(_db(demo_run))
+    try:
+        with engine.connect() as conn:
+            alone = (
+                queries.cross_split_copies(conn, [V2]),
+                queries.duplicate_groups(conn, [V2], recipe=report.overlap.near[0].recipe),
+                queries.low_info_images(conn, [V2]),
+                queries.distinct_images(conn, [V2]),
+            )
+    finally:
+        engine.dispose()
+    assert alone[0] == report.leaks
+    assert alone[1].groups_total == report.duplicates.groups_total
+    assert [
+        g.members[: len(m.members)]
+        for g, m in zip(alone[1].groups, report.duplicates.groups, strict=True)
+    ] == [m.members for m in report.duplicates.groups]
+    assert alone[2] == report.low_info
+    assert alone[3] == report.summary.images
 
 
 def test_report_against_an_older_version_holds_the_diff(
