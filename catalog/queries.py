@@ -597,16 +597,18 @@ def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapRep
         )
     ).scalar_one_or_none()
     report = _decoded(body) if body is not None else None
-    if report is None:
-        return None
-    # A subset of the version's splits, or another order, is another report; and a catalog
-    # whose first ingest was exact-only gains recipes at its first near ingest.
+    return report if report is not None and _answers(conn, report, ids) else None
+
+
+def _answers(conn: Connection, report: OverlapReport, split_ids: Sequence[int]) -> bool:
+    """Whether a stored report is what `overlap` of these splits, with every recipe at its
+    default threshold, would compute: a subset of the version's splits, or another order, is
+    another report; and a catalog whose first ingest was exact-only gains recipes at its first
+    near ingest."""
     tiers = [(name, t) for _id, name, t in select_recipes(conn, None, None)]
-    if [s.split_id for s in report.splits] != ids or [
+    return [s.split_id for s in report.splits] == list(split_ids) and [
         (t.recipe, t.threshold) for t in report.near
-    ] != tiers:
-        return None
-    return report
+    ] == tiers
 
 
 _UNREADABLE = (ValueError, KeyError, TypeError)
@@ -638,13 +640,12 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
     compared, problems = 0, []
     for name, tag, body in rows:
         try:
-            from_json(OverlapReport, json.loads(body))
+            report = from_json(OverlapReport, json.loads(body))
         except _UNREADABLE as error:
             problems.append(f"{name}@{tag}: the stored overlap report cannot be read ({error})")
             continue
         splits = resolve(conn, Ref(name, tag), sizes=False)
-        report = _stored_overlap(conn, splits)
-        if report is None:
+        if not _answers(conn, report, [s.split_id for s in splits]):
             continue
         compared += 1
         computed = _overlap(conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None)
