@@ -139,7 +139,10 @@ def _progress() -> Iterator[api.ProgressCallback]:
         if progress is None:
             progress = Progress(*columns, console=_stderr(), transient=False)
             progress.start()
-        if task not in tasks:
+        # A task seen again after it finished is the next run of it (the demo ingests twice):
+        # a new bar, not the old one past its total.
+        finished = {t.id for t in progress.tasks if t.finished}
+        if task not in tasks or (advance > 0 and tasks[task] in finished):
             tasks[task] = progress.add_task(task, total=total)
         progress.advance(tasks[task], advance)
 

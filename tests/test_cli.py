@@ -339,3 +339,23 @@ def test_error_messages_are_not_read_as_markup(runner: CliRunner, tmp_path: Path
     missing = tmp_path / "data[red].npz"  # rich markup would swallow "[red]"
     result = runner.invoke(app, ["--db", str(tmp_path / "c.db"), "ingest", "d", "v1", str(missing)])
     _assert_user_error(result, "data[red].npz: no such file")
+
+
+def test_a_progress_task_run_again_gets_a_new_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The demo ingests two versions on one display: each ingest's near stage and overlap
+    # report are bars of their own, never one bar past its total (6/3).
+    from rich.console import Console
+
+    import cli.app
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli.app, "_stderr", lambda: Console(file=out, width=100))
+    with cli.app._progress() as on_progress:
+        for _ingest in range(2):
+            on_progress("overlap report", 0, 1)
+            on_progress("overlap report", 1, 1)
+            on_progress("near", 0, 3)
+            for _band in range(3):
+                on_progress("near", 1, 3)
+    bars = re.findall(r"^(overlap report|near)\s.*?(\d+)/(\d+)", out.getvalue(), re.M)
+    assert bars == [("overlap report", "1", "1"), ("near", "3", "3")] * 2
