@@ -62,16 +62,8 @@ LOOKUP_BATCH = 5000
 
 _NAME_LIMIT = 200
 _IMAGE_COLUMNS = ("digest", "height", "width", "channels", "dtype", "low_info")
-_ITEM_COLUMNS = (
-    "split_id",
-    "position",
-    "image_id",
-    "label",
-    "source_id",
-    "source_key",
-    "source_row",
-    "source_sha256",
-)
+_ITEM_COLUMNS = ("position", "image_id", "label", "source_key", "source_row", "source_sha256")
+"""An item row's columns but its split and source, which a chunk's items share."""
 SKIPPED_SHOWN = 20
 """Skipped files an `IngestResult` lists (its count is complete; the catalog keeps them all)."""
 
@@ -493,16 +485,15 @@ def _ingest_split(
             core_table(Item),
             _ITEM_COLUMNS,
             zip(
-                [split_id] * len(chunk),
                 positions,
                 [ids[digest] for digest in chunk_digests],
                 chunk.labels,
-                [source_id] * len(chunk),
                 keys,
                 rows,
                 sha256,
                 strict=True,
             ),
+            constants={"split_id": split_id, "source_id": source_id},
         )
         items += len(chunk)
         file_bytes += chunk.file_bytes

@@ -38,10 +38,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Index, select
 
 from catalog.db import (
     bulk_insert,
+    create_indexes,
+    drop_indexes_for,
     fetch_batches,
     fetch_integers,
     fetch_rows,
@@ -84,6 +86,9 @@ are held at once. At 1M images the ingest peaked at 1.77 GiB with 32 MB blocks, 
 LOOKUP_BATCH = 5000
 INSERT_BATCH = 500_000
 """Band-key rows per executemany (memory bound of the Python rows)."""
+
+PAIR_INDEX_TASK = "pair index"
+"""Progress task of rebuilding the pair table's indexes after a large insert (`finish`)."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -697,6 +702,9 @@ class NearIndexer:
         self._workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="dsaudit-join")
         self._pending: deque[tuple[list[Future[_Signed]], np.ndarray]] = deque()
         self._store_seconds: dict[str, float] = {}
+        # The pair table's secondary indexes while this ingest's pairs go in, when rebuilding
+        # them afterwards is cheaper (`catalog.db.drop_indexes_for`); `finish` recreates them.
+        self._dropped: tuple[Index, ...] = ()
 
     def add(self, image_ids: np.ndarray, unit: np.ndarray) -> None:
         """Sign new images (in worker threads), store their signatures, keep their band keys.
@@ -733,11 +741,9 @@ class NearIndexer:
                 bulk_insert(
                     self.conn,
                     core_table(Signature),
-                    ("recipe_id", "image_id", "value"),
-                    [
-                        (recipe_id, i, s.tobytes())
-                        for i, s in zip(image_ids.tolist(), signatures, strict=True)
-                    ],
+                    ("image_id", "value"),
+                    zip(image_ids.tolist(), map(bytes, signatures), strict=True),
+                    constants={"recipe_id": recipe_id},
                 )
                 if recipe.name in self._spills:
                     self._spills[recipe.name].append(image_ids, signatures)
@@ -774,14 +780,9 @@ class NearIndexer:
                 bulk_insert(
                     self.conn,
                     core_table(BandKey),
-                    ("recipe_id", "band", "key", "image_id"),
-                    zip(
-                        itertools.repeat(recipe_id),
-                        itertools.repeat(band),
-                        column[part].tolist(),
-                        images[part].tolist(),
-                        strict=False,
-                    ),
+                    ("key", "image_id"),
+                    zip(column[part].tolist(), images[part].tolist(), strict=True),
+                    constants={"recipe_id": recipe_id, "band": band},
                 )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
@@ -795,7 +796,10 @@ class NearIndexer:
         once doubled the peak memory): its band join runs in the worker threads while this
         thread stores its band keys, then the previous recipe's pairs; then the survivors are
         verified block by block (`_verify_blocks`). A recipe's `NearStats.seconds` include its
-        pairs' insert, done during the next recipe's join.
+        pairs' insert, done during the next recipe's join. When this ingest's pairs are many
+        against those stored (a first ingest), the pair table's indexes are dropped before the
+        first large insert and built again after the last (`catalog.db.drop_indexes_for`),
+        shown as the `PAIR_INDEX_TASK` progress task.
         """
         self._drain(wait=True)
         step = on_progress or (lambda _task, _advance, _total: None)
@@ -807,6 +811,10 @@ class NearIndexer:
             found = [self._find_pairs(recipe, step, pending) for recipe in self.recipes]
             for insert in pending:
                 insert()
+            if self._dropped:
+                step(PAIR_INDEX_TASK, 0, 1)
+                create_indexes(self.conn, self._dropped)
+                step(PAIR_INDEX_TASK, 1, 1)
             return tuple(
                 replace(stats, seconds=stats.seconds + self._store_seconds.get(stats.recipe, 0.0))
                 for stats in found
@@ -889,20 +897,17 @@ class NearIndexer:
 
         def store() -> None:
             began = time.perf_counter()
+            if not self._dropped:
+                self._dropped = drop_indexes_for(self.conn, core_table(Pair), len(close))
             # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and
             # a concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no
             # pair is stored twice; on PostgreSQL that lets the rows go by COPY.
             bulk_insert(
                 self.conn,
                 core_table(Pair),
-                ("recipe_id", "image_a", "image_b", "distance"),
-                zip(
-                    itertools.repeat(recipe_id),
-                    close[:, 0].tolist(),
-                    close[:, 1].tolist(),
-                    distance.tolist(),
-                    strict=False,
-                ),
+                ("image_a", "image_b", "distance"),
+                zip(close[:, 0].tolist(), close[:, 1].tolist(), distance.tolist(), strict=True),
+                constants={"recipe_id": recipe_id},
             )
             self._store_seconds[name] = time.perf_counter() - began
             step(task, 1, 3)

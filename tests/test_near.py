@@ -10,14 +10,25 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert, inspect
 from typer.testing import CliRunner
 
 from catalog import api, near, synth
-from catalog.db import describe, open_catalog, scratch_directory, writing
+from catalog import db as db_module
+from catalog.db import (
+    create_indexes,
+    describe,
+    drop_indexes_for,
+    open_catalog,
+    scratch_directory,
+    writing,
+)
 from catalog.errors import InputError, NotFoundError, SchemaError, StorageError
 from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
 from catalog.recipes import DEFAULT_RECIPES, PERCEPTUAL, PIXEL
+from catalog.schema import Image, Pair, core_table
 from cli.app import app
+from tests.conftest import sqlite_only
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +320,8 @@ def test_streamed_join_and_block_verification_equal_the_reference(  # type: igno
     radius. With ``small``, blocks of 7 images, batches of 5 pairs and compaction at 3 pairs
     make every loop turn many times; two versions exercise the old members' summaries."""
     if small:
+        # ...and the pair table's index dropped during both ingests' inserts, rebuilt after.
+        monkeypatch.setattr(db_module, "DEFER_INDEX_ROWS", 1)
         monkeypatch.setattr(near, "VERIFY_BLOCK_BYTES", 7 * PIXEL.signature_bytes)
         monkeypatch.setattr(near, "PREFILTER_BATCH", 5)
         monkeypatch.setattr(near, "COMPACT_AT", 3)
@@ -407,3 +420,105 @@ def test_a_full_disk_under_the_scratch_file_is_one_clear_error(  # type: ignore[
     message = str(raised.value)
     assert describe(str(engine.url)) in message and directory in message, message
     assert "scratch file" in message and "catalog is unchanged" in message, message
+
+
+def _pair_indexes(db: str) -> list[tuple]:  # type: ignore[type-arg]
+    return [
+        tuple(r)
+        for r in api.run_sql(
+            db, "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'pair' ORDER BY name"
+        ).rows
+    ]
+
+
+@sqlite_only
+def test_a_large_pair_insert_rebuilds_the_index_rather_than_keeping_it_up(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ingest drops the pair index when its pairs are many against those stored, and
+    rebuilds it before commit: the schema is the migrations', and the index serves lookups by
+    ``image_b``. A failure after the drop rolls the drop back with everything else."""
+    open_catalog(db).dispose()  # a new catalog: the migrations' schema
+    fresh = _pair_indexes(db)
+    assert any(name == "ix_pair_recipe_id_image_b" for name, _sql in fresh)
+    monkeypatch.setattr(db_module, "DEFER_INDEX_ROWS", 1)
+    dropped: list[tuple[str, ...]] = []
+    real_drop = near.drop_indexes_for
+
+    def recording(conn, table, incoming):  # type: ignore[no-untyped-def]
+        result = real_drop(conn, table, incoming)
+        dropped.append(tuple(str(index.name) for index in result))
+        return result
+
+    monkeypatch.setattr(near, "drop_indexes_for", recording)
+    images, _labels = letters
+    copies = synth.gaussian_noise(images[:40], 0.02, np.random.default_rng(5))
+    api.ingest(db, "l", "v1", {"train": np.concatenate([images[:200], copies])})
+    assert dropped[0] == ("ix_pair_recipe_id_image_b",)  # the first insert: nothing stored yet
+    assert _pair_indexes(db) == fresh
+    plan = api.run_sql(
+        db, "EXPLAIN QUERY PLAN SELECT image_a FROM pair WHERE recipe_id = 1 AND image_b = 7"
+    )
+    assert "ix_pair_recipe_id_image_b" in str(plan.rows)
+    pairs = _count(db, "SELECT COUNT(*) FROM pair")
+    assert pairs >= 80
+
+    def failing(conn, indexes):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(near, "create_indexes", failing)
+    dimmed = synth.brightness(images[:200], 0.03)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        api.ingest(db, "l", "v2", {"train": dimmed})
+    assert dropped[-1] == ("ix_pair_recipe_id_image_b",)  # 200 new pairs' worth: dropped again
+    assert _pair_indexes(db) == fresh
+    assert _count(db, "SELECT COUNT(*) FROM pair") == pairs
+    assert _count(db, "SELECT COUNT(*) FROM version") == 1
+
+
+def test_indexes_are_dropped_only_for_inserts_large_against_the_table(  # type: ignore[no-untyped-def]
+    engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: at least `DEFER_INDEX_ROWS` incoming rows, and at least a quarter of the rows
+    stored; PostgreSQL never (a dropped index would lock readers out until commit)."""
+    table = core_table(Pair)
+    expected = ["ix_pair_recipe_id_image_b"] if engine.dialect.name == "sqlite" else []
+    with writing(engine) as conn:
+        recipe_ids = list(ensure_recipes(conn, DEFAULT_RECIPES).values())
+        assert drop_indexes_for(conn, table, db_module.DEFER_INDEX_ROWS - 1) == ()
+        dropped = drop_indexes_for(conn, table, db_module.DEFER_INDEX_ROWS)
+        assert [index.name for index in dropped] == expected
+        create_indexes(conn, dropped)
+        conn.execute(
+            insert(core_table(Image)),
+            [
+                {
+                    "id": i,
+                    "digest": bytes([i]),
+                    "height": 1,
+                    "width": 1,
+                    "channels": 1,
+                    "dtype": "uint8",
+                    "low_info": False,
+                }
+                for i in range(1, 10)
+            ],
+        )
+        conn.execute(
+            insert(table),
+            [
+                {"recipe_id": r, "image_a": a, "image_b": 9, "distance": 0.0}
+                for r in recipe_ids
+                for a in range(1, 9)
+            ],
+        )
+    stored = 8 * len(recipe_ids)
+    monkeypatch.setattr(db_module, "DEFER_INDEX_ROWS", 1)
+    with writing(engine) as conn:
+        assert drop_indexes_for(conn, table, stored // 4 - 1) == ()
+        dropped = drop_indexes_for(conn, table, stored // 4)
+        assert [index.name for index in dropped] == expected
+        create_indexes(conn, dropped)
+    assert [ix["name"] for ix in inspect(engine).get_indexes("pair")] == [
+        "ix_pair_recipe_id_image_b"
+    ]
