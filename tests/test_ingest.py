@@ -294,6 +294,22 @@ def test_low_information_images_are_flagged(db: str, tmp_path: Path, rng) -> Non
     assert within.low_info_items == 3
 
 
+def test_a_known_image_keeps_its_stored_low_information_flag(db: str, rng) -> None:  # type: ignore[no-untyped-def]
+    # Floats are scaled by their array's range (`value_range`): beside a 0-255 image this one
+    # is near-constant, alone it is on the 0-1 scale and spans it. The catalog stores one flag
+    # per image, the first ingest's, and a later version's summary counts by it, as its
+    # reports do.
+    faint = rng.random((1, 8, 8)).astype(np.float32)
+    full = (rng.random((1, 8, 8)) * 255).astype(np.float32)
+    first = api.ingest(db, "d", "v1", {"train": np.concatenate([faint, full])})
+    second = api.ingest(db, "d", "v2", {"train": faint})
+    assert first.splits[0].low_info_items == 1
+    assert second.new_images == 0
+    assert second.splits[0].low_info_items == 1
+    (within,) = api.overlap(db, ["d@v2"]).within
+    assert within.low_info_items == 1
+
+
 def test_a_second_writer_waits_then_reports_catalog_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
