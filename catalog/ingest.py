@@ -538,7 +538,7 @@ def _resolve_images(
     Only the images new to the catalog are scaled to 0-1 and screened for low information: a
     known image's flag is the one stored with it (which the reports count too), and a second
     version that is mostly unchanged skips that work for most of its rows (1M rows, 5 % new:
-    5.8 s of 71 s).
+    its chunks took 18.8 s against 20.7 s, median of 3).
     """
     first: dict[bytes, int] = {}
     for index, digest in enumerate(chunk_digests):
