@@ -466,7 +466,7 @@ def _ingest_split(
         canon = canonical(chunk.images)
         chunk_digests = digests(canon)
         new = _resolve_images(conn, canon, chunk_digests, chunk.scale)
-        ids = new.ids
+        known = [new.known[digest] for digest in chunk_digests]
         new_images += new.image_ids.size
         if indexer is not None:
             # Only images new to the catalog get signatures; low-information ones hash alike
@@ -475,7 +475,7 @@ def _ingest_split(
                 indexer.add(new.image_ids[~new.low], new.unit[~new.low])
             else:
                 indexer.add(new.image_ids, new.unit)
-        low_items += sum(new.low_of[digest] for digest in chunk_digests)
+        low_items += sum(low for _id, low in known)
         positions = chunk.positions.tolist()
         keys = chunk.keys if chunk.keys is not None else [split.key] * len(chunk)
         # An array's rows are addressed by position; a folder's files by their own path.
@@ -487,7 +487,7 @@ def _ingest_split(
             _ITEM_COLUMNS,
             zip(
                 positions,
-                [ids[digest] for digest in chunk_digests],
+                [image_id for image_id, _low in known],
                 chunk.labels,
                 keys,
                 rows,
@@ -515,10 +515,9 @@ def _ingest_split(
 class _Resolved:
     """A chunk's images in the catalog (`_resolve_images`)."""
 
-    ids: dict[bytes, int]
-    """Image id of every digest of the chunk."""
-    low_of: dict[bytes, bool]
-    """Low-information flag of every digest of the chunk, as the catalog stores it."""
+    known: dict[bytes, tuple[int, bool]]
+    """(image id, low-information flag as the catalog stores it) of every digest of the
+    chunk."""
     image_ids: np.ndarray
     """Ids (int64) of the images this ingest inserted, in digest order."""
     unit: np.ndarray
@@ -571,8 +570,7 @@ def _resolve_images(
             unit, low = unit[mine], low[mine]
             missing = [d for d, keep in zip(missing, mine, strict=True) if keep]
     return _Resolved(
-        ids={digest: image_id for digest, (image_id, _) in known.items()},
-        low_of={digest: flag for digest, (_, flag) in known.items()},
+        known=known,
         image_ids=np.fromiter((known[d][0] for d in missing), np.int64, count=len(missing)),
         unit=unit,
         low=low,
