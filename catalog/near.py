@@ -51,6 +51,7 @@ from catalog.db import (
     placeholder,
     scratch_directory,
     scratch_error,
+    wider_cache,
 )
 from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
@@ -89,6 +90,9 @@ INSERT_BATCH = 500_000
 
 PAIR_INDEX_TASK = "pair index"
 """Progress task of rebuilding the pair table's indexes after a large insert (`finish`)."""
+PAIR_CACHE_MIB = 512
+"""SQLite page cache, MiB, while pairs are stored (`catalog.db.wider_cache`): their foreign-key
+checks read the image table at random."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -902,13 +906,14 @@ class NearIndexer:
             # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and
             # a concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no
             # pair is stored twice; on PostgreSQL that lets the rows go by COPY.
-            bulk_insert(
-                self.conn,
-                core_table(Pair),
-                ("image_a", "image_b", "distance"),
-                zip(close[:, 0].tolist(), close[:, 1].tolist(), distance.tolist(), strict=True),
-                constants={"recipe_id": recipe_id},
-            )
+            with wider_cache(self.conn, PAIR_CACHE_MIB):
+                bulk_insert(
+                    self.conn,
+                    core_table(Pair),
+                    ("image_a", "image_b", "distance"),
+                    zip(close[:, 0].tolist(), close[:, 1].tolist(), distance.tolist(), strict=True),
+                    constants={"recipe_id": recipe_id},
+                )
             self._store_seconds[name] = time.perf_counter() - began
             step(task, 1, 3)
 

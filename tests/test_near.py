@@ -476,6 +476,47 @@ def test_a_large_pair_insert_rebuilds_the_index_rather_than_keeping_it_up(  # ty
     assert _count(db, "SELECT COUNT(*) FROM version") == 1
 
 
+def test_pairs_are_stored_under_a_wider_cache_then_the_usual_one(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: the pair rows go in with `PAIR_CACHE_MIB` of page cache (their foreign-key
+    checks read the image table at random), other rows with `CACHE_MIB`, and the connection
+    is back to `CACHE_MIB` after each pair insert. Other engines keep their settings."""
+    seen: dict[str, set[int]] = {}
+    real_insert = near.bulk_insert
+
+    def recording(conn, table, columns, rows, **kwargs):  # type: ignore[no-untyped-def]
+        if conn.dialect.name == "sqlite":
+            kib = -int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
+            seen.setdefault(getattr(table, "name", table), set()).add(kib // 1024)
+        return real_insert(conn, table, columns, rows, **kwargs)
+
+    monkeypatch.setattr(near, "bulk_insert", recording)
+    images, _labels = letters
+    copies = synth.gaussian_noise(images[:40], 0.02, np.random.default_rng(5))
+    api.ingest(db, "l", "v1", {"train": np.concatenate([images[:200], copies])})
+    if db.startswith("postgresql"):
+        assert seen == {}
+        return
+    assert seen["pair"] == {near.PAIR_CACHE_MIB}
+    assert seen["band_key"] == seen["signature"] == {db_module.CACHE_MIB}
+
+
+def test_a_wider_cache_is_narrowed_again_after_a_failure(engine) -> None:  # type: ignore[no-untyped-def]
+    def cache_mib(conn) -> int | None:  # type: ignore[no-untyped-def]
+        if conn.dialect.name != "sqlite":
+            return None
+        return -int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one()) // 1024
+
+    with engine.connect() as conn:
+        usual = cache_mib(conn)
+        assert usual in (db_module.CACHE_MIB, None)
+        with pytest.raises(RuntimeError, match="mid-insert"), db_module.wider_cache(conn, 300):
+            assert cache_mib(conn) in (300, None)
+            raise RuntimeError("mid-insert")
+        assert cache_mib(conn) == usual
+
+
 def test_indexes_are_dropped_only_for_inserts_large_against_the_table(  # type: ignore[no-untyped-def]
     engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
