@@ -514,6 +514,37 @@ def _lexsorted(*columns: np.ndarray) -> bool:
     return True
 
 
+def band_level(images: int) -> int:
+    """The level an ingest's band keys are stored at under a recipe it signed ``images`` (> 0)
+    images with: ``floor(log2(images))`` (`catalog.schema.BandKey`)."""
+    if images < 1:
+        raise ValueError(f"band_level: {images} images")
+    return images.bit_length() - 1
+
+
+def _merge_levels(
+    distinct: Sequence[np.ndarray], bands: np.ndarray, key: np.ndarray, image: np.ndarray
+) -> np.ndarray:
+    """The order that sorts rows by (band, key, image), where the rows are runs (one per level)
+    each sorted so already.
+
+    Args:
+        distinct: each band's sorted distinct keys; every row's key is among its band's.
+        bands, key, image: int64 (m,) the rows, run after run.
+    """
+    # Each row's bucket as its rank among all buckets, band after band: one integer that
+    # sorts like (band, key).
+    offsets = np.cumsum([0, *(values.size for values in distinct)])
+    bucket = np.empty(bands.size, np.int64)
+    for band, values in enumerate(distinct):
+        rows = np.flatnonzero(bands == band)
+        bucket[rows] = offsets[band] + np.searchsorted(values, key[rows])
+    if bands.size and (int(image.min()) < 0 or int(image.max()) >= 2**32 or offsets[-1] >= 2**31):
+        return np.lexsort((image, bucket))
+    # A stable sort of a few sorted runs is a merge (numpy's timsort finds the runs).
+    return np.argsort((bucket << 32) | image, kind="stable")
+
+
 def _band_rows(
     keys: np.ndarray,
     probes: np.ndarray,
@@ -772,7 +803,9 @@ class NearIndexer:
         """Insert the new images' band keys: ``keys`` int64 (n, bands), ``images`` (n,)."""
         # Once, after the last chunk, in primary-key order (band by band, each sorted by key
         # and image), so each B-tree page is written once, in order, rather than split at
-        # random places chunk after chunk.
+        # random places chunk after chunk; at this ingest's level (`band_level`), so among
+        # the keys of ingests of about its size rather than spread over all of them.
+        level = band_level(images.size)
         for band in range(keys.shape[1]):
             column = keys[:, band]
             order = np.lexsort((images, column))
@@ -786,7 +819,7 @@ class NearIndexer:
                     core_table(BandKey),
                     ("key", "image_id"),
                     zip(column[part].tolist(), images[part].tolist(), strict=True),
-                    constants={"recipe_id": recipe_id, "band": band},
+                    constants={"recipe_id": recipe_id, "level": level, "band": band},
                 )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
@@ -1061,55 +1094,73 @@ class NearIndexer:
         Returns:
             (band, key, image id) int64 arrays, one row per old member.
 
-        At most `BUCKET_CAP` per bucket (the lowest ids), the same members the guard keeps.
-        Runs before this ingest stores its own band keys for the recipe, so every band key it
-        reads is another ingest's, committed (SQLite: before ours began; PostgreSQL: before
-        `lock_pair_finding` let us in). Image ids say nothing about that order: a PostgreSQL
-        sequence hands them out to concurrent ingests interleaved.
+        At most `BUCKET_CAP` per bucket (the lowest ids, over all levels), the same members
+        the guard keeps. Runs before this ingest stores its own band keys for the recipe, so
+        every band key it reads is another ingest's, committed (SQLite: before ours began;
+        PostgreSQL: before `lock_pair_finding` let us in). Image ids say nothing about that
+        order: a PostgreSQL sequence hands them out to concurrent ingests interleaved.
         """
         empty = np.empty(0, np.int64)
-        mark = placeholder(self.conn)
-        has_old = self.conn.exec_driver_sql(
-            f"SELECT 1 FROM band_key WHERE recipe_id = {mark} LIMIT 1", (recipe_id,)
-        ).first()
-        if has_old is None:
+        levels = self._levels(recipe_id)
+        if not levels:
             return empty, empty, empty
         self.conn.exec_driver_sql(
             "CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key "
             "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
         )
         self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
-        for band in range(keys.shape[1]):
-            distinct = unique(keys[:, band])
+        distinct = [unique(keys[:, band]) for band in range(keys.shape[1])]
+        for band, values in enumerate(distinct):
             bulk_insert(
                 self.conn,
                 "dsaudit_new_key",
                 ("band", "key"),
-                zip(itertools.repeat(band), distinct.tolist(), strict=False),
+                zip(itertools.repeat(band), values.tolist(), strict=False),
             )
         # Every member of those buckets, as integer columns (`fetch_integers`: row tuples cost
-        # more than the join). CROSS JOIN makes SQLite walk the new keys and seek each bucket
-        # in band_key's primary key; left to choose, it scanned all of the recipe's band keys
-        # (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any inner join.
-        bands, key, image = fetch_integers(
-            self.conn,
-            ("k.band", "k.key", "b.image_id"),
-            f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE b.recipe_id = {mark} "
-            "AND b.band = k.band AND b.key = k.key",
-            (recipe_id,),
-        )
+        # more than the join), level by level. CROSS JOIN makes SQLite walk the new keys and
+        # seek each bucket in band_key's primary key; left to choose, it scanned all of the
+        # recipe's band keys (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any
+        # inner join. SQLite's nested loop hands each level's rows over in (band, key, image)
+        # order: the new keys as inserted (band by band, each sorted), each bucket along
+        # band_key's primary key.
+        mark = placeholder(self.conn)
+        found = [
+            fetch_integers(
+                self.conn,
+                ("k.band", "k.key", "b.image_id"),
+                f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE b.recipe_id = {mark} "
+                f"AND b.level = {mark} AND b.band = k.band AND b.key = k.key",
+                (recipe_id, level),
+            )
+            for level in levels
+        ]
+        bands, key, image = (np.concatenate(column) for column in zip(*found, strict=True))
         # The first BUCKET_CAP of each bucket by id (the guard's members), ranked here: a
-        # window function in SQL cost six times the join. SQLite's nested loop hands the rows
-        # over in (band, key, image) order already: the new keys as inserted (band by band,
-        # each sorted), each bucket along band_key's primary key. Sorting them anyway cost
-        # 12 s of a 5 % incremental ingest at 1M images; rows in another order are sorted.
+        # window function in SQL cost six times the join. The levels' rows are merged
+        # (`_merge_levels`); sorting 5M rows on three columns took 2.7 s, merging them 0.06 s.
         if not _lexsorted(bands, key, image):
-            order = np.lexsort((image, key, bands))
+            order = _merge_levels(distinct, bands, key, image)
             bands, key, image = bands[order], key[order], image[order]
         starts = np.flatnonzero(np.r_[True, (bands[1:] != bands[:-1]) | (key[1:] != key[:-1])])
         rank = np.arange(bands.size) - np.repeat(starts, np.diff(np.r_[starts, bands.size]))
         first = rank < BUCKET_CAP
         return bands[first], key[first], image[first]
+
+    def _levels(self, recipe_id: int) -> list[int]:
+        """The levels (`band_level`) holding band keys of the recipe, ascending: one seek of
+        band_key's primary key each (SELECT DISTINCT read every row)."""
+        mark = placeholder(self.conn)
+        levels: list[int] = []
+        while True:
+            after = levels[-1] if levels else -1
+            level = self.conn.exec_driver_sql(
+                f"SELECT MIN(level) FROM band_key WHERE recipe_id = {mark} AND level > {mark}",
+                (recipe_id, after),
+            ).scalar()
+            if level is None:
+                return levels
+            levels.append(int(level))
 
     def _signatures(self, recipe_id: int, image_ids: np.ndarray, width: int) -> np.ndarray:
         """Stored signatures of ``image_ids`` (sorted, unique), uint8 (n, width), same order."""

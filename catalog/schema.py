@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -206,16 +207,25 @@ class Signature(Base):
 class BandKey(Base):
     """One LSH band key of one image: images sharing (recipe, band, key) are candidates.
 
-    The primary key is the join's index: finding a bucket's members is a range scan. This is
-    derived data (recomputable from the signatures) and by far the largest table, so it has no
-    foreign keys: checking two parents per row made its inserts 1.7x slower (3.4M rows: 5.6 s
-    against 3.3 s). Rows are only ever written with their image and recipe, in one transaction.
+    The primary key is the join's index: finding a bucket's members is one range scan per
+    level. This is derived data (recomputable from the signatures) and by far the largest
+    table, so it has no foreign keys: checking two parents per row made its inserts 1.7x slower
+    (3.4M rows: 5.6 s against 3.3 s). Rows are only ever written with their image and recipe, in
+    one transaction.
+
+    ``level`` is ``floor(log2(n))`` of the n images whose keys one ingest stored under the
+    recipe (`catalog.near.band_level`); it comes second in the primary key, so an ingest's keys
+    go into the region of ingests of about its size. A 5 % version of a 1M-image catalog then
+    writes its 2.4M rows after the first version's 48M rather than between them, where each
+    of its rows had dirtied another page of the whole table (`benchmarks/RESULTS.md`, section
+    4). Rows written before schema revision 0005 are level 0.
     """
 
     __tablename__ = "band_key"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
     recipe_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("0"))
     band: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     image_id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from catalog import api, synth
 from catalog.db import SCHEMA_HEAD, _alembic_config, open_catalog, schema_revision
 from catalog.errors import NotFoundError, SchemaError
+from catalog.recipes import DEFAULT_RECIPES
 from catalog.schema import Base
 from tests.conftest import sqlite_only
 
@@ -50,6 +53,38 @@ def test_upgrade_downgrade_upgrade(db: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     engine.dispose()
+
+
+def test_band_keys_keep_their_rows_down_to_0004_and_up_to_levels(db: str) -> None:
+    images, _labels = synth.render_letters(130, np.random.default_rng(5))
+    api.ingest(db, "l", "v1", {"train": images[:120]})
+    api.ingest(db, "l", "v2", {"train": images[120:]})  # a second level
+    keys = "SELECT recipe_id, band, key, image_id FROM band_key"
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        stored = set(conn.exec_driver_sql(keys).fetchall())
+        assert {row[0] for row in conn.exec_driver_sql("SELECT level FROM band_key")} == {3, 6}
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        assert "level" not in {c["name"] for c in inspect(conn).get_columns("band_key")}
+        assert set(conn.exec_driver_sql(keys).fetchall()) == stored
+    engine.dispose()
+    # Opening it migrates it (every key at level 0), and the next ingest joins against them.
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        assert set(conn.exec_driver_sql(keys).fetchall()) == stored
+        assert {row[0] for row in conn.exec_driver_sql("SELECT level FROM band_key")} == {0}
+    engine.dispose()
+    copy = synth.gaussian_noise(images[[3]], 0.02, np.random.default_rng(6))
+    api.ingest(db, "l", "v3", {"test": copy})
+    found = api.run_sql(
+        db,
+        "SELECT DISTINCT recipe, version_b, position_b FROM v_near_overlap WHERE version_a = 'v3'",
+    ).rows
+    assert {tuple(row) for row in found} == {(r.name, "v1", 3) for r in DEFAULT_RECIPES}
 
 
 def test_open_creates_and_reopen_is_a_no_op(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from catalog.db import (
 from catalog.errors import InputError, NotFoundError, SchemaError, StorageError
 from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
 from catalog.recipes import DEFAULT_RECIPES, PERCEPTUAL, PIXEL
-from catalog.schema import Image, Pair, core_table
+from catalog.schema import BandKey, Image, Pair, core_table
 from cli.app import app
 from tests.conftest import sqlite_only
 
@@ -264,7 +264,9 @@ def test_cli_near_outputs(db: str, tmp_path: Path, letters) -> None:  # type: ig
 
 
 def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[no-untyped-def]
-    query = "SELECT image_id FROM band_key WHERE recipe_id = 1 AND band = 3 AND key = 42"
+    query = (
+        "SELECT image_id FROM band_key WHERE recipe_id = 1 AND level = 0 AND band = 3 AND key = 42"
+    )
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             plan = " ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {query}"))
@@ -563,3 +565,82 @@ def test_indexes_are_dropped_only_for_inserts_large_against_the_table(  # type: 
     assert [ix["name"] for ix in inspect(engine).get_indexes("pair")] == [
         "ix_pair_recipe_id_image_b"
     ]
+
+
+def test_each_ingest_stores_its_band_keys_at_its_level_and_joins_every_level(
+    db: str, letters
+) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    rng = np.random.default_rng(11)
+    api.ingest(db, "l", "v1", {"train": images[:200]})
+    api.ingest(db, "l", "v2", {"train": images[200:230]})
+    # v3's images are near copies of one v1 image and one v2 image: found in both levels.
+    api.ingest(db, "l", "v3", {"test": synth.gaussian_noise(images[[7, 210]], 0.02, rng)})
+    for recipe in DEFAULT_RECIPES:
+        levels = api.run_sql(
+            db,
+            "SELECT b.level, COUNT(DISTINCT b.image_id) FROM band_key b "
+            f"JOIN recipe r ON r.id = b.recipe_id WHERE r.name = '{recipe.name}' "
+            "GROUP BY b.level ORDER BY b.level",
+        ).rows
+        assert [tuple(row) for row in levels] == [(1, 2), (4, 30), (7, 200)], recipe.name
+    for recipe in DEFAULT_RECIPES:
+        found = api.run_sql(
+            db,
+            "SELECT DISTINCT version_b, position_b FROM v_near_overlap "
+            f"WHERE recipe = '{recipe.name}' AND version_a = 'v3' ORDER BY version_b",
+        ).rows
+        assert [tuple(row) for row in found] == [("v1", 7), ("v2", 10)], recipe.name
+
+
+def test_band_level_is_the_floor_of_log2() -> None:
+    assert [near.band_level(n) for n in (1, 2, 3, 4, 1023, 1024, 992_501)] == [
+        0, 1, 1, 2, 9, 10, 19,
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        near.band_level(0)
+
+
+def test_a_bucket_over_levels_keeps_its_lowest_ids(engine) -> None:  # type: ignore[no-untyped-def]
+    # One bucket (band 0, key 42) with 90 members at level 6 and 40 lower ids at level 3: the
+    # guard's first BUCKET_CAP are the lowest ids over both.
+    high, low = list(range(1000, 1090)), list(range(10, 50))
+    with writing(engine) as conn:
+        indexer = near.NearIndexer(conn, (PIXEL,))
+        try:
+            recipe_id = indexer.ids[PIXEL.name]
+            rows = [
+                {"recipe_id": recipe_id, "level": level, "band": 0, "key": 42, "image_id": image}
+                for level, ids in ((6, high), (3, low))
+                for image in ids
+            ]
+            conn.execute(insert(core_table(BandKey)), rows)
+            keys = np.full((1, PIXEL.bands), 7, np.int64)
+            keys[0, 0] = 42
+            band, key, image = indexer._old_members(recipe_id, keys)
+        finally:
+            indexer.close()
+    assert band.tolist() == [0] * BUCKET_CAP and set(key.tolist()) == {42}
+    assert image.tolist() == sorted(low + high)[:BUCKET_CAP]
+
+
+@st.composite
+def _level_runs(draw: st.DrawFn) -> list[list[tuple[int, int, int]]]:
+    """A few levels' band-key rows (band, key, image), each level sorted and distinct; ids
+    above 2**32 sometimes, where the merge falls back to a lexsort."""
+    top = draw(st.sampled_from([2**31 - 1, 2**40]))
+    row = st.tuples(st.integers(0, 3), st.integers(-(2**63), 2**63 - 1), st.integers(0, top))
+    # Keys from a small pool as well, so buckets span levels.
+    pool = st.tuples(st.integers(0, 3), st.sampled_from([-5, 0, 42]), st.integers(0, 20))
+    runs = draw(st.lists(st.lists(st.one_of(row, pool), max_size=30), max_size=4))
+    return [sorted(set(run)) for run in runs]
+
+
+@settings(max_examples=80, deadline=None)
+@given(_level_runs())
+def test_merged_levels_sort_like_a_lexsort(levels: list[list[tuple[int, int, int]]]) -> None:
+    rows = np.array([row for level in levels for row in level], np.int64).reshape(-1, 3)
+    bands, key, image = rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy()
+    distinct = [np.unique(key[bands == band]) for band in range(4)]
+    order = near._merge_levels(distinct, bands, key, image)
+    np.testing.assert_array_equal(order, np.lexsort((image, key, bands)))
