@@ -230,8 +230,8 @@ def _bands(params: str) -> int | None:
 
 def check_band_keys(conn: Connection) -> CheckResult:
     # Per recipe, one pass over its band keys grouped by image (the primary key starts with
-    # (recipe, band, key): a lookup per image would scan the recipe's keys once per image), and
-    # only the rows that are wrong come back to Python.
+    # (recipe, level, band, key): a lookup per image would scan the recipe's keys once per
+    # image), and only the rows that are wrong come back to Python.
     keyed = """
         SELECT image_id, COUNT(*) AS bands FROM band_key
         WHERE recipe_id = :recipe GROUP BY image_id"""

@@ -216,9 +216,10 @@ class BandKey(Base):
     ``level`` is ``floor(log2(n))`` of the n images whose keys one ingest stored under the
     recipe (`catalog.near.band_level`); it comes second in the primary key, so an ingest's keys
     go into the region of ingests of about its size. A 5 % version of a 1M-image catalog then
-    writes its 2.4M rows after the first version's 48M rather than between them, where each
-    of its rows had dirtied another page of the whole table (`benchmarks/RESULTS.md`, section
-    4). Rows written before schema revision 0005 are level 0.
+    writes its 2.4M rows in a region of their own rather than between the first version's
+    48M, where each of its rows had dirtied another page of the whole table
+    (`benchmarks/RESULTS.md`, section 4). Levels are never merged: versions of one size share
+    one. Rows written before schema revision 0005 are level 0, with 1-image ingests' rows.
     """
 
     __tablename__ = "band_key"

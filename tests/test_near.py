@@ -602,8 +602,9 @@ def test_band_level_is_the_floor_of_log2() -> None:
 
 
 def test_a_bucket_over_levels_keeps_its_lowest_ids(engine) -> None:  # type: ignore[no-untyped-def]
-    # One bucket (band 0, key 42) with 90 members at level 6 and 40 lower ids at level 3: the
-    # guard's first BUCKET_CAP are the lowest ids over both.
+    # One bucket (band 0, key 42) with 90 members at level 3 and 40 lower ids at level 6:
+    # read level by level, ascending, the higher ids come first, so only the merge puts the
+    # guard's first BUCKET_CAP (the lowest ids over both) first.
     high, low = list(range(1000, 1090)), list(range(10, 50))
     with writing(engine) as conn:
         indexer = near.NearIndexer(conn, (PIXEL,))
@@ -611,7 +612,7 @@ def test_a_bucket_over_levels_keeps_its_lowest_ids(engine) -> None:  # type: ign
             recipe_id = indexer.ids[PIXEL.name]
             rows = [
                 {"recipe_id": recipe_id, "level": level, "band": 0, "key": 42, "image_id": image}
-                for level, ids in ((6, high), (3, low))
+                for level, ids in ((3, high), (6, low))
                 for image in ids
             ]
             conn.execute(insert(core_table(BandKey)), rows)
@@ -622,6 +623,47 @@ def test_a_bucket_over_levels_keeps_its_lowest_ids(engine) -> None:  # type: ign
             indexer.close()
     assert band.tolist() == [0] * BUCKET_CAP and set(key.tolist()) == {42}
     assert image.tolist() == sorted(low + high)[:BUCKET_CAP]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_old_members_are_every_levels_bucket_members(engine, seed: int) -> None:  # type: ignore[no-untyped-def]
+    # Levels read whole (1: two images' rows, fewer than the new keys), read then sought (0:
+    # more rows than its level promises), and sought (3, 6); ids shuffled across levels.
+    # Band 0 has one key, so its bucket is over the cap.
+    rng = np.random.default_rng(seed)
+    sizes = {0: 5, 1: 2, 3: 9, 6: 70}
+    ids = rng.permutation(np.arange(1, 1 + sum(sizes.values()))).tolist()
+    pool = [-(2**63), -5, 0, 2**63 - 1]
+    stored = []
+    for level, count in sizes.items():
+        for image in (ids.pop() for _ in range(count)):
+            for band in range(PIXEL.bands):
+                key = 42 if band == 0 else int(rng.choice(pool))
+                stored.append((level, band, key, image))
+    new = np.array(rng.choice([*pool, 11], (3, PIXEL.bands)), np.int64)
+    new[:, 0] = 42
+    with writing(engine) as conn:
+        indexer = near.NearIndexer(conn, (PIXEL,))
+        try:
+            recipe_id = indexer.ids[PIXEL.name]
+            columns = ("level", "band", "key", "image_id")
+            conn.execute(
+                insert(core_table(BandKey)),
+                [
+                    {"recipe_id": recipe_id, **dict(zip(columns, row, strict=True))}
+                    for row in stored
+                ],
+            )
+            band, key, image = indexer._old_members(recipe_id, new)
+        finally:
+            indexer.close()
+    wanted = {(b, int(k)) for b in range(PIXEL.bands) for k in new[:, b]}
+    expected: list[tuple[int, int, int]] = []
+    for b, k in sorted(wanted):
+        members = sorted(image for _level, sb, sk, image in stored if (sb, sk) == (b, k))
+        expected += [(b, k, image) for image in members[:BUCKET_CAP]]
+    assert list(zip(band.tolist(), key.tolist(), image.tolist(), strict=True)) == expected
+    assert sum(1 for row in expected if row[0] == 0) == BUCKET_CAP
 
 
 @st.composite

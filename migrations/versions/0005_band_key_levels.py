@@ -8,8 +8,9 @@ Create Date: 2026-12-01
 under the recipe, `catalog.near.band_level`), second in its primary key. Before, a small
 version's keys went between the keys already stored, each row into another page of the whole
 table. Existing rows become level 0. SQLite cannot change a primary key in place, so there the
-table is copied in key order (48M rows, a 1M-image catalog: about 35 s); PostgreSQL adds the
-column and builds the new key.
+table is copied in key order (48M rows, a 1M-image catalog: about 35 s; the old table's pages
+stay in the file for reuse until a `VACUUM`); PostgreSQL adds the column (last in its column
+order) and builds the new key.
 """
 
 from __future__ import annotations
