@@ -574,10 +574,9 @@ def _band_rows(
     probe_rows = np.repeat([False, True], [images.size, probe_images.size])
     # Old members grouped by band once; each band's rows are built only when the join reaches
     # it, so no array of all n x bands rows is ever made (1.2 GB at 1M images).
-    old_order = np.argsort(old_band, kind="stable")
-    old_bounds = np.searchsorted(old_band[old_order], np.arange(keys.shape[1] + 1))
+    old_rows = _band_groups(old_band, keys.shape[1])
     for band in range(share[0], keys.shape[1], share[1]):
-        old = old_order[old_bounds[band] : old_bounds[band + 1]]
+        old = old_rows[band]
         yield (
             np.concatenate([keys[:, band], probes[:, :, band].reshape(-1), old_keys[old]]),
             np.concatenate([images, probe_images, old_images[old]]),
@@ -1128,9 +1127,9 @@ class NearIndexer:
         found = [self._level_members(recipe_id, level, distinct, lookups) for level in levels]
         bands, key, image = (np.concatenate(column) for column in zip(*found, strict=True))
         # The first BUCKET_CAP of each bucket by id (the guard's members), ranked here: a
-        # window function in SQL cost six times the join. The levels' rows are merged
-        # (`_merge_levels`): 5.5M rows of two levels in 0.26 s, where `np.lexsort` on the three
-        # columns took 3.0 s.
+        # window function in SQL cost six times the join. Rows in order already (one level, on
+        # SQLite) are left so; else the levels' rows are merged (`_merge_levels`): 5.5M rows of
+        # two levels in 0.26 s, where `np.lexsort` on the three columns took 3.0 s.
         if not _lexsorted(bands, key, image):
             order = _merge_levels(distinct, bands, key, image)
             bands, key, image = bands[order], key[order], image[order]
@@ -1149,13 +1148,13 @@ class NearIndexer:
         matched here: reading a row costs less than seeking one, and a catalog grown by many
         small versions holds many small levels (40k new images' keys against a 200k-image
         level and 17 small ones: 10.4 s seeking every level, 2.8 s so, 1.5 s for the large
-        level alone). A larger level is
-        seeked bucket by bucket (`_seek_members`): CROSS JOIN makes SQLite walk the new keys
-        and seek each bucket in band_key's primary key; left to choose, it scanned all of the
-        recipe's band keys (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any
-        inner join. SQLite's nested loop hands the rows over in (band, key, image) order: the
-        new keys as inserted (band by band, each sorted), each bucket along the primary key.
-        Integer columns come back by `fetch_integers` (row tuples cost more than the join).
+        level alone). A larger level is seeked bucket by bucket (`_seek_members`): CROSS JOIN
+        makes SQLite walk the new keys and seek each bucket in band_key's primary key; left to
+        choose, it scanned all of the recipe's band keys (250k images: 3.3 s against 0.3 s).
+        PostgreSQL plans it as any inner join. SQLite's nested loop hands the rows over in
+        (band, key, image) order: the new keys as inserted (band by band, each sorted), each
+        bucket along the primary key. Integer columns come back by `fetch_integers` (row
+        tuples cost more than the join).
         """
         mark = placeholder(self.conn)
         # A level holds at least one ingest of 2**level images, each with a key in every band.
