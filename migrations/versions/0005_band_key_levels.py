@@ -47,8 +47,9 @@ def _rebuild(columns: list[str]) -> None:
         sa.PrimaryKeyConstraint(*columns, name=op.f("pk_band_key")),
         sqlite_with_rowid=False,
     )
-    # Ordered by the old key, which is the new one's order too (every level 0): the copy
-    # appends to the new B-tree rather than splitting its pages.
+    # Ordered by the old key. On upgrade that is the new key's order too (every row at level
+    # 0), so the copy appends to the new B-tree rather than splitting its pages; on downgrade
+    # SQLite sorts the rows first.
     chosen = "recipe_id, 0, band, key, image_id" if with_level else ", ".join(OLD_KEY)
     op.execute(
         f"INSERT INTO band_key_0005 ({', '.join(columns)}) SELECT {chosen} FROM band_key "
