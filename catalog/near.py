@@ -93,6 +93,13 @@ PAIR_INDEX_TASK = "pair index"
 PAIR_CACHE_MIB = 512
 """SQLite page cache, MiB, while pairs are stored (`catalog.db.wider_cache`): their foreign-key
 checks read the image table at random."""
+SEEK_BANDS = 4
+"""Bands whose old members are read, merged and capped at once (`NearIndexer._old_members`)."""
+NEW_KEY_TABLE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key "
+    "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
+)
+"""The new keys `NearIndexer._old_members` looks up (one table per connection)."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -1110,79 +1117,86 @@ class NearIndexer:
         levels = self._levels(recipe_id)
         if not levels:
             return empty, empty, empty
-        self.conn.exec_driver_sql(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key "
-            "(band SMALLINT NOT NULL, key BIGINT NOT NULL, PRIMARY KEY (band, key))"
-        )
+        self.conn.exec_driver_sql(NEW_KEY_TABLE)
         self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
         distinct = [unique(keys[:, band]) for band in range(keys.shape[1])]
-        for band, values in enumerate(distinct):
+        for number, values in enumerate(distinct):
             bulk_insert(
                 self.conn,
                 "dsaudit_new_key",
                 ("band", "key"),
-                zip(itertools.repeat(band), values.tolist(), strict=False),
+                zip(itertools.repeat(number), values.tolist(), strict=False),
             )
-        lookups = sum(values.size for values in distinct)
-        found = [self._level_members(recipe_id, level, distinct, lookups) for level in levels]
-        bands, key, image = (np.concatenate(column) for column in zip(*found, strict=True))
-        # The first BUCKET_CAP of each bucket by id (the guard's members), ranked here: a
-        # window function in SQL cost six times the join. Rows in order already (one level, on
-        # SQLite) are left so; else the levels' rows are merged (`_merge_levels`): 5.5M rows of
-        # two levels in 0.26 s, where `np.lexsort` on the three columns took 3.0 s.
-        if not _lexsorted(bands, key, image):
-            order = _merge_levels(distinct, bands, key, image)
-            bands, key, image = bands[order], key[order], image[order]
-        starts = np.flatnonzero(np.r_[True, (bands[1:] != bands[:-1]) | (key[1:] != key[:-1])])
-        rank = np.arange(bands.size) - np.repeat(starts, np.diff(np.r_[starts, bands.size]))
-        first = rank < BUCKET_CAP
-        return bands[first], key[first], image[first]
+        # A slice of bands at a time (`SEEK_BANDS`), so memory follows the slice's members,
+        # not every member of every band: at 1M images, 7.6M rows of one level came back as
+        # text (SQLite's and Python's copies) and then arrays, 0.7 GB at once.
+        kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for first in range(0, len(distinct), SEEK_BANDS):
+            bands = range(first, min(first + SEEK_BANDS, len(distinct)))
+            found = [self._level_members(recipe_id, level, distinct, bands) for level in levels]
+            band, key, image = (np.concatenate(column) for column in zip(*found, strict=True))
+            # The first BUCKET_CAP of each bucket by id (the guard's members), ranked here: a
+            # window function in SQL cost six times the join. Rows in order already (one
+            # level, on SQLite) are left so; else the levels' rows are merged
+            # (`_merge_levels`): 5.5M rows of two levels in 0.26 s, where `np.lexsort` on the
+            # three columns took 3.0 s.
+            if not _lexsorted(band, key, image):
+                order = _merge_levels(distinct, band, key, image)
+                band, key, image = band[order], key[order], image[order]
+            starts = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+            rank = np.arange(band.size) - np.repeat(starts, np.diff(np.r_[starts, band.size]))
+            keep = rank < BUCKET_CAP
+            kept.append((band[keep], key[keep], image[keep]))
+        band, key, image = (np.concatenate(column) for column in zip(*kept, strict=True))
+        return band, key, image
 
     def _level_members(
-        self, recipe_id: int, level: int, distinct: Sequence[np.ndarray], lookups: int
+        self, recipe_id: int, level: int, distinct: Sequence[np.ndarray], bands: range
     ) -> list[np.ndarray]:
-        """The (band, key, image id) rows of one level in the buckets of ``distinct`` (each
-        band's sorted distinct new keys, ``lookups`` in all, in ``dsaudit_new_key``).
+        """The (band, key, image id) rows of one level, in ``bands``, in the buckets of
+        ``distinct`` (each band's sorted distinct new keys, all in ``dsaudit_new_key``).
 
-        A level holding at most ``lookups`` rows is read whole, in primary-key order, and
-        matched here: reading a row costs less than seeking one, and a catalog grown by many
-        small versions holds many small levels (40k new images' keys against a 200k-image
-        level and 17 small ones: 10.4 s seeking every level, 2.8 s so, 1.5 s for the large
-        level alone). A larger level is seeked bucket by bucket (`_seek_members`): CROSS JOIN
-        makes SQLite walk the new keys and seek each bucket in band_key's primary key; left to
-        choose, it scanned all of the recipe's band keys (250k images: 3.3 s against 0.3 s).
-        PostgreSQL plans it as any inner join. SQLite's nested loop hands the rows over in
-        (band, key, image) order: the new keys as inserted (band by band, each sorted), each
-        bucket along the primary key. Integer columns come back by `fetch_integers` (row
-        tuples cost more than the join).
+        When the level holds at most as many rows in these bands as there are new keys, they
+        are read whole, in primary-key order, and matched here: reading a row costs less than
+        seeking one, and a catalog grown by many small versions holds many small levels (40k
+        new images' keys against a 200k-image level and 17 small ones: 10.4 s seeking every
+        level, 2.8 s so, 1.5 s for the large level alone). A larger level is seeked bucket by
+        bucket (`_seek_members`): CROSS JOIN makes SQLite walk the new keys and seek each
+        bucket in band_key's primary key; left to choose, it scanned all of the recipe's band
+        keys (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any inner join.
+        SQLite's nested loop hands the rows over in (band, key, image) order: the new keys as
+        inserted (band by band, each sorted), each bucket along the primary key. Integer
+        columns come back by `fetch_integers` (row tuples cost more than the join).
         """
         mark = placeholder(self.conn)
+        lookups = sum(distinct[band].size for band in bands)
         # A level holds at least one ingest of 2**level images, each with a key in every band.
-        if (1 << level) * len(distinct) > lookups:
-            return self._seek_members(recipe_id, level)
-        bands, key, image = fetch_integers(
+        if (1 << level) * len(bands) > lookups:
+            return self._seek_members(recipe_id, level, bands)
+        found, key, image = fetch_integers(
             self.conn,
             ("band", "key", "image_id"),
             f"FROM (SELECT band, key, image_id FROM band_key WHERE recipe_id = {mark} "
-            f"AND level = {mark} ORDER BY band, key, image_id LIMIT {mark}) AS whole",
-            (recipe_id, level, lookups + 1),
+            f"AND level = {mark} AND band >= {mark} AND band < {mark} "
+            f"ORDER BY band, key, image_id LIMIT {mark}) AS whole",
+            (recipe_id, level, bands.start, bands.stop, lookups + 1),
         )
-        if bands.size <= lookups:
-            keep = np.zeros(bands.size, bool)
-            for band, rows in enumerate(_band_groups(bands, len(distinct))):
+        if found.size <= lookups:
+            keep = np.zeros(found.size, bool)
+            groups = _band_groups(found, bands.stop)
+            for band in bands:
+                rows = groups[band]
                 keep[rows] = np.isin(key[rows], distinct[band])
-            return [bands[keep], key[keep], image[keep]]
-        return self._seek_members(recipe_id, level)
+            return [found[keep], key[keep], image[keep]]
+        return self._seek_members(recipe_id, level, bands)
 
-    def _seek_members(self, recipe_id: int, level: int) -> list[np.ndarray]:
-        """`_level_members` by one seek of band_key's primary key per new key."""
-        mark = placeholder(self.conn)
+    def _seek_members(self, recipe_id: int, level: int, bands: range) -> list[np.ndarray]:
+        """`_level_members` by one seek of band_key's primary key per new key of ``bands``."""
         return fetch_integers(
             self.conn,
             ("k.band", "k.key", "b.image_id"),
-            f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE b.recipe_id = {mark} "
-            f"AND b.level = {mark} AND b.band = k.band AND b.key = k.key",
-            (recipe_id, level),
+            seek_statement(placeholder(self.conn)),
+            (bands.start, bands.stop, recipe_id, level),
         )
 
     def _levels(self, recipe_id: int) -> list[int]:
@@ -1216,3 +1230,18 @@ class NearIndexer:
             values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
+
+
+def seek_statement(mark: str) -> str:
+    """The FROM and WHERE of `NearIndexer._seek_members`: parameters first band, end band,
+    recipe, level.
+
+    ``+k.band``: with a plain ``b.band = k.band`` SQLite carries the bounds on k.band over to
+    b.band and scans that range of band_key for every new key instead of seeking its bucket
+    (tests/test_near.py reads the plan).
+    """
+    return (
+        f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE k.band >= {mark} "
+        f"AND k.band < {mark} AND b.recipe_id = {mark} AND b.level = {mark} "
+        "AND b.band = +k.band AND b.key = k.key"
+    )

@@ -276,6 +276,23 @@ def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[n
     assert "USING PRIMARY KEY" in plan or "USING COVERING INDEX" in plan, plan
 
 
+def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignore[no-untyped-def]
+    # A band range of new keys per query; each new key must seek its bucket, not scan bands.
+    with engine.connect() as conn:
+        conn.exec_driver_sql(near.NEW_KEY_TABLE)
+        mark = db_module.placeholder(conn)
+        query = f"SELECT k.band, k.key, b.image_id {near.seek_statement(mark)}"
+        params = (0, near.SEEK_BANDS, 1, 19)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # the tables are empty
+            plan = " ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {query}", params))
+            assert "pk_band_key" in plan, plan
+            return
+        plan = [str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", params)]
+    assert plan[0].startswith("SEARCH k USING COVERING INDEX"), plan
+    assert "USING PRIMARY KEY (recipe_id=? AND level=? AND band=? AND key=?)" in plan[1], plan
+
+
 def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:
     engine = open_catalog(str(tmp_path / "c.db"))
     with engine.connect() as conn:
@@ -627,9 +644,10 @@ def test_a_bucket_over_levels_keeps_its_lowest_ids(engine) -> None:  # type: ign
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_old_members_are_every_levels_bucket_members(engine, seed: int) -> None:  # type: ignore[no-untyped-def]
-    # Levels read whole (1: two images' rows, fewer than the new keys), read then sought (0:
-    # more rows than its level promises), and sought (3, 6); ids shuffled across levels.
-    # Band 0 has one key, so its bucket is over the cap.
+    # Per slice of bands (`SEEK_BANDS`), levels read whole (1: two images' rows, mostly fewer
+    # than the slice's new keys), read then sought (0: more rows than its level promises), and
+    # sought (3, 6); ids shuffled across levels. Band 0 has one key, so its bucket is over
+    # the cap.
     rng = np.random.default_rng(seed)
     sizes = {0: 5, 1: 2, 3: 9, 6: 70}
     ids = rng.permutation(np.arange(1, 1 + sum(sizes.values()))).tolist()
