@@ -1164,8 +1164,8 @@ class NearIndexer:
         bucket (`_seek_members`): CROSS JOIN makes SQLite walk the new keys and seek each
         bucket in band_key's primary key; left to choose, it scanned all of the recipe's band
         keys (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any inner join.
-        SQLite's nested loop hands the rows over in (band, key, image) order: the new keys as
-        inserted (band by band, each sorted), each bucket along the primary key. Integer
+        SQLite's nested loop hands the rows over in (band, key, image) order: the new keys
+        along their own primary key (band, key), each bucket along band_key's. Integer
         columns come back by `fetch_integers` (row tuples cost more than the join).
         """
         mark = placeholder(self.conn)
