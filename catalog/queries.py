@@ -1060,11 +1060,13 @@ def low_info_images(
     splits = resolve_all(conn, refs, sizes=False)
     by_id = {s.split_id: s for s in splits}
     item, image = core_table(Item), core_table(Image)
+    # The flagged ids from their partial index, then their items by (image_id, split_id): a
+    # join from the items read every item's image row (1M items: 0.47 s against 5 ms).
+    low = select(image.c.id).where(image.c.low_info.is_(True))
     rows = sorted(
         conn.execute(
             select(item.c.image_id, func.count())
-            .join(image, image.c.id == item.c.image_id)
-            .where(item.c.split_id.in_(list(by_id)), image.c.low_info.is_(True))
+            .where(item.c.split_id.in_(list(by_id)), item.c.image_id.in_(low))
             .group_by(item.c.image_id)
         ).all(),
         key=lambda row: (-row[1], row[0]),

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from catalog import api, queries
 from catalog.db import open_catalog, writing
 from catalog.errors import InputError, NotFoundError, VersionExistsError
-from catalog.ingest import ingest
+from catalog.ingest import DIGEST_LOOKUP, ingest, low_info_count
 from catalog.loaders import from_memory
 from catalog.queries import STORED_LIMIT, STORED_OVERLAP, STORED_OVERLAP_FORMAT, parse_ref
 from catalog.schema import Image, Item, Source, StoredReport, Version
@@ -308,6 +308,45 @@ def test_a_known_image_keeps_its_stored_low_information_flag(db: str, rng) -> No
     assert second.splits[0].low_info_items == 1
     (within,) = api.overlap(db, ["d@v2"]).within
     assert within.low_info_items == 1
+
+
+def test_low_information_items_are_counted_per_split_and_per_item(db: str, rng) -> None:  # type: ignore[no-untyped-def]
+    images = rng.integers(0, 256, (5, 10, 10), dtype=np.uint8)
+    images[0] = 0
+    train = images[[0, 0, 1, 0, 2]]  # the blank image at three positions
+    test = images[[3, 0, 4]]
+    first = api.ingest(db, "d", "v1", {"train": train, "test": test})
+    assert [s.low_info_items for s in first.splits] == [3, 1]
+    images[4] = 255  # new to the catalog and flagged, beside the known blank one
+    second = api.ingest(db, "d", "v2", {"valid": images[[4, 0, 1]]})
+    assert second.new_images == 1
+    assert second.splits[0].low_info_items == 2
+
+
+def test_digest_lookups_and_low_information_counts_read_indexes_only(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # Planned on analysed rows: an empty or tiny table is planned as a scan anyhow.
+            conn.exec_driver_sql(
+                "INSERT INTO image (digest, height, width, channels, dtype, low_info) SELECT "
+                "sha256(int4send(g)), 1, 1, 1, 'uint8', mod(g, 500) = 0 "
+                "FROM generate_series(1, 20000) AS g"
+            )
+            conn.exec_driver_sql("ANALYZE image")
+            count = low_info_count(1).compile(conn, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {count}"))
+            conn.rollback()
+            assert "ix_image_low_info" in plan, plan
+            return
+        lookup = DIGEST_LOOKUP.format(marks="?, ?")
+        found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {lookup}", (b"", b""))
+        plan = [str(row[-1]) for row in found]
+        # The unique constraint's index (SQLite names it): digest and id, no row behind it.
+        assert len(plan) == 1 and plan[0].startswith("SEARCH image USING COVERING INDEX"), plan
+        count = low_info_count(1).compile(conn, compile_kwargs={"literal_binds": True})
+        plan = [str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {count}")]
+    assert any("COVERING INDEX ix_item_image_id_split_id" in step for step in plan), plan
+    assert any("USING INDEX ix_image_low_info" in step for step in plan), plan
 
 
 def test_a_second_writer_waits_then_reports_catalog_busy(
