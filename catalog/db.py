@@ -485,17 +485,56 @@ def fetch_integers(
 ROWS_PER_STATEMENT = 1000
 """Rows per multi-row ``INSERT ... VALUES (...), (...)`` on SQLite (see `bulk_insert`)."""
 
+FLAT_ROWS = 100_000
+"""Rows of `Columns` turned into Python values at a time (a bound on that list's memory)."""
+
+
+class Columns:
+    """Rows given as numpy columns of one length, for `bulk_insert`: row i is ``(a[i], b[i],
+    ...)``. Iterating gives those rows as tuples of Python values.
+
+    On SQLite `bulk_insert` binds a statement's values from one flat list, made from the
+    columns in C (`flat`): no tuple per row, no flattening of them. 12M band-key rows (500k
+    images, one recipe) were stored in 10.5-11.3 s against 12.6-13.7 s from zipped lists,
+    about 0.2 µs a row; a 1M-image ingest stores 48M.
+    """
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        if not arrays or any(a.ndim != 1 or len(a) != len(arrays[0]) for a in arrays):
+            raise ValueError("Columns: give one or more 1-D arrays of one length")
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for start in range(0, len(self), FLAT_ROWS):
+            parts = [a[start : start + FLAT_ROWS].tolist() for a in self.arrays]
+            yield from zip(*parts, strict=True)
+
+    def flat(self, start: int, stop: int) -> list[Any]:
+        """Rows ``start:stop`` as one list, row after row: ``[a[start], b[start], a[start+1],
+        ...]``."""
+        parts = [a[start:stop] for a in self.arrays]
+        if len({part.dtype for part in parts}) == 1:
+            return np.column_stack(parts).ravel().tolist()
+        out: list[Any] = [None] * (len(parts) * len(parts[0]))
+        for number, part in enumerate(parts):
+            out[number :: len(parts)] = part.tolist()
+        return out
+
 
 def bulk_insert(
     conn: Connection,
     table: Table | str,
     columns: Sequence[str],
-    rows: Iterable[Sequence[Any]],
+    rows: Iterable[Sequence[Any]] | Columns,
     *,
     unique: str | None = None,
     constants: Mapping[str, int] | None = None,
 ) -> None:
-    """Insert many positional rows (any iterable of tuples) on the caller's transaction.
+    """Insert many positional rows (any iterable of tuples, or `Columns`) on the caller's
+    transaction.
 
     The hot tables get rows by the million; Core's per-row parameter processing cost more than
     the database's own inserts when measured (70k items: 1.0 s against 0.3 s), so these go to
@@ -545,6 +584,16 @@ def bulk_insert(
             return
         per = max(1, min(ROWS_PER_STATEMENT, _variable_limit(cursor) // len(columns)))
         full = statement(per)
+        if isinstance(rows, Columns):
+            width = len(columns) * per
+            for start in range(0, len(rows), FLAT_ROWS):
+                flat = rows.flat(start, start + FLAT_ROWS)
+                whole = len(flat) - len(flat) % width
+                for at in range(0, whole, width):
+                    cursor.execute(full, flat[at : at + width])
+                if whole < len(flat):
+                    cursor.execute(statement((len(flat) - whole) // len(columns)), flat[whole:])
+            return
         source = iter(rows)
         while True:
             flat = list(itertools.chain.from_iterable(itertools.islice(source, per)))

@@ -41,6 +41,7 @@ import numpy as np
 from sqlalchemy import Connection, Index, select
 
 from catalog.db import (
+    Columns,
     bulk_insert,
     create_indexes,
     drop_indexes_for,
@@ -85,8 +86,6 @@ VERIFY_BLOCK_BYTES = 32 * 2**20
 are held at once. At 1M images the ingest peaked at 1.77 GiB with 32 MB blocks, 2.01 GiB with
 64 MB; verification took 44 s against 38 s (one run each)."""
 LOOKUP_BATCH = 5000
-INSERT_BATCH = 500_000
-"""Band-key rows per executemany (memory bound of the Python rows)."""
 
 PAIR_INDEX_TASK = "pair index"
 """Progress task of rebuilding the pair table's indexes after a large insert (`finish`)."""
@@ -822,18 +821,13 @@ class NearIndexer:
         for band in range(keys.shape[1]):
             column = keys[:, band]
             order = np.lexsort((images, column))
-            # In slices: Python ints cost about 30 bytes each, so lists of every row at once
-            # would be gigabytes at a million images. zip over 1-D lists builds each row in C;
-            # a 2-D .tolist() cost 2x as much.
-            for start in range(0, order.size, INSERT_BATCH):
-                part = order[start : start + INSERT_BATCH]
-                bulk_insert(
-                    self.conn,
-                    core_table(BandKey),
-                    ("key", "image_id"),
-                    zip(column[part].tolist(), images[part].tolist(), strict=True),
-                    constants={"recipe_id": recipe_id, "level": level, "band": band},
-                )
+            bulk_insert(
+                self.conn,
+                core_table(BandKey),
+                ("key", "image_id"),
+                Columns(column[order], images[order]),
+                constants={"recipe_id": recipe_id, "level": level, "band": band},
+            )
 
     def finish(self, on_progress: Progress | None = None) -> tuple[NearStats, ...]:
         """Store the new band keys, join them against the catalog, verify, store pairs.
@@ -957,7 +951,7 @@ class NearIndexer:
                     self.conn,
                     core_table(Pair),
                     ("image_a", "image_b", "distance"),
-                    zip(close[:, 0].tolist(), close[:, 1].tolist(), distance.tolist(), strict=True),
+                    Columns(close[:, 0], close[:, 1], distance),
                     constants={"recipe_id": recipe_id},
                 )
             self._store_seconds[name] = time.perf_counter() - began
