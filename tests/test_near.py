@@ -281,7 +281,7 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
     with engine.connect() as conn:
         conn.exec_driver_sql(near.NEW_KEY_TABLE)
         mark = db_module.placeholder(conn)
-        query = f"SELECT k.band, k.key, b.image_id {near.seek_statement(mark)}"
+        query = f"SELECT k.n, b.image_id {near.seek_statement(mark)}"
         params = (0, near.SEEK_BANDS, 1, 19)
         if conn.dialect.name == "postgresql":
             # Planned on a few thousand rows (an empty table is planned as a scan anyhow).
@@ -291,7 +291,8 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
                 f"SELECT {recipe_id}, 19, mod(g, 24), g, g FROM generate_series(1, 5000) AS g"
             )
             conn.exec_driver_sql(
-                "INSERT INTO dsaudit_new_key SELECT mod(g, 24), g FROM generate_series(1, 50) AS g"
+                "INSERT INTO dsaudit_new_key "
+                "SELECT g, mod(g, 24), g FROM generate_series(1, 50) AS g"
             )
             conn.exec_driver_sql("ANALYZE band_key")
             conn.exec_driver_sql("ANALYZE dsaudit_new_key")
