@@ -93,16 +93,6 @@ PAIR_CACHE_MIB = 512
 checks read the image table at random."""
 SEEK_BANDS = 4
 """Bands whose old members are read, merged and capped at once (`NearIndexer._old_members`)."""
-NEW_KEY_TABLE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key "
-    "(n INTEGER PRIMARY KEY, band SMALLINT NOT NULL, key BIGINT NOT NULL, UNIQUE (band, key))"
-)
-"""The new keys `NearIndexer._old_members` looks up (one table per connection), each with its
-ordinal ``n`` in (band, key) order. A seek hands back ``n`` in place of the band and the 64-bit
-key: two columns of text instead of three. The old members of 50k images' keys in the 1M-image
-catalog (3.0M rows for pixel-v1, 6.4M for phash256-v2) took 2.5-2.9 s and 5.3-6.1 s against
-3.7-4.2 s and 6.4-8.1 s. On SQLite ``n`` is the rowid, which the unique index on (band, key)
-holds, so the lookup reads that index alone."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -1126,7 +1116,7 @@ class NearIndexer:
         levels = self._levels(recipe_id)
         if not levels:
             return empty, empty, empty
-        self.conn.exec_driver_sql(NEW_KEY_TABLE)
+        self.conn.exec_driver_sql(new_key_table(self.conn.dialect.name))
         self.conn.exec_driver_sql("DELETE FROM dsaudit_new_key")
         distinct = [unique(keys[:, band]) for band in range(keys.shape[1])]
         new = _NewKeys(
@@ -1208,7 +1198,7 @@ class NearIndexer:
         self, recipe_id: int, level: int, new: _NewKeys, bands: range
     ) -> list[np.ndarray]:
         """`_level_members` by one seek of band_key's primary key per new key of ``bands``;
-        each row names its new key by ordinal (`NEW_KEY_TABLE`)."""
+        each row names its new key by ordinal (`new_key_table`)."""
         ordinal, image = fetch_integers(
             self.conn,
             ("k.n", "b.image_id"),
@@ -1262,4 +1252,22 @@ def seek_statement(mark: str) -> str:
         f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE k.band >= {mark} "
         f"AND k.band < {mark} AND b.recipe_id = {mark} AND b.level = {mark} "
         "AND b.band = +k.band AND b.key = k.key"
+    )
+
+
+def new_key_table(dialect: str) -> str:
+    """The temporary table of the new keys `NearIndexer._old_members` looks up (one per
+    connection), each with its ordinal ``n`` in (band, key) order.
+
+    A seek hands back ``n`` in place of the band and the 64-bit key: two columns of text
+    instead of three. The old members of 50k images' keys in the 1M-image catalog (3.0M rows
+    for pixel-v1, 6.4M for phash256-v2) took 2.5-2.9 s and 5.3-6.1 s against 3.7-4.2 s and
+    6.4-8.1 s. On SQLite ``n`` is an INTEGER PRIMARY KEY, so the rowid, which the unique index
+    on (band, key) holds: the lookup reads that index alone. PostgreSQL's INTEGER has 4 bytes,
+    so ``n`` is a BIGINT there.
+    """
+    ordinal = "INTEGER" if dialect == "sqlite" else "BIGINT"
+    return (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS dsaudit_new_key (n {ordinal} PRIMARY KEY, "
+        "band SMALLINT NOT NULL, key BIGINT NOT NULL, UNIQUE (band, key))"
     )

@@ -117,9 +117,9 @@ class Image(Base):
     Low-information images (blank or near-constant, `catalog.pixels.low_information`) are
     listed by a partial index, ``ix_image_low_info`` (their ids only, a few per thousand in
     practice). An ingest then counts a split's low-information items with one query after its
-    last chunk, and its digest lookups read only the digest index (which holds the id), not
-    the table row behind each digest: 1M lookups of a 1M-image catalog took 4.6 s against
-    7.0 s (`benchmarks/RESULTS.md`, section 4). Queries select them with
+    last chunk, and on SQLite its digest lookups read only the digest index (which holds the
+    id, the rowid), not the table row behind each digest: 1M lookups of a 1M-image catalog
+    took 4.6 s against 7.0 s (`benchmarks/RESULTS.md`, section 4). Queries select them with
     ``low_info IS 1`` (SQLAlchemy's ``low_info.is_(True)``): SQLite uses a partial index only
     for a query whose WHERE repeats the index's condition.
     """

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from catalog import api, near, synth
 from catalog import db as db_module
 from catalog.db import (
+    Columns,
     create_indexes,
     describe,
     drop_indexes_for,
@@ -279,7 +280,7 @@ def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[n
 def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignore[no-untyped-def]
     # A band range of new keys per query; each new key must seek its bucket, not scan bands.
     with engine.connect() as conn:
-        conn.exec_driver_sql(near.NEW_KEY_TABLE)
+        conn.exec_driver_sql(near.new_key_table(conn.dialect.name))
         mark = db_module.placeholder(conn)
         query = f"SELECT k.n, b.image_id {near.seek_statement(mark)}"
         params = (0, near.SEEK_BANDS, 1, 19)
@@ -304,6 +305,19 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
         plan = [str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", params)]
     assert plan[0].startswith("SEARCH k USING COVERING INDEX"), plan
     assert "USING PRIMARY KEY (recipe_id=? AND level=? AND band=? AND key=?)" in plan[1], plan
+
+
+def test_new_key_ordinals_are_64_bit(engine) -> None:  # type: ignore[no-untyped-def]
+    # PostgreSQL's INTEGER is 4 bytes: a BIGINT there; SQLite's INTEGER PRIMARY KEY (the rowid).
+    with engine.connect() as conn:
+        conn.exec_driver_sql(near.new_key_table(conn.dialect.name))
+        row = (2**40, 3, -(2**63))
+        db_module.bulk_insert(
+            conn, "dsaudit_new_key", ("n", "band", "key"), Columns(*(np.array([v]) for v in row))
+        )
+        stored = conn.exec_driver_sql("SELECT n, band, key FROM dsaudit_new_key").all()
+        assert [tuple(r) for r in stored] == [row]
+        conn.rollback()
 
 
 def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:

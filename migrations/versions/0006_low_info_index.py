@@ -8,7 +8,7 @@ Create Date: 2026-12-01
 near-constant), only those. An ingest counts a split's low-information items through it with
 one query, so its digest lookups need not read each image's row for the flag, and the reports
 find the flagged images without scanning the image table. Building it reads the image table
-once (1M images: under a second).
+once (1M images: 0.43 s with the file in the page cache, 4.9 s without).
 """
 
 from __future__ import annotations
