@@ -57,7 +57,7 @@ from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
 from catalog.recipes import DEFAULT_RECIPES, Recipe, Screen, get_recipe
 from catalog.schema import BandKey, Image, Pair, RecipeRecord, Signature, core_table
-from catalog.vectors import lookup, unique
+from catalog.vectors import lookup, take_rows, unique
 
 BUCKET_CAP = 64
 """Members of one bucket that are all compared with each other."""
@@ -404,7 +404,7 @@ def _concatenate(parts: Sequence[_Resident]) -> _Resident:
 def _rows(resident: _Resident, index: np.ndarray) -> _Resident:
     if resident is None:
         return None
-    return resident.rows(index) if isinstance(resident, Screen) else resident[index]
+    return resident.rows(index) if isinstance(resident, Screen) else take_rows(resident, index)
 
 
 def _sign(recipe: Recipe, unit: np.ndarray) -> _Signed:
@@ -642,7 +642,9 @@ def _verify(recipe: Recipe, pairs: np.ndarray, low: _Side, high: _Side) -> _Veri
         # verifier may do per-image work ahead (`Recipe.verifier`).
         rows_low, rows_high = unique(left), unique(right)
         verify = recipe.verifier(
-            np.concatenate([low.signatures[rows_low], high.signatures[rows_high]])
+            np.concatenate(
+                [take_rows(low.signatures, rows_low), take_rows(high.signatures, rows_high)]
+            )
         )
         distance = verify(
             np.searchsorted(rows_low, left), rows_low.size + np.searchsorted(rows_high, right)
@@ -719,7 +721,7 @@ class _Spill:
         # Mapped for this read only, so its pages leave the process with the map.
         mapped = np.memmap(self._file, np.uint8, "r", shape=(ids.size, self.width))
         try:
-            return np.asarray(mapped[rows])
+            return np.asarray(take_rows(mapped, rows))
         finally:
             del mapped
 
@@ -1003,7 +1005,7 @@ class NearIndexer:
                 part = unpack(packed[bounds[i] : bounds[i + 1]])
                 high_block = part[:, 1] // block
                 order = np.argsort(high_block, kind="stable")
-                part, high_block = part[order], high_block[order]
+                part, high_block = take_rows(part, order), high_block[order]
                 wanted = unique(np.concatenate([part[:, 0], part[high_block == i, 1]]))
                 low = _side(
                     recipe,

@@ -2,7 +2,8 @@
 
 `unique` exists because numpy >= 2.3 answers a plain ``np.unique(x)`` of a large integer array
 with a hash table that is 100x slower than sorting (measured with numpy 2.4: 10.3 s against
-0.1 s for 5M int64; the variants with ``return_counts`` and the like still sort).
+0.1 s for 5M int64; the variants with ``return_counts`` and the like still sort). `take_rows`
+exists because ``array[index]`` copies the gathered rows of a 2-D array element by element.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def unique(values: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     keep[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
     return ordered[keep]
+
+
+def take_rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``array[index]`` for a 1-D integer ``index`` (the same rows, the same errors), as
+    ``np.take(array, index, axis=0)``, which copies each row whole.
+
+    Fancy indexing a 2-D array walks the gathered rows element by element. Measured with numpy
+    2.4 on 262k random rows of a million: 32-byte rows 111 ns a row against 21 ns, 64 int16
+    (a pixel-v1 screen level) 268 ns against 79 ns, 1 KB 466 ns against 339 ns. The candidate
+    pairs' gathers (screens and distances) are most of the band join's time.
+    """
+    return np.take(array, index, axis=0)
 
 
 def index_of(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:

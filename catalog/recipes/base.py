@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from catalog.recipes import minhash
+from catalog.vectors import take_rows
 
 
 def jaccard_of_bit_fraction(f: float | np.ndarray) -> float | np.ndarray:
@@ -87,7 +88,7 @@ class Screen:
     def rows(self, index: np.ndarray) -> Screen:
         """The screen of the images at ``index``, in that order."""
         return Screen(
-            levels=tuple((vectors[index], factor) for vectors, factor in self.levels),
+            levels=tuple((take_rows(vectors, index), factor) for vectors, factor in self.levels),
             scale=self.scale[index],
         )
 
@@ -120,10 +121,8 @@ class Screen:
             difference = np.int16 if narrow else np.int32
             square = np.int32 if mine[1] is np.int32 and their_types[1] is np.int32 else np.int64
             a, b = left[rows], right[rows]
-            if difference is np.int16:
-                diff = vectors[a] - their_vectors[b]
-            else:
-                diff = vectors[a].astype(difference) - their_vectors[b]
+            diff: np.ndarray = take_rows(vectors, a).astype(difference, copy=False)
+            np.subtract(diff, take_rows(their_vectors, b), out=diff)
             sums = np.einsum("ij,ij->i", diff, diff, dtype=square)
             bound = self.scale[a] * factor * np.sqrt(sums)
             keep[rows] = np.minimum(bound, 1.0) <= radius
@@ -228,7 +227,9 @@ class Recipe(ABC):
         Args:
             signatures: uint8 (n, S).
         """
-        return lambda left, right: self.distances(signatures[left], signatures[right])
+        return lambda left, right: self.distances(
+            take_rows(signatures, left), take_rows(signatures, right)
+        )
 
     def screen(self, signatures: np.ndarray) -> Screen | None:
         """A cheap lower bound of `distances`, to skip candidates that cannot be pairs.

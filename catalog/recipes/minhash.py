@@ -32,6 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from catalog.vectors import take_rows
+
 SCHEME = "affine32"
 """The datasketch MinHash permutation scheme these tables reproduce (pinned in recipe params)."""
 
@@ -151,10 +153,11 @@ def minhash_codes(codes: np.ndarray, num_perm: int, seed: int, chunk: int = 1024
         part = codes[start : start + chunk]
         # A running minimum over the 32 bytes, gathered one byte at a time: gathering all 32
         # into a (chunk, 32, num_perm) array and reducing its middle axis cost 5x as much.
+        # Whole rows are taken (`take_rows`): 7.4 against 8.2-9.3 us an image at 576.
         acc = out[start : start + part.shape[0]]
         np.take(groups[0], part[:, 0], axis=0, out=acc)
         for j in range(1, CODE_BYTES):
-            np.minimum(acc, groups[j][part[:, j]], out=acc)
+            np.minimum(acc, take_rows(groups[j], part[:, j]), out=acc)
     return out
 
 
