@@ -84,6 +84,9 @@ VERIFY_BLOCK_BYTES = 32 * 2**20
 """Signature bytes of one block of image ids in `NearIndexer._verify_blocks`, a few of which
 are held at once. At 1M images the ingest peaked at 1.77 GiB with 32 MB blocks, 2.01 GiB with
 64 MB; verification took 44 s against 38 s (one run each)."""
+BLOCK_SCAN_SHARE = 0.25
+"""Catalogued images wanted from a block, as a share of its ids, from which verification reads
+the block's signatures by one range scan rather than by looking each image up."""
 LOOKUP_BATCH = 5000
 
 PAIR_INDEX_TASK = "pair index"
@@ -376,8 +379,18 @@ _Resident = np.ndarray | Screen | None
 exact verification (`_resident`): a recipe's whole signatures when they are small (the exact
 distance then decides at once), else the coarsest level of its screen, else nothing."""
 
-_Signed = tuple[np.ndarray, np.ndarray, np.ndarray | None, _Resident]
-"""(signatures (n, S), band keys (n, bands), probe keys (n, probes, bands) or None, resident)."""
+_Signed = tuple[np.ndarray, np.ndarray, np.ndarray | None, _Resident, Screen | None]
+"""(signatures (n, S), band keys (n, bands), probe keys (n, probes, bands) or None, resident,
+the screen's finer levels or None (`_summaries`))."""
+
+
+def _summaries(recipe: Recipe, signatures: np.ndarray) -> tuple[_Resident, Screen | None]:
+    """(`_resident`, the levels of the recipe's screen after the coarsest, or None): what the
+    band join keeps in memory, and what verification screens its survivors with next."""
+    if recipe.signature_bytes <= RESIDENT_BYTES:
+        return signatures, None
+    screen = recipe.screen(signatures)
+    return (None, None) if screen is None else (screen.coarsest(), _finer(screen))
 
 
 def _resident(recipe: Recipe, signatures: np.ndarray) -> _Resident:
@@ -387,10 +400,36 @@ def _resident(recipe: Recipe, signatures: np.ndarray) -> _Resident:
     136 bytes for pixel-v1 against its 1,032-byte signature), so a million images' summaries
     fit where their signatures and full screens (1.7 GB for pixel-v1) would not.
     """
-    if recipe.signature_bytes <= RESIDENT_BYTES:
-        return signatures
-    screen = recipe.screen(signatures)
-    return None if screen is None else screen.coarsest()
+    return _summaries(recipe, signatures)[0]
+
+
+def _finer(screen: Screen | None) -> Screen | None:
+    """``screen`` without its coarsest level, or None when it has no other."""
+    if screen is None or not screen.levels[1:]:
+        return None
+    return Screen(levels=screen.levels[1:], scale=screen.scale)
+
+
+def _screen_bytes(screen: Screen) -> np.ndarray:
+    """uint8 (n, W): each image's row of every level, then its scale, as bytes
+    (`_screen_from_bytes` reads them back)."""
+    n = screen.scale.size
+    parts = [
+        np.ascontiguousarray(vectors).view(np.uint8).reshape(n, -1) for vectors, _ in screen.levels
+    ]
+    parts.append(np.ascontiguousarray(screen.scale, np.float64).view(np.uint8).reshape(n, -1))
+    return np.concatenate(parts, axis=1)
+
+
+def _screen_from_bytes(rows: np.ndarray, like: Screen) -> Screen:
+    """The screen whose `_screen_bytes` are ``rows``, its levels shaped like ``like``'s."""
+    levels, at = [], 0
+    for vectors, factor in like.levels:
+        width = vectors.dtype.itemsize * vectors.shape[1]
+        levels.append((np.ascontiguousarray(rows[:, at : at + width]).view(vectors.dtype), factor))
+        at += width
+    scale = np.ascontiguousarray(rows[:, at : at + 8]).view(np.float64).reshape(-1)
+    return Screen(levels=tuple(levels), scale=scale)
 
 
 def _concatenate(parts: Sequence[_Resident]) -> _Resident:
@@ -415,7 +454,7 @@ def _sign(recipe: Recipe, unit: np.ndarray) -> _Signed:
         signatures,
         recipe.band_keys(signatures),
         recipe.probe_keys(signatures),
-        _resident(recipe, signatures),
+        *_summaries(recipe, signatures),
     )
 
 
@@ -612,9 +651,7 @@ def _side(recipe: Recipe, ids: np.ndarray, signatures: np.ndarray, *, screened: 
     """A `_Side`; ``screened``: the band join ruled its pairs in on the screen's coarsest level
     (the resident summary, `_resident`), so only the finer levels are kept."""
     screen = recipe.screen(signatures) if ids.size else None
-    if screen is not None and screened:
-        screen = Screen(levels=screen.levels[1:], scale=screen.scale) if screen.levels[1:] else None
-    return _Side(ids, signatures, screen)
+    return _Side(ids, signatures, _finer(screen) if screened else screen)
 
 
 def _verify(recipe: Recipe, pairs: np.ndarray, low: _Side, high: _Side) -> _Verified:
@@ -660,16 +697,19 @@ def _verify(recipe: Recipe, pairs: np.ndarray, low: _Side, high: _Side) -> _Veri
 class _Spill:
     """Fixed-width rows of an ingest's new images in a scratch file, read back by image id.
 
-    Two uses. Signatures: verification reads those of a block of image ids once for every
-    block it is paired with; read from the catalog that was a range scan of the signature
-    table each time (about 30 s of a 1M-image ingest), here a block is a slice of a file the
-    page cache holds. Band keys: each recipe's wait there until its turn at the end of the
-    ingest, rather than in memory through the other recipes' join and verification (0.19 GB
-    per recipe at 1M images). The file is unnamed (`tempfile.TemporaryFile`, in
-    `catalog.db.scratch_directory`) and gone when closed, also when the process dies.
+    Two uses. Signatures, each followed by its screen's finer levels when the recipe has them
+    (`_screen_bytes`): verification reads those of a block of image ids once for every block
+    it is paired with; read from the catalog that was a range scan of the signature table each
+    time (about 30 s of a 1M-image ingest), here a block is a slice of a file the page cache
+    holds, and the screens are not computed again for every tile an image falls in. Band
+    keys: each recipe's wait there until its turn at the end of the ingest, rather than in
+    memory through the other recipes' join and verification (0.19 GB per recipe at 1M images).
+    The file is unnamed (`tempfile.TemporaryFile`, in `catalog.db.scratch_directory`) and gone
+    when closed, also when the process dies.
     """
 
-    def __init__(self, width: int, conn: Connection) -> None:
+    def __init__(self, width: int | None, conn: Connection) -> None:
+        """``width``: bytes per row; None: the first chunk's."""
         self.width = width
         self._conn = conn
         self._directory = scratch_directory(conn)
@@ -686,6 +726,10 @@ class _Spill:
         """Write a chunk's signatures; a write the disk or the file size limit refuses raises
         `catalog.errors.StorageError` naming which."""
         data = np.ascontiguousarray(signatures, np.uint8)
+        if self.width is None:
+            self.width = data.shape[1]
+        if data.ndim != 2 or data.shape[1] != self.width:
+            raise ValueError(f"spill rows are {self.width} bytes wide, got shape {data.shape}")
         try:
             self._file.write(data.data)
             self._file.flush()
@@ -717,9 +761,9 @@ class _Spill:
         ids, positions = self._index()
         rows = positions[np.searchsorted(ids, image_ids)]
         if rows.size == 0:
-            return np.empty((0, self.width), np.uint8)
+            return np.empty((0, self.width or 0), np.uint8)
         # Mapped for this read only, so its pages leave the process with the map.
-        mapped = np.memmap(self._file, np.uint8, "r", shape=(ids.size, self.width))
+        mapped = np.memmap(self._file, np.uint8, "r", shape=(ids.size, self.width or 0))
         try:
             return np.asarray(take_rows(mapped, rows))
         finally:
@@ -742,12 +786,13 @@ class NearIndexer:
         self._probes: dict[str, list[np.ndarray]] = {r.name: [] for r in self.recipes}
         self._resident: dict[str, list[_Resident]] = {r.name: [] for r in self.recipes}
         # Signatures read back by block verification (`_verify_blocks`), per recipe that
-        # needs it: its resident summary is not the signature itself.
+        # needs it: its resident summary is not the signature itself. Each row is followed by
+        # the screen's finer levels when the recipe has them (`_summaries`), shaped like the
+        # zero-row screen kept in `_finer`.
         self._spills = {
-            r.name: _Spill(r.signature_bytes, conn)
-            for r in self.recipes
-            if r.signature_bytes > RESIDENT_BYTES
+            r.name: _Spill(None, conn) for r in self.recipes if r.signature_bytes > RESIDENT_BYTES
         }
+        self._finer: dict[str, Screen] = {}
         # One worker per recipe, up to the cores: the recipes of a chunk sign in parallel.
         workers = max(1, min(len(self.recipes), os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsaudit-sign")
@@ -790,7 +835,7 @@ class NearIndexer:
         ):
             jobs, image_ids = self._pending.popleft()
             for recipe, job in zip(self.recipes, jobs, strict=True):
-                signatures, keys, probes, resident = job.result()
+                signatures, keys, probes, resident, finer = job.result()
                 recipe_id = self.ids[recipe.name]
                 bulk_insert(
                     self.conn,
@@ -800,7 +845,11 @@ class NearIndexer:
                     constants={"recipe_id": recipe_id},
                 )
                 if recipe.name in self._spills:
-                    self._spills[recipe.name].append(image_ids, signatures)
+                    rows = signatures
+                    if finer is not None:
+                        self._finer.setdefault(recipe.name, finer.rows(np.empty(0, np.intp)))
+                        rows = np.concatenate([signatures, _screen_bytes(finer)], axis=1)
+                    self._spills[recipe.name].append(image_ids, rows)
                 self._keys[recipe.name].append(image_ids, np.ascontiguousarray(keys).view(np.uint8))
                 self._images[recipe.name].append(image_ids)
                 self._resident[recipe.name].append(resident)
@@ -982,9 +1031,8 @@ class NearIndexer:
 
         Image ids are cut into blocks of about `VERIFY_BLOCK_BYTES` of signatures; the pairs
         (sorted by their lower id) are verified tile by tile, a tile being the pairs between
-        blocks (i, j), i <= j. This thread reads each block's signatures (`_block_signatures`)
-        and screens them once (`_side`); the workers verify the tiles, at most `WORKERS` at a
-        time.
+        blocks (i, j), i <= j. This thread reads each block's signatures and screens
+        (`_block_side`); the workers verify the tiles, at most `WORKERS` at a time.
 
         Args:
             packed: sorted distinct pairs packed as ``low << 32 | high`` (`unpack`); unpacked
@@ -1007,11 +1055,7 @@ class NearIndexer:
                 order = np.argsort(high_block, kind="stable")
                 part, high_block = take_rows(part, order), high_block[order]
                 wanted = unique(np.concatenate([part[:, 0], part[high_block == i, 1]]))
-                low = _side(
-                    recipe,
-                    *self._block_signatures(recipe, recipe_id, wanted, block),
-                    screened=screened,
-                )
+                low = self._block_side(recipe, recipe_id, wanted, block, screened=screened)
                 cuts = np.flatnonzero(np.r_[True, high_block[1:] != high_block[:-1]])
                 ends = np.r_[cuts[1:], high_block.size]
                 for a, b in zip(cuts.tolist(), ends.tolist(), strict=True):
@@ -1019,11 +1063,7 @@ class NearIndexer:
                     high = low
                     if int(high_block[a]) != i:
                         wanted = unique(tile[:, 1])
-                        high = _side(
-                            recipe,
-                            *self._block_signatures(recipe, recipe_id, wanted, block),
-                            screened=screened,
-                        )
+                        high = self._block_side(recipe, recipe_id, wanted, block, screened=screened)
                     # At most WORKERS tiles in flight, and the next one's side read meanwhile.
                     while len(running) >= WORKERS:
                         kept.append(running.popleft().result())
@@ -1035,28 +1075,43 @@ class NearIndexer:
                 job.cancel()
         return np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept])
 
-    def _block_signatures(
-        self, recipe: Recipe, recipe_id: int, wanted: np.ndarray, block: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The signatures of at least the ``wanted`` ids (sorted, unique, all in one block of
-        ``block`` ids): (sorted ids (n,), uint8 (n, S)).
+    def _block_side(
+        self, recipe: Recipe, recipe_id: int, wanted: np.ndarray, block: int, *, screened: bool
+    ) -> _Side:
+        """The `_side` of at least the ``wanted`` ids (sorted, unique, all in one block of
+        ``block`` ids).
 
-        This ingest's new images come from its spill file (`_Spill`). The others, old members
-        of the buckets the new images joined, from the catalog: by one range scan of the
-        signature table's primary key when they fill a good part of the block, else by
-        lookups of just those ids.
+        This ingest's new images come from its spill file (`_Spill`), with their screen's finer
+        levels as computed when they were signed: an image falls in a tile for each block its
+        candidates lie in, and screening it again for each took 17 s of a 1M-image ingest. The
+        others, old members of the buckets the new images joined, from the catalog: by one
+        range scan of the signature table's primary key when they fill a good part of the
+        block, else by lookups of just those ids; their screens are computed here.
         """
         spill = self._spills.get(recipe.name)
         new = spill.holds(wanted) if spill is not None else np.zeros(wanted.size, bool)
         old = wanted[~new]
-        if old.size * 4 >= block:
-            return self._block_scan(recipe, recipe_id, int(old[0]) // block * block, block)
-        values = np.empty((wanted.size, recipe.signature_bytes), np.uint8)
-        if spill is not None:
-            values[new] = spill.read(wanted[new])
+        if old.size >= BLOCK_SCAN_SHARE * block:
+            scanned = self._block_scan(recipe, recipe_id, int(old[0]) // block * block, block)
+            return _side(recipe, *scanned, screened=screened)
+        size = recipe.signature_bytes
+        if old.size == 0 and spill is not None:
+            rows = spill.read(wanted)
+        else:
+            rows = np.empty((wanted.size, (spill.width if spill else None) or size), np.uint8)
+            if spill is not None:
+                rows[new] = spill.read(wanted[new])
+            rows[~new, :size] = self._signatures(recipe_id, old, size)
+        signatures = np.ascontiguousarray(rows[:, :size])
+        like = self._finer.get(recipe.name)
+        if not screened or like is None:
+            return _side(recipe, wanted, signatures, screened=screened)
         if old.size:
-            values[~new] = self._signatures(recipe_id, old, recipe.signature_bytes)
-        return wanted, values
+            computed = _finer(recipe.screen(signatures[~new]))
+            if computed is None:
+                return _side(recipe, wanted, signatures, screened=screened)
+            rows[~new, size:] = _screen_bytes(computed)
+        return _Side(wanted, signatures, _screen_from_bytes(rows[:, size:], like))
 
     def _block_scan(
         self, recipe: Recipe, recipe_id: int, first: int, block: int

@@ -27,6 +27,7 @@ from catalog.db import (
 from catalog.errors import InputError, NotFoundError, SchemaError, StorageError
 from catalog.near import BUCKET_CAP, BUCKET_LINK, candidate_pairs, ensure_recipes
 from catalog.recipes import DEFAULT_RECIPES, PERCEPTUAL, PIXEL
+from catalog.recipes.base import Screen
 from catalog.schema import BandKey, Image, Pair, core_table
 from cli.app import app
 from tests.conftest import sqlite_only
@@ -416,6 +417,77 @@ def test_streamed_join_and_block_verification_equal_the_reference(  # type: igno
         assert len(expected) >= 80, recipe.name  # the planted copies at least
         assert stored.keys() == expected.keys(), recipe.name
         assert all(stored[p] == pytest.approx(d) for p, d in expected.items())
+
+
+def _same_screen(a: Screen | None, b: Screen | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (
+        len(a.levels) == len(b.levels)
+        and all(
+            va.dtype == vb.dtype and np.array_equal(va, vb) and fa == fb
+            for (va, fa), (vb, fb) in zip(a.levels, b.levels, strict=True)
+        )
+        and np.array_equal(a.scale, b.scale)
+    )
+
+
+def test_verification_sides_from_the_spill_equal_those_from_the_catalog(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each side verification builds (`NearIndexer._block_side`) holds the stored signatures of
+    its ids and their screen, the levels after the coarsest, equal to screening those
+    signatures afresh: new images' screens come from the scratch file as they were computed
+    when signed, old members' are computed, in one side when a block holds both (looked up;
+    a block scanned from the catalog is screened as a whole)."""
+    monkeypatch.setattr(near, "VERIFY_BLOCK_BYTES", 40 * PIXEL.signature_bytes)
+    # Catalogued images looked up, never scanned, so blocks hold old and new images.
+    monkeypatch.setattr(near, "BLOCK_SCAN_SHARE", 2.0)
+    original = near.NearIndexer._block_side
+    sides = {"new": 0, "old": 0, "both": 0}
+
+    def checked(self, recipe, recipe_id, wanted, block, *, screened):  # type: ignore[no-untyped-def]
+        side = original(self, recipe, recipe_id, wanted, block, screened=screened)
+        stored = self._signatures(recipe_id, side.ids, recipe.signature_bytes)
+        np.testing.assert_array_equal(side.signatures, stored)
+        assert set(wanted.tolist()) <= set(side.ids.tolist())
+        assert screened and side.screen is not None
+        assert _same_screen(side.screen, near._side(recipe, side.ids, stored, screened=True).screen)
+        spilled = self._spills[recipe.name].holds(side.ids)
+        sides[
+            "both" if spilled.any() and not spilled.all() else "new" if spilled.all() else "old"
+        ] += 1
+        return side
+
+    monkeypatch.setattr(near.NearIndexer, "_block_side", checked)
+    images, _labels = letters
+    rng = np.random.default_rng(8)
+    copies = synth.gaussian_noise(images[:60], 0.02, rng)
+    api.ingest(
+        db, "l", "v1", {"train": np.concatenate([images[:200], copies])}, recipes=["pixel-v1"]
+    )
+    api.ingest(
+        db,
+        "l",
+        "v2",
+        {"train": np.concatenate([images[100:300], copies[:30] + 0.01])},
+        recipes=["pixel-v1"],
+    )
+    assert sides["new"] and sides["both"], sides
+
+
+def test_screen_bytes_read_back_as_the_screen(letters) -> None:  # type: ignore[no-untyped-def]
+    """The finer levels of pixel-v1's screen, spilled as bytes per image and read back, are the
+    same arrays with the same factors, for any rows in any order."""
+    images, _labels = letters
+    unit = images[:50, :, :, None].astype(np.float32) / 255
+    finer = near._finer(PIXEL.screen(PIXEL.signatures(unit)))
+    assert finer is not None
+    rows = near._screen_bytes(finer)
+    assert rows.dtype == np.uint8 and rows.shape[0] == 50
+    like = finer.rows(np.empty(0, np.intp))
+    order = np.array([7, 3, 49, 3, 0])
+    assert _same_screen(near._screen_from_bytes(rows[order], like), finer.rows(order))
 
 
 def test_spill_reads_back_any_ids_in_any_order(engine) -> None:  # type: ignore[no-untyped-def]
