@@ -415,9 +415,10 @@ def _screen_bytes(screen: Screen) -> np.ndarray:
     (`_screen_from_bytes` reads them back)."""
     n = screen.scale.size
     parts = [
-        np.ascontiguousarray(vectors).view(np.uint8).reshape(n, -1) for vectors, _ in screen.levels
+        np.ascontiguousarray(vectors).view(np.uint8).reshape(n, vectors.shape[1] * vectors.itemsize)
+        for vectors, _ in screen.levels
     ]
-    parts.append(np.ascontiguousarray(screen.scale, np.float64).view(np.uint8).reshape(n, -1))
+    parts.append(np.ascontiguousarray(screen.scale, np.float64).view(np.uint8).reshape(n, 8))
     return np.concatenate(parts, axis=1)
 
 
@@ -726,7 +727,7 @@ class _Spill:
         """Write a chunk's signatures; a write the disk or the file size limit refuses raises
         `catalog.errors.StorageError` naming which."""
         data = np.ascontiguousarray(signatures, np.uint8)
-        if self.width is None:
+        if data.ndim == 2 and self.width is None:
             self.width = data.shape[1]
         if data.ndim != 2 or data.shape[1] != self.width:
             raise ValueError(f"spill rows are {self.width} bytes wide, got shape {data.shape}")

@@ -57,6 +57,9 @@ def take_rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
     (a pixel-v1 screen level) 268 ns against 79 ns, 1 KB 466 ns against 339 ns. The candidate
     pairs' gathers (screens and distances) are most of the band join's time.
     """
+    if index.dtype.kind not in "iu":
+        # np.take would read a boolean mask as the row numbers 0 and 1.
+        raise TypeError(f"take_rows needs integer row numbers, got {index.dtype}")
     return np.take(array, index, axis=0)
 
 

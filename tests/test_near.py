@@ -473,7 +473,7 @@ def test_verification_sides_from_the_spill_equal_those_from_the_catalog(  # type
         {"train": np.concatenate([images[100:300], copies[:30] + 0.01])},
         recipes=["pixel-v1"],
     )
-    assert sides["new"] and sides["both"], sides
+    assert sides["new"] and sides["old"] and sides["both"], sides
 
 
 def test_screen_bytes_read_back_as_the_screen(letters) -> None:  # type: ignore[no-untyped-def]

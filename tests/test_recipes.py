@@ -386,6 +386,23 @@ def test_screen_across_two_screens_equals_one_screen_of_both(wide: bool) -> None
         )
 
 
+@pytest.mark.parametrize("their_type", [np.int16, np.int64])
+def test_screen_differences_take_the_wider_exact_type(their_type: type) -> None:
+    # Differences are taken in the wider of the two screens' exact types (int32 here: 2**20
+    # apart would wrap in int16), in either direction; values whose sums of squares would
+    # overflow int64 are refused rather than wrapped.
+    mine = Screen(levels=((np.array([[2**20]], np.int64), 1.0),), scale=np.array([2.0**-21]))
+    theirs = Screen(levels=((np.array([[0]], their_type), 1.0),), scale=np.array([2.0**-21]))
+    assert mine._exact_types[0][0] is np.int32
+    pair = np.array([0]), np.array([0])
+    assert not mine.may_be_within(*pair, 0.4, other=theirs)[0]  # bound 0.5
+    assert not theirs.may_be_within(*pair, 0.4, other=mine)[0]
+    assert mine.may_be_within(*pair, 0.6, other=theirs)[0]
+    huge = Screen(levels=((np.array([[2**40]], np.int64), 1.0),), scale=np.array([1.0]))
+    with pytest.raises(ValueError, match="overflow int64"):
+        huge.may_be_within(*pair, 0.5)
+
+
 @settings(max_examples=25, deadline=None)
 @given(images=hnp.arrays(np.float32, (2, 16, 16, 3), elements=st.floats(0, 1, width=32)))
 def test_pixel_rgb_distance_is_gray_rms(images: np.ndarray) -> None:

@@ -64,6 +64,8 @@ def test_take_rows_equals_fancy_indexing(array: np.ndarray, data: st.DataObject)
     assert got.dtype == array.dtype and got.shape == (index.size, array.shape[1])
 
 
-def test_take_rows_rejects_an_index_out_of_range() -> None:
+def test_take_rows_rejects_an_index_out_of_range_or_a_mask() -> None:
     with pytest.raises(IndexError):
         take_rows(np.zeros((3, 2), np.uint8), np.array([0, 3]))
+    with pytest.raises(TypeError, match="integer row numbers"):
+        take_rows(np.zeros((3, 2), np.uint8), np.array([True, False, True]))

@@ -66,6 +66,11 @@ class Screen:
         for vectors, _factor in self.levels:
             # The extremes, not a widened copy of every vector (that cost 1.6 s at 220k).
             widest = 2 * max(abs(int(vectors.max(initial=0))), abs(int(vectors.min(initial=0))))
+            if widest * widest * vectors.shape[1] >= 2**63:
+                raise ValueError(
+                    f"screen level values up to {widest // 2} cannot be bounded exactly: their "
+                    "sums of squares overflow int64"
+                )
             difference = np.int16 if widest < 2**15 else np.int32
             square = np.int32 if widest * widest * vectors.shape[1] < 2**31 else np.int64
             types.append((difference, square))
@@ -117,8 +122,7 @@ class Screen:
             if rows.size == 0:
                 break
             # The wider of the two screens' exact types bounds every difference across them.
-            narrow = mine[0] is np.int16 and their_types[0] is np.int16
-            difference = np.int16 if narrow else np.int32
+            difference = max(mine[0], their_types[0], key=lambda t: np.dtype(t).itemsize)
             square = np.int32 if mine[1] is np.int32 and their_types[1] is np.int32 else np.int64
             a, b = left[rows], right[rows]
             diff: np.ndarray = take_rows(vectors, a).astype(difference, copy=False)
