@@ -152,9 +152,14 @@ _ORPHANS = (
         WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = p.image_a)
            OR NOT EXISTS (SELECT 1 FROM image i WHERE i.id = p.image_b)""",
     ),
+    (
+        "pair of a missing recipe: images {0} and {1}",
+        """SELECT p.image_a, p.image_b FROM pair p
+        WHERE NOT EXISTS (SELECT 1 FROM recipe r WHERE r.id = p.recipe_id)""",
+    ),
 )
-"""(problem, query of its (first, second) ids). Band keys have no foreign keys, by design
-(`catalog.schema.BandKey`), so only this finds theirs."""
+"""(problem, query of its (first, second) ids). Signatures, band keys and pairs have no foreign
+keys, by design (`catalog.schema.BandKey`, schema revision 0007), so only this finds theirs."""
 
 
 def check_orphans(conn: Connection) -> CheckResult:

@@ -99,6 +99,11 @@ DAMAGE = {
         "orphans",
         "signature of a missing image: image 99999",
     ),
+    "signature of a missing recipe": (
+        [f"INSERT INTO signature (recipe_id, image_id, value) VALUES (77, {SIGNED}, x'00')"],
+        "orphans",
+        "signature of a missing recipe",
+    ),
     "band keys of a missing image": (
         ["INSERT INTO band_key (recipe_id, band, key, image_id) VALUES (1, 0, 42, 99999)"],
         "orphans",
@@ -113,6 +118,11 @@ DAMAGE = {
         ["INSERT INTO pair (recipe_id, image_a, image_b, distance) VALUES (1, 1, 99999, 0)"],
         "orphans",
         "pair with a missing image: images 1 and 99999",
+    ),
+    "pair of a missing recipe": (
+        ["INSERT INTO pair (recipe_id, image_a, image_b, distance) VALUES (77, 1, 2, 0)"],
+        "orphans",
+        "pair of a missing recipe: images 1 and 2",
     ),
     "pair out of order": (
         [

@@ -87,6 +87,45 @@ def test_band_keys_keep_their_rows_down_to_0004_and_up_to_levels(db: str) -> Non
     assert {tuple(row) for row in found} == {(r.name, "v1", 3) for r in DEFAULT_RECIPES}
 
 
+def test_signatures_and_pairs_keep_their_rows_both_ways_through_0007(db: str) -> None:
+    images, _labels = synth.render_letters(60, np.random.default_rng(7))
+    copies = synth.gaussian_noise(images[:5], 0.02, np.random.default_rng(8))
+    api.ingest(db, "l", "v1", {"train": images, "test": copies})
+    reads = {
+        "signature": "SELECT recipe_id, image_id, value FROM signature",
+        "pair": "SELECT recipe_id, image_a, image_b, distance FROM pair",
+        "v_near_overlap": "SELECT recipe, position_a, position_b FROM v_near_overlap",
+    }
+    parents = {"signature": {"image", "recipe"}, "pair": {"image", "recipe"}}
+
+    def state() -> dict[str, set[tuple[object, ...]]]:
+        with engine.connect() as conn:
+            return {name: set(map(tuple, conn.exec_driver_sql(sql))) for name, sql in reads.items()}
+
+    def referred(table: str) -> set[str]:
+        with engine.connect() as conn:
+            return {fk["referred_table"] for fk in inspect(conn).get_foreign_keys(table)}
+
+    engine = open_catalog(db)
+    stored = state()
+    assert len(stored["pair"]) >= 5 and len(stored["v_near_overlap"]) >= 10
+    assert all(referred(table) == set() for table in parents)
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0006")
+    assert all(referred(table) == parents[table] for table in parents)
+    assert state() == stored
+    engine.dispose()
+    engine = open_catalog(db)  # upgrades again
+    assert all(referred(table) == set() for table in parents)
+    assert state() == stored
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    engine.dispose()
+
+
 def test_open_creates_and_reopen_is_a_no_op(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "c.db"
     engine = open_catalog(str(path))
