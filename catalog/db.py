@@ -96,7 +96,7 @@ def _alembic_config() -> Config:
 PAGE_SIZE = 16384
 """SQLite page size of new catalogs, bytes."""
 CACHE_MIB = 128
-"""SQLite page cache of each connection, MiB (allocated as used; `wider_cache` for a while)."""
+"""SQLite page cache of each connection, MiB (allocated as used)."""
 
 
 def _attach_sqlite_pragmas(engine: Engine) -> None:
@@ -605,27 +605,6 @@ def bulk_insert(
             return
     finally:
         cursor.close()
-
-
-@contextmanager
-def wider_cache(conn: Connection, mib: int) -> Iterator[None]:
-    """A SQLite page cache of ``mib`` MiB on ``conn`` for a while, then `CACHE_MIB` again.
-
-    For a bulk insert whose rows look up other tables at random: each pair row checks that its
-    two images exist (foreign keys), and with 128 MB the pair table's new pages pushed the
-    image table's out of the cache, so most checks read a page back (in an ingest, from the
-    write-ahead log). 2.85M pairs took 9.5-13.3 s with 128 MB, 5.2-7.2 s with 256 or 512 MB.
-    Shrinking the cache afterwards frees the clean pages; `finish` hands memory back. Other
-    engines manage their own buffers: nothing is done there.
-    """
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    conn.exec_driver_sql(f"PRAGMA cache_size = -{int(mib) * 1024}")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
 
 
 DEFER_INDEX_ROWS = 50_000

@@ -51,7 +51,6 @@ from catalog.db import (
     placeholder,
     scratch_directory,
     scratch_error,
-    wider_cache,
 )
 from catalog.errors import SchemaError, UsageError
 from catalog.pixels import colour_channels
@@ -91,9 +90,6 @@ LOOKUP_BATCH = 5000
 
 PAIR_INDEX_TASK = "pair index"
 """Progress task of rebuilding the pair table's indexes after a large insert (`finish`)."""
-PAIR_CACHE_MIB = 512
-"""SQLite page cache, MiB, while pairs are stored (`catalog.db.wider_cache`): their foreign-key
-checks read the image table at random."""
 SEEK_BANDS = 4
 """Bands whose old members are read, merged and capped at once (`NearIndexer._old_members`)."""
 
@@ -1000,17 +996,20 @@ class NearIndexer:
             began = time.perf_counter()
             if not self._dropped:
                 self._dropped = drop_indexes_for(self.conn, core_table(Pair), len(close))
-            # No ON CONFLICT: candidates are distinct, each has a side new in this ingest, and
-            # a concurrent ingest's pairs have a side new in it (`lock_pair_finding`), so no
-            # pair is stored twice; on PostgreSQL that lets the rows go by COPY.
-            with wider_cache(self.conn, PAIR_CACHE_MIB):
-                bulk_insert(
-                    self.conn,
-                    core_table(Pair),
-                    ("image_a", "image_b", "distance"),
-                    Columns(close[:, 0], close[:, 1], distance),
-                    constants={"recipe_id": recipe_id},
-                )
+            # In primary-key order: verification returns its pairs tile by tile, and in that
+            # order each row went to another page of the tile's range (1.7M pairs: 1.9-2.1 µs
+            # a row, 0.7-0.8 µs sorted). No ON CONFLICT: candidates are distinct, each has a
+            # side new in this ingest, and a concurrent ingest's pairs have a side new in it
+            # (`lock_pair_finding`), so no pair is stored twice; on PostgreSQL that lets the
+            # rows go by COPY.
+            order = np.argsort((close[:, 0] << 32) | close[:, 1], kind="stable")
+            bulk_insert(
+                self.conn,
+                core_table(Pair),
+                ("image_a", "image_b", "distance"),
+                Columns(close[order, 0], close[order, 1], distance[order]),
+                constants={"recipe_id": recipe_id},
+            )
             self._store_seconds[name] = time.perf_counter() - began
             step(task, 1, 3)
 

@@ -476,6 +476,42 @@ def test_verification_sides_from_the_spill_equal_those_from_the_catalog(  # type
     assert sides["new"] and sides["old"] and sides["both"], sides
 
 
+def test_pairs_are_stored_in_primary_key_order(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification returns pairs tile by tile, out of (image_a, image_b) order once an image
+    has candidates in two later blocks; they reach the pair table sorted (appended to the
+    B-tree, not scattered over a tile's range of it)."""
+    monkeypatch.setattr(near, "VERIFY_BLOCK_BYTES", 40 * PIXEL.signature_bytes)
+    verified, stored = [], []
+    original_verify, original_insert = near.NearIndexer._verify_blocks, near.bulk_insert
+
+    def verify(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        close, distance = original_verify(self, *args, **kwargs)
+        verified.append(close.copy())
+        return close, distance
+
+    def insert(conn, table, columns, rows, **kwargs):  # type: ignore[no-untyped-def]
+        if getattr(table, "name", table) == "pair":
+            stored.append((rows.arrays[0].copy(), rows.arrays[1].copy()))
+        return original_insert(conn, table, columns, rows, **kwargs)
+
+    monkeypatch.setattr(near.NearIndexer, "_verify_blocks", verify)
+    monkeypatch.setattr(near, "bulk_insert", insert)
+    images, _labels = letters
+    # Two copies of each of the first 60 images: their ids lie in two later blocks of 40.
+    copies = [synth.gaussian_noise(images[:60], 0.02, np.random.default_rng(s)) for s in (8, 9)]
+    api.ingest(
+        db, "l", "v1", {"train": np.concatenate([images[:200], *copies])}, recipes=["pixel-v1"]
+    )
+    assert verified and not near._lexsorted(verified[0][:, 0], verified[0][:, 1])
+    assert len(stored) == 1 and stored[0][0].size == verified[0].shape[0] >= 120
+    assert near._lexsorted(*stored[0])
+    assert set(zip(*(column.tolist() for column in stored[0]), strict=True)) == set(
+        map(tuple, verified[0].tolist())
+    )
+
+
 def test_screen_bytes_read_back_as_the_screen(letters) -> None:  # type: ignore[no-untyped-def]
     """The finer levels of pixel-v1's screen, spilled as bytes per image and read back, are the
     same arrays with the same factors, for any rows in any order."""
@@ -592,47 +628,6 @@ def test_a_large_pair_insert_rebuilds_the_index_rather_than_keeping_it_up(  # ty
     assert _pair_indexes(db) == fresh
     assert _count(db, "SELECT COUNT(*) FROM pair") == pairs
     assert _count(db, "SELECT COUNT(*) FROM version") == 1
-
-
-def test_pairs_are_stored_under_a_wider_cache_then_the_usual_one(  # type: ignore[no-untyped-def]
-    db: str, letters, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite: the pair rows go in with `PAIR_CACHE_MIB` of page cache (their foreign-key
-    checks read the image table at random), other rows with `CACHE_MIB`, and the connection
-    is back to `CACHE_MIB` after each pair insert. Other engines keep their settings."""
-    seen: dict[str, set[int]] = {}
-    real_insert = near.bulk_insert
-
-    def recording(conn, table, columns, rows, **kwargs):  # type: ignore[no-untyped-def]
-        if conn.dialect.name == "sqlite":
-            kib = -int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
-            seen.setdefault(getattr(table, "name", table), set()).add(kib // 1024)
-        return real_insert(conn, table, columns, rows, **kwargs)
-
-    monkeypatch.setattr(near, "bulk_insert", recording)
-    images, _labels = letters
-    copies = synth.gaussian_noise(images[:40], 0.02, np.random.default_rng(5))
-    api.ingest(db, "l", "v1", {"train": np.concatenate([images[:200], copies])})
-    if db.startswith("postgresql"):
-        assert seen == {}
-        return
-    assert seen["pair"] == {near.PAIR_CACHE_MIB}
-    assert seen["band_key"] == seen["signature"] == {db_module.CACHE_MIB}
-
-
-def test_a_wider_cache_is_narrowed_again_after_a_failure(engine) -> None:  # type: ignore[no-untyped-def]
-    def cache_mib(conn) -> int | None:  # type: ignore[no-untyped-def]
-        if conn.dialect.name != "sqlite":
-            return None
-        return -int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one()) // 1024
-
-    with engine.connect() as conn:
-        usual = cache_mib(conn)
-        assert usual in (db_module.CACHE_MIB, None)
-        with pytest.raises(RuntimeError, match="mid-insert"), db_module.wider_cache(conn, 300):
-            assert cache_mib(conn) in (300, None)
-            raise RuntimeError("mid-insert")
-        assert cache_mib(conn) == usual
 
 
 def test_indexes_are_dropped_only_for_inserts_large_against_the_table(  # type: ignore[no-untyped-def]
