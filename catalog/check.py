@@ -6,7 +6,7 @@ reports how many problems it found with a few examples:
 - ``integrity``: SQLite's ``PRAGMA integrity_check`` (every page, index and constraint);
 - ``foreign-keys``: SQLite's ``PRAGMA foreign_key_check`` (PostgreSQL enforces them itself);
 - ``orphans``: images no item holds; signatures, band keys and pairs of missing images or
-  recipes (band keys have no foreign keys, by design, so only this finds theirs);
+  recipes (these derived tables have no foreign keys, by design, so only this finds theirs);
 - ``pair-order``: pairs whose ``image_a >= image_b`` (each pair is stored once, ordered);
 - ``recipes``: each recipe's fingerprint recomputed from its stored parameters, and its name,
   family, radius and threshold columns agreeing with them;
@@ -111,7 +111,7 @@ def check_foreign_keys(conn: Connection) -> CheckResult:
             "foreign-keys", description, 0, (), skipped="PostgreSQL enforces foreign keys"
         )
     found = [
-        # WITHOUT ROWID tables (item, signature, pair) have no rowid to show.
+        # A WITHOUT ROWID table (item) has no rowid to show.
         f"{table} row {rowid} refers to a missing {parent} row"
         if rowid is not None
         else f"a row of {table} refers to a missing {parent} row"

@@ -1003,11 +1003,12 @@ class NearIndexer:
             # (`lock_pair_finding`), so no pair is stored twice; on PostgreSQL that lets the
             # rows go by COPY.
             order = np.argsort((close[:, 0] << 32) | close[:, 1], kind="stable")
+            pairs = take_rows(close, order)
             bulk_insert(
                 self.conn,
                 core_table(Pair),
                 ("image_a", "image_b", "distance"),
-                Columns(close[order, 0], close[order, 1], distance[order]),
+                Columns(pairs[:, 0], pairs[:, 1], distance[order]),
                 constants={"recipe_id": recipe_id},
             )
             self._store_seconds[name] = time.perf_counter() - began

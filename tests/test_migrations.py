@@ -87,6 +87,51 @@ def test_band_keys_keep_their_rows_down_to_0004_and_up_to_levels(db: str) -> Non
     assert {tuple(row) for row in found} == {(r.name, "v1", 3) for r in DEFAULT_RECIPES}
 
 
+FOREIGN_KEYS_0006 = {
+    "signature": [
+        ("fk_signature_image_id_image", ["image_id"], "image", ["id"]),
+        ("fk_signature_recipe_id_recipe", ["recipe_id"], "recipe", ["id"]),
+    ],
+    "pair": [
+        ("fk_pair_image_a_image", ["image_a"], "image", ["id"]),
+        ("fk_pair_image_b_image", ["image_b"], "image", ["id"]),
+        ("fk_pair_recipe_id_recipe", ["recipe_id"], "recipe", ["id"]),
+    ],
+}
+
+
+def _derived_shape(engine) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What 0007 rebuilds on SQLite, table by table: foreign keys, and what must survive the
+    copy (primary key, CHECK constraints, indexes, WITHOUT ROWID)."""
+    shape: dict[str, object] = {}
+    with engine.connect() as conn:
+        found = inspect(conn)
+        for table in FOREIGN_KEYS_0006:
+            sql = (
+                conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).scalar_one()
+                if conn.dialect.name == "sqlite"
+                else "WITHOUT ROWID"
+            )
+            shape[table] = (
+                sorted(
+                    (
+                        fk["name"],
+                        fk["constrained_columns"],
+                        fk["referred_table"],
+                        fk["referred_columns"],
+                    )
+                    for fk in found.get_foreign_keys(table)
+                ),
+                found.get_pk_constraint(table)["name"],
+                sorted(c["name"] for c in found.get_check_constraints(table)),
+                sorted((i["name"], i["column_names"]) for i in found.get_indexes(table)),
+                "WITHOUT ROWID" in sql,
+            )
+    return shape
+
+
 def test_signatures_and_pairs_keep_their_rows_both_ways_through_0007(db: str) -> None:
     images, _labels = synth.render_letters(60, np.random.default_rng(7))
     copies = synth.gaussian_noise(images[:5], 0.02, np.random.default_rng(8))
@@ -96,30 +141,53 @@ def test_signatures_and_pairs_keep_their_rows_both_ways_through_0007(db: str) ->
         "pair": "SELECT recipe_id, image_a, image_b, distance FROM pair",
         "v_near_overlap": "SELECT recipe, position_a, position_b FROM v_near_overlap",
     }
-    parents = {"signature": {"image", "recipe"}, "pair": {"image", "recipe"}}
 
     def state() -> dict[str, set[tuple[object, ...]]]:
         with engine.connect() as conn:
             return {name: set(map(tuple, conn.exec_driver_sql(sql))) for name, sql in reads.items()}
 
-    def referred(table: str) -> set[str]:
-        with engine.connect() as conn:
-            return {fk["referred_table"] for fk in inspect(conn).get_foreign_keys(table)}
+    def expected(foreign_keys: dict[str, list[tuple[object, ...]]]) -> dict[str, object]:
+        return {
+            "signature": (foreign_keys["signature"], "pk_signature", [], [], True),
+            "pair": (
+                foreign_keys["pair"],
+                "pk_pair",
+                ["ck_pair_ordered"],
+                [("ix_pair_recipe_id_image_b", ["recipe_id", "image_b"])],
+                True,
+            ),
+        }
 
     engine = open_catalog(db)
     stored = state()
     assert len(stored["pair"]) >= 5 and len(stored["v_near_overlap"]) >= 10
-    assert all(referred(table) == set() for table in parents)
+    assert _derived_shape(engine) == expected({"signature": [], "pair": []})
     config = _alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "0006")
-    assert all(referred(table) == parents[table] for table in parents)
+    assert _derived_shape(engine) == expected(FOREIGN_KEYS_0006)
     assert state() == stored
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
+        # A damaged row (a pair out of order) is copied as it is, for `dsaudit check` to find.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA ignore_check_constraints = ON")
+            conn.exec_driver_sql("INSERT INTO pair VALUES (1, 9, 4, 0.01)")
+            conn.exec_driver_sql("PRAGMA ignore_check_constraints = OFF")
     engine.dispose()
     engine = open_catalog(db)  # upgrades again
-    assert all(referred(table) == set() for table in parents)
-    assert state() == stored
+    assert _derived_shape(engine) == expected({"signature": [], "pair": []})
+    if sqlite:
+        found = {r.name: r.problems for r in api.check(engine, sample=0).results}
+        assert found["pair-order"] == 1  # the catalog opens, and check reports the pair
+        damaged = (1, 9, 4, 0.01)
+        assert state()["pair"] == stored["pair"] | {damaged}
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA ignore_check_constraints").scalar_one() == 0
+            assert conn.exec_driver_sql("PRAGMA legacy_alter_table").scalar_one() == 0
+    else:
+        assert state() == stored
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []

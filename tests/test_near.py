@@ -488,12 +488,12 @@ def test_pairs_are_stored_in_primary_key_order(  # type: ignore[no-untyped-def]
 
     def verify(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         close, distance = original_verify(self, *args, **kwargs)
-        verified.append(close.copy())
+        verified.append((close.copy(), distance.copy()))
         return close, distance
 
     def insert(conn, table, columns, rows, **kwargs):  # type: ignore[no-untyped-def]
         if getattr(table, "name", table) == "pair":
-            stored.append((rows.arrays[0].copy(), rows.arrays[1].copy()))
+            stored.append(tuple(column.copy() for column in rows.arrays))
         return original_insert(conn, table, columns, rows, **kwargs)
 
     monkeypatch.setattr(near.NearIndexer, "_verify_blocks", verify)
@@ -504,11 +504,13 @@ def test_pairs_are_stored_in_primary_key_order(  # type: ignore[no-untyped-def]
     api.ingest(
         db, "l", "v1", {"train": np.concatenate([images[:200], *copies])}, recipes=["pixel-v1"]
     )
-    assert verified and not near._lexsorted(verified[0][:, 0], verified[0][:, 1])
-    assert len(stored) == 1 and stored[0][0].size == verified[0].shape[0] >= 120
-    assert near._lexsorted(*stored[0])
-    assert set(zip(*(column.tolist() for column in stored[0]), strict=True)) == set(
-        map(tuple, verified[0].tolist())
+    close, distance = verified[0]
+    assert len(verified) == 1 and not near._lexsorted(close[:, 0], close[:, 1])
+    assert len(stored) == 1 and stored[0][0].size == close.shape[0] >= 120
+    assert near._lexsorted(stored[0][0], stored[0][1])
+    # Each pair with its own distance.
+    assert sorted(zip(*(column.tolist() for column in stored[0]), strict=True)) == sorted(
+        zip(close[:, 0].tolist(), close[:, 1].tolist(), distance.tolist(), strict=True)
     )
 
 

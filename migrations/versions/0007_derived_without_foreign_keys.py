@@ -14,12 +14,14 @@ SQLite cannot drop a constraint, so there each table is copied, in its primary k
 one declared without them (a 1M-image catalog: 2M signatures of 1 GB and 5M pairs). The views
 over ``pair`` are left as they are: the rename runs with ``legacy_alter_table`` on, so SQLite
 neither rewrites nor re-parses them, and they name the new table as they named the old one.
-PostgreSQL drops the constraints.
+PostgreSQL drops the constraints. A downgrade restores them, and so refuses a catalog holding
+orphans (`dsaudit check` lists them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import op
@@ -77,22 +79,33 @@ def _rebuild(table: str, constraints: Sequence[sa.ForeignKeyConstraint]) -> None
         sa.PrimaryKeyConstraint(*key, name=op.f(f"pk_{table}")),
         sqlite_with_rowid=False,
     )
-    # In the primary key's order: the copy appends to the new B-tree.
+    # In the primary key's order: the copy appends to the new B-tree. Rows are copied as they
+    # are, also a damaged pair out of order, which `dsaudit check` then reports (refused by
+    # the CHECK here, it would keep the catalog from opening at all, check included).
     listed = ", ".join(names)
-    op.execute(
-        f"INSERT INTO {table}_0007 ({listed}) SELECT {listed} FROM {table} "
-        f"ORDER BY {', '.join(key)}"
-    )
-    if table == "pair":
-        op.drop_index(op.f("ix_pair_recipe_id_image_b"), table_name="pair")
-    op.drop_table(table)
+    with _pragma("ignore_check_constraints"):
+        op.execute(
+            f"INSERT INTO {table}_0007 ({listed}) SELECT {listed} FROM {table} "
+            f"ORDER BY {', '.join(key)}"
+        )
+    op.drop_table(table)  # and its index
     # Without it, SQLite >= 3.26 re-parses every view on a rename, and those over pair name a
     # table that is, for that moment, missing.
-    op.execute("PRAGMA legacy_alter_table = ON")
-    op.rename_table(f"{table}_0007", table)
-    op.execute("PRAGMA legacy_alter_table = OFF")
+    with _pragma("legacy_alter_table"):
+        op.rename_table(f"{table}_0007", table)
     if table == "pair":
         op.create_index(op.f("ix_pair_recipe_id_image_b"), "pair", ["recipe_id", "image_b"])
+
+
+@contextmanager
+def _pragma(name: str) -> Iterator[None]:
+    """SQLite: the boolean pragma ``name`` on for a while. A connection's pragmas outlive a
+    rolled-back transaction, so it is turned off again either way."""
+    op.execute(f"PRAGMA {name} = ON")
+    try:
+        yield
+    finally:
+        op.execute(f"PRAGMA {name} = OFF")
 
 
 def upgrade() -> None:
