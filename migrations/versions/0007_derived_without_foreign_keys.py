@@ -40,11 +40,14 @@ FOREIGN_KEYS = {
 """Each table's foreign keys before this revision: (column, parent table, whose key is id)."""
 
 
+def _name(table: str, column: str, parent: str) -> str:
+    """A foreign key's name, as the naming convention gave it (`catalog.schema`)."""
+    return op.f(f"fk_{table}_{column}_{parent}")
+
+
 def _foreign_keys(table: str) -> list[sa.ForeignKeyConstraint]:
     return [
-        sa.ForeignKeyConstraint(
-            [column], [f"{parent}.id"], name=op.f(f"fk_{table}_{column}_{parent}")
-        )
+        sa.ForeignKeyConstraint([column], [f"{parent}.id"], name=_name(table, column, parent))
         for column, parent in FOREIGN_KEYS[table]
     ]
 
@@ -115,7 +118,7 @@ def upgrade() -> None:
             _rebuild(table, [])
             continue
         for column, parent in FOREIGN_KEYS[table]:
-            op.drop_constraint(op.f(f"fk_{table}_{column}_{parent}"), table, type_="foreignkey")
+            op.drop_constraint(_name(table, column, parent), table, type_="foreignkey")
 
 
 def downgrade() -> None:
@@ -125,6 +128,4 @@ def downgrade() -> None:
             _rebuild(table, _foreign_keys(table))
             continue
         for column, parent in FOREIGN_KEYS[table]:
-            op.create_foreign_key(
-                op.f(f"fk_{table}_{column}_{parent}"), table, parent, [column], ["id"]
-            )
+            op.create_foreign_key(_name(table, column, parent), table, parent, [column], ["id"])
