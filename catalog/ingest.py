@@ -580,8 +580,10 @@ def _resolve_images(
             ],
             unique="digest",
         )
-        known.update(image_ids(conn, missing))
+        known.update(inserted)
         if len(inserted) < len(missing):
+            # Added by a concurrent ingest since the lookup above (PostgreSQL only).
+            known.update(image_ids(conn, [d for d in missing if d not in inserted]))
             mine = np.fromiter((d in inserted for d in missing), bool, count=len(missing))
             unit, low = unit[mine], low[mine]
             missing = [d for d, keep in zip(missing, mine, strict=True) if keep]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from catalog import db as db_module
-from catalog.db import Columns, bulk_insert
+from catalog.db import Columns, bulk_insert, insert_absent
 
 
 @settings(
@@ -49,3 +49,29 @@ def test_columns_iterate_as_rows_and_refuse_ragged_input() -> None:
         Columns(a, b[:4])
     with pytest.raises(ValueError, match="one length"):
         Columns()
+
+
+def test_insert_absent_returns_the_id_of_each_row_it_inserted(engine: Engine) -> None:
+    # 2,500 rows: several statements of ROWS_PER_STATEMENT on SQLite, and rows already there
+    # (every third) are neither inserted nor returned.
+    digests = [i.to_bytes(4, "big") for i in range(2500)]
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE things (id INTEGER PRIMARY KEY, digest BYTEA UNIQUE, n INT)"
+            if conn.dialect.name == "postgresql"
+            else "CREATE TEMPORARY TABLE things (id INTEGER PRIMARY KEY, digest BLOB UNIQUE, n INT)"
+        )
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("CREATE TEMPORARY SEQUENCE things_id START 1000")
+            conn.exec_driver_sql("ALTER TABLE things ALTER id SET DEFAULT nextval('things_id')")
+        old = digests[::3]
+        insert_absent(conn, "things", ("digest", "n"), [(d, 0) for d in old], unique="digest")
+        inserted = insert_absent(
+            conn, "things", ("digest", "n"), [(d, 1) for d in digests], unique="digest"
+        )
+        stored = {bytes(d): (id_, n) for id_, d, n in conn.exec_driver_sql("SELECT * FROM things")}
+        conn.rollback()
+    new = [d for d in digests if d not in set(old)]
+    assert sorted(inserted) == sorted(new)
+    assert {d: stored[d][0] for d in new} == inserted
+    assert all(stored[d][1] == 1 for d in new) and all(stored[d][1] == 0 for d in old)
