@@ -157,8 +157,9 @@ def test_band_pieces_are_the_band_a_piece_at_a_time(
     whole = near._band_pieces(key, image, new, probe, piece=10**9)
     parts = near._band_pieces(key, image, new, probe, piece=piece)
     assert whole[:2] == parts[:2]
-    expected = np.concatenate([*whole[2], np.empty(0, np.int64)])
-    found = np.concatenate([*parts[2], np.empty(0, np.int64)])
+    np.testing.assert_array_equal(whole[2], parts[2])
+    expected = np.concatenate([*near._packed(whole[2], whole[3]), np.empty(0, np.int64)])
+    found = np.concatenate([*near._packed(parts[2], parts[3]), np.empty(0, np.int64)])
     np.testing.assert_array_equal(np.sort(found), np.sort(expected))
     assert np.unique(found).size == found.size
     pairs, _largest, _capped = candidate_pairs(np.zeros(members, np.int64), key, image, new)
