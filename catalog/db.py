@@ -707,8 +707,11 @@ def _insert_from_stage(
     unique: str,
     returning: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
-    """PostgreSQL: COPY into a temporary twin of the table, then insert what is absent;
-    the ``returning`` columns of the rows inserted."""
+    """PostgreSQL: COPY into a temporary twin of the table, then insert what is absent.
+
+    Returns:
+        the ``returning`` columns of the rows inserted (none when empty).
+    """
     stage = f"dsaudit_stage_{name}"
     listed = ", ".join(columns)
     conn.exec_driver_sql(

@@ -582,9 +582,10 @@ def _resolve_images(
         )
         known.update(inserted)
         if len(inserted) < len(missing):
-            # Added by a concurrent ingest since the lookup above (PostgreSQL only).
-            known.update(image_ids(conn, [d for d in missing if d not in inserted]))
             mine = np.fromiter((d in inserted for d in missing), bool, count=len(missing))
+            # Added by a concurrent ingest since the lookup above (PostgreSQL only).
+            theirs = [d for d, own in zip(missing, mine, strict=True) if not own]
+            known.update(image_ids(conn, theirs))
             unit, low = unit[mine], low[mine]
             missing = [d for d, keep in zip(missing, mine, strict=True) if keep]
     return _Resolved(

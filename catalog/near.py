@@ -71,8 +71,8 @@ VERIFY_BATCH = 16_384
 """Candidate pairs verified per numpy call (memory bound per worker: 3 x batch x the bytes of a
 screen level or signature)."""
 PREFILTER_BATCH = 262_144
-"""Proposed pairs ruled in or out per numpy call during the band join (memory bound: 2 x batch
-x the resident summary's bytes)."""
+"""Proposed pairs ruled in or out per numpy call during the band join, about (one piece of a
+band, `_band_pieces`; memory bound: 2 x batch x the resident summary's bytes)."""
 RESIDENT_BYTES = 64
 """Signatures up to this size are the band join's resident summary themselves (`_resident`)."""
 RESIDENT_SLICE = 50_000
@@ -341,7 +341,7 @@ def _band_pieces(
     in one piece, so memory follows the piece, not the band: at 1M images a band of pixel-v1
     proposes 5M pairs, and expanding them at once held about 0.3 GB per band in flight. When no
     image has two rows in the band (no probe keys), a pair shares at most one bucket of it, so
-    the pieces never repeat a pair; with probe keys they may.
+    the pieces never repeat a pair of images; with probe keys they may.
 
     Returns:
         (the largest bucket's size, buckets over ``cap``, the band's image ids bucket by
@@ -503,12 +503,13 @@ class _Proposed:
 
 
 _Keep = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``keep(left, right)``: which pairs of positions ``(left[k], right[k])`` may be within the
+radius (bool (p,)); `_keeper`."""
 
 
 def _keeper(recipe: Recipe, resident: _Resident) -> Callable[[np.ndarray], _Keep]:
-    """``keeper(rows)`` is ``keep(left, right)`` for one band: which pairs of its members may
-    be within the radius, its members being the rows ``rows`` of ``resident`` and ``left``,
-    ``right`` positions among them."""
+    """``keeper(rows)`` is `_Keep` over positions among some images, ``rows`` being their rows
+    of ``resident`` (int64 (m,)): one band's members, bucket by bucket (`_join_bands`)."""
     if resident is None:
         return lambda _rows: lambda left, _right: np.ones(left.size, bool)
     if isinstance(resident, Screen):
@@ -542,26 +543,31 @@ def _join_bands(
     """
     row_of = lookup(ids)
     keeper = _keeper(recipe, resident)
+    anywhere = keeper(np.arange(ids.size))  # ``keep`` over rows of ``resident`` themselves
     kept: list[np.ndarray] = []
     fresh = proposals = largest = capped = 0
     for key, image, new, probe in bands:
         big, over, members, pieces = _band_pieces(key, image, new, probe)
         largest, capped = max(largest, big), capped + over
-        keep = keeper(row_of(members))
-        probed = bool(probe.any())
-        if probed:
-            # An image with probe keys has several rows in the band: a pair may come from
-            # two buckets. It is counted once (`band_proposals`) and screened each time (the
-            # survivors are made distinct when compacted).
-            listed = list(pieces)
-            proposals += _distinct(_packed(members, listed)).size
-            pieces = iter(listed)
-        for left, right in pieces:
-            if not probed:
+        if probe.any():
+            # An image with probe keys has several rows in the band: a pair may come from two
+            # buckets, so the band's pairs are made distinct first, counted once
+            # (`band_proposals`), and looked up by their images.
+            pairs = _distinct(_packed(members, pieces))
+            proposals += pairs.size
+            for start in range(0, pairs.size, PREFILTER_BATCH):
+                batch = pairs[start : start + PREFILTER_BATCH]
+                kept.append(batch[anywhere(row_of(batch >> 32), row_of(batch & 0xFFFFFFFF))])
+                fresh += kept[-1].size
+        else:
+            keep = keeper(row_of(members))
+            for left, right in pieces:
                 proposals += left.size
-            chosen = keep(left, right)
-            kept.append(_pack(members[left[chosen]], members[right[chosen]]))
-            fresh += kept[-1].size
+                # ``right`` ranks first in its bucket, which is in id order: the lower id
+                # first, as in a packed pair.
+                chosen = keep(right, left)
+                kept.append(_pack(members[right[chosen]], members[left[chosen]]))
+                fresh += kept[-1].size
         # Compacted when COMPACT_AT pairs came since the last time, not whenever the distinct
         # survivors exceed it: at 1M images they do after a few bands, and sorting them again
         # after every band took seconds of each worker.

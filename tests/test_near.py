@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -164,6 +165,72 @@ def test_band_pieces_are_the_band_a_piece_at_a_time(
     assert np.unique(found).size == found.size
     pairs, _largest, _capped = candidate_pairs(np.zeros(members, np.int64), key, image, new)
     np.testing.assert_array_equal(near.unpack(np.sort(found)), pairs)
+
+
+@pytest.fixture(scope="module")
+def joined_images() -> np.ndarray:
+    """40 gray 28x28 images, four near copies of each of ten: pairs both within and beyond
+    the default recipes' radii."""
+    rng = np.random.default_rng(11)
+    base = rng.random((10, 28, 28, 1)).astype(np.float32)
+    noise = rng.normal(0, 0.02, (4, 10, 28, 28, 1)).astype(np.float32)
+    return np.clip(base[None] + noise, 0, 1).reshape(40, 28, 28, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    screened=st.booleans(),
+    probes=st.booleans(),
+    batch=st.integers(1, 50),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_band_join_keeps_the_proposals_its_summary_does_not_rule_out(
+    joined_images: np.ndarray,
+    screened: bool,
+    probes: bool,
+    batch: int,
+    seed: int,
+) -> None:
+    """`_join_bands` against its reference: every band's `band_proposals`, counted band by
+    band, kept when the resident summary (a screen, or small signatures themselves) may put
+    the pair within the radius; with probe rows (pairs repeating in a band) and without, in
+    pieces and compactions of a few pairs."""
+    recipe = PIXEL if screened else PERCEPTUAL
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(10**6, joined_images.shape[0], replace=False)).astype(np.int64)
+    resident = near._resident(recipe, recipe.signatures(joined_images))
+    new_image = rng.random(ids.size) < 0.6
+    bands = []
+    for _band in range(3):
+        image = ids
+        key = rng.integers(0, 4, ids.size).astype(np.int64)
+        probe = np.zeros(ids.size, bool)
+        if probes:
+            extra = rng.choice(np.flatnonzero(new_image), 8)
+            image = np.concatenate([image, ids[extra]])
+            key = np.concatenate([key, rng.integers(0, 4, extra.size)])
+            probe = np.concatenate([probe, np.ones(extra.size, bool)])
+        new = np.isin(image, ids[new_image])
+        bands.append((key, image, new, probe))
+
+    with (
+        mock.patch.object(near, "PREFILTER_BATCH", batch),
+        mock.patch.object(near, "COMPACT_AT", 3 * batch),
+    ):
+        joined = near._join_bands(recipe, bands, ids, resident)
+
+    proposed = [near.band_proposals(*band)[0] for band in bands]
+    pairs = near.unpack(np.unique(np.concatenate(proposed)))
+    rows = np.searchsorted(ids, pairs)
+    if screened:
+        assert isinstance(resident, Screen)
+        keep = resident.may_be_within(rows[:, 0], rows[:, 1], recipe.radius)
+    else:
+        assert isinstance(resident, np.ndarray)
+        keep = recipe.distances(resident[rows[:, 0]], resident[rows[:, 1]]) <= recipe.radius
+    np.testing.assert_array_equal(near.unpack(joined.survivors), pairs[keep])
+    assert joined.proposals == sum(p.size for p in proposed)
+    assert 0 < keep.sum() < keep.size  # both kinds of pairs were proposed
 
 
 @settings(max_examples=100, deadline=None)
