@@ -531,7 +531,7 @@ def _join_bands(
     A band's members are looked up once (their rows of ``resident``), and a proposal stays a
     pair of positions among them until it survives: looking up both images of every proposal,
     after packing and unpacking it, cost 14 % of phash256-v2's join (3 bands of the 1M
-    benchmark: 3.6-3.8 s against 4.2-4.4 s).
+    benchmark: 3.5-3.8 s against 4.1-4.4 s).
 
     Only the survivors are held (compacted as they grow), never every band's proposals: at a
     million images of the scale benchmark pixel-v1's band join proposes 113M distinct pairs,
