@@ -71,8 +71,8 @@ VERIFY_BATCH = 16_384
 """Candidate pairs verified per numpy call (memory bound per worker: 3 x batch x the bytes of a
 screen level or signature)."""
 PREFILTER_BATCH = 262_144
-"""Proposed pairs ruled in or out per numpy call during the band join, about (one piece of a
-band, `_band_pieces`; memory bound: 2 x batch x the resident summary's bytes)."""
+"""Proposed pairs the band join rules in or out per numpy call: about one piece of a band
+(`_band_pieces`; memory bound: 2 x batch x the resident summary's bytes)."""
 RESIDENT_BYTES = 64
 """Signatures up to this size are the band join's resident summary themselves (`_resident`)."""
 RESIDENT_SLICE = 50_000
