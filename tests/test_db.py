@@ -56,12 +56,12 @@ def test_insert_absent_returns_the_id_of_each_row_it_inserted(engine: Engine) ->
     # (every third) are neither inserted nor returned.
     digests = [i.to_bytes(4, "big") for i in range(2500)]
     with engine.connect() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        blob = "BYTEA" if postgres else "BLOB"
         conn.exec_driver_sql(
-            "CREATE TEMPORARY TABLE things (id INTEGER PRIMARY KEY, digest BYTEA UNIQUE, n INT)"
-            if conn.dialect.name == "postgresql"
-            else "CREATE TEMPORARY TABLE things (id INTEGER PRIMARY KEY, digest BLOB UNIQUE, n INT)"
+            f"CREATE TEMPORARY TABLE things (id INTEGER PRIMARY KEY, digest {blob} UNIQUE, n INT)"
         )
-        if conn.dialect.name == "postgresql":
+        if postgres:
             conn.exec_driver_sql("CREATE TEMPORARY SEQUENCE things_id START 1000")
             conn.exec_driver_sql("ALTER TABLE things ALTER id SET DEFAULT nextval('things_id')")
         old = digests[::3]
@@ -71,7 +71,8 @@ def test_insert_absent_returns_the_id_of_each_row_it_inserted(engine: Engine) ->
         )
         stored = {bytes(d): (id_, n) for id_, d, n in conn.exec_driver_sql("SELECT * FROM things")}
         conn.rollback()
-    new = [d for d in digests if d not in set(old)]
+    before = frozenset(old)
+    new = [d for d in digests if d not in before]
     assert sorted(inserted) == sorted(new)
     assert {d: stored[d][0] for d in new} == inserted
     assert all(stored[d][1] == 1 for d in new) and all(stored[d][1] == 0 for d in old)
