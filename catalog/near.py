@@ -1260,7 +1260,7 @@ class NearIndexer:
         level, 2.8 s so, 1.5 s for the large level alone). A larger level is seeked bucket by
         bucket (`_seek_members`): CROSS JOIN makes SQLite walk the new keys and seek each
         bucket in band_key's primary key; left to choose, it scanned all of the recipe's band
-        keys (250k images: 3.3 s against 0.3 s). PostgreSQL plans it as any inner join.
+        keys (250k images: 3.3 s against 0.3 s). PostgreSQL seeks the same way (`seek_statement`).
         SQLite's nested loop hands the rows over in (band, key, image) order: the new keys
         along their unique index (band, key), each bucket along band_key's. Integer
         columns come back by `fetch_integers` (row tuples cost more than the join).
@@ -1294,10 +1294,7 @@ class NearIndexer:
         """`_level_members` by one seek of band_key's primary key per new key of ``bands``;
         each row names its new key by ordinal (`new_key_table`)."""
         ordinal, image = fetch_integers(
-            self.conn,
-            ("k.n", "b.image_id"),
-            seek_statement(placeholder(self.conn)),
-            (bands.start, bands.stop, recipe_id, level),
+            self.conn, ("k.n", "b.image_id"), *seek_statement(self.conn, bands, recipe_id, level)
         )
         return [new.band[ordinal], new.key[ordinal], image]
 
@@ -1334,19 +1331,35 @@ class NearIndexer:
         return out
 
 
-def seek_statement(mark: str) -> str:
-    """The FROM and WHERE of `NearIndexer._seek_members`: parameters first band, end band,
-    recipe, level.
+def seek_statement(
+    conn: Connection, bands: range, recipe_id: int, level: int
+) -> tuple[str, tuple[int, ...]]:
+    """The FROM and WHERE of `NearIndexer._seek_members`, and its parameters: for each new key
+    of ``bands`` in ``dsaudit_new_key``, one seek of band_key's primary key.
 
-    ``+k.band``: with a plain ``b.band = k.band`` SQLite carries the bounds on k.band over to
-    b.band and scans that range of band_key for every new key instead of seeking its bucket
-    (tests/test_near.py reads the plan).
+    SQLite: ``CROSS JOIN`` fixes the order (new keys outside), and ``+k.band`` keeps SQLite
+    from carrying the bounds on k.band over to b.band, which scanned that range of band_key for
+    every new key instead of seeking its bucket. PostgreSQL orders joins by its statistics, and
+    band_key has none until autovacuum analyses it, a while after a catalog's first ingest:
+    estimated at 0.5 % of 0.5 % of its rows for one recipe and level, band_key went outside,
+    and each of its rows scanned the new keys of `SEEK_BANDS` bands (1.3-13 s a statement on
+    1,400 images; tests/test_postgres.py's two ingests at once took 6-114 s). There the seek
+    is a LATERAL subquery that ``OFFSET 0`` keeps from being flattened into a join, so it runs
+    once per new key whatever the statistics say. `NearIndexer._level_members` chose seeking
+    over reading the level whole already. tests/test_near.py reads both plans.
     """
+    mark = placeholder(conn)
+    if conn.dialect.name == "sqlite":
+        return (
+            f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE k.band >= {mark} "
+            f"AND k.band < {mark} AND b.recipe_id = {mark} AND b.level = {mark} "
+            "AND b.band = +k.band AND b.key = k.key"
+        ), (bands.start, bands.stop, recipe_id, level)
     return (
-        f"FROM dsaudit_new_key k CROSS JOIN band_key b WHERE k.band >= {mark} "
-        f"AND k.band < {mark} AND b.recipe_id = {mark} AND b.level = {mark} "
-        "AND b.band = +k.band AND b.key = k.key"
-    )
+        "FROM dsaudit_new_key k CROSS JOIN LATERAL (SELECT image_id FROM band_key "
+        f"WHERE recipe_id = {mark} AND level = {mark} AND band = k.band AND key = k.key "
+        f"OFFSET 0) b WHERE k.band >= {mark} AND k.band < {mark}"
+    ), (recipe_id, level, bands.start, bands.stop)
 
 
 def new_key_table(dialect: str) -> str:
