@@ -1346,7 +1346,8 @@ def seek_statement(
     1,400 images; tests/test_postgres.py's two ingests at once took 6-114 s). There the seek
     is a LATERAL subquery that ``OFFSET 0`` keeps from being flattened into a join, so it runs
     once per new key whatever the statistics say. `NearIndexer._level_members` chose seeking
-    over reading the level whole already. tests/test_near.py reads both plans.
+    over reading the level whole already. tests/test_near.py reads the plan on both engines,
+    on PostgreSQL with band_key unanalysed and analysed.
     """
     mark = placeholder(conn)
     if conn.dialect.name == "sqlite":

@@ -356,9 +356,11 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
                 "INSERT INTO band_key (recipe_id, level, band, key, image_id) "
                 f"SELECT {recipe_id}, 19, mod(g, 24), g, g FROM generate_series(1, 5000) AS g"
             )
+            # Many more new keys than band_key seems to hold without statistics, as in an
+            # ingest: the planner's guess then favours starting from band_key.
             conn.exec_driver_sql(
                 "INSERT INTO dsaudit_new_key "
-                "SELECT g, mod(g, 24), g FROM generate_series(1, 50) AS g"
+                "SELECT g, mod(g, 24), g FROM generate_series(1, 20000) AS g"
             )
             sql, params = near.seek_statement(conn, range(0, near.SEEK_BANDS), recipe_id, 19)
             # band_key not analysed (as a while after a catalog's first ingest), then analysed:
@@ -373,9 +375,10 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
             for plan in plans:
                 assert plan[0].startswith("Nested Loop"), plan
                 assert "on dsaudit_new_key k" in plan[1], plan
-                inner = " ".join(plan[2:])
-                assert "on band_key" in inner and "pk_band_key" in inner, plan
-                assert "(band = k.band) AND (key = k.key)" in inner, plan
+                assert not any(line.startswith("Join Filter") for line in plan), plan
+                assert any("using pk_band_key on band_key" in line for line in plan[2:]), plan
+                seek = [line for line in plan[2:] if line.startswith("Index Cond:")]
+                assert any("(band = k.band) AND (key = k.key)" in line for line in seek), plan
             return
         sql, params = near.seek_statement(conn, range(0, near.SEEK_BANDS), 1, 19)
         plan = [
