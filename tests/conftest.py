@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
@@ -23,6 +25,12 @@ from typer.testing import CliRunner
 from catalog import api
 from catalog.db import open_catalog
 from catalog.demo import DemoRun
+
+# Property tests are deterministic (the same examples every run, on every worker) and have no
+# deadline: a time limit per example is a timing assertion, and would fail on a busy machine.
+# A test's own @settings still wins (the fuzz tests draw fresh seeds with DSAUDIT_FUZZ_RANDOM=1).
+settings.register_profile("dsaudit", deadline=None, derandomize=True)
+settings.load_profile("dsaudit")
 
 PG_ENV = "DSAUDIT_TEST_PG"
 """A SQLAlchemy URL of a PostgreSQL database whose user may CREATE DATABASE, e.g.
@@ -41,10 +49,17 @@ class PgServer:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
         self.admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
-        self._names = (f"dsaudit_test_{os.getpid()}_{n}" for n in itertools.count())
+        # Unique per process and per run: two runs in separate containers may share a server
+        # and a pid, and a name reused would drop the other run's database.
+        run = uuid.uuid4().hex[:8]
+        self.kept: list[str] = []
+        self._names = (f"dsaudit_test_{os.getpid()}_{run}_{n}" for n in itertools.count())
 
-    def create(self) -> str:
+    def create(self, *, keep: bool = False) -> str:
+        """A new empty database; with ``keep``, dropped only when the session ends."""
         name = next(self._names)
+        if keep:
+            self.kept.append(name)
         with self.admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE template0")
@@ -71,6 +86,8 @@ def pg_server() -> Iterator[PgServer]:
     except Exception as exc:  # the server named is not there: never a silent skip
         pytest.fail(f"{PG_ENV}={url}: cannot connect ({exc})", pytrace=False)
     yield server
+    for name in server.kept:
+        server.drop(server.url.set(database=name).render_as_string(hide_password=False))
     server.admin.dispose()
 
 
@@ -122,14 +139,34 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
 
 
-@pytest.fixture(scope="session", params=ENGINES)
-def demo_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """The demo's two versions ingested once per engine for every test that audits them
-    (read-only)."""
-    directory = tmp_path_factory.mktemp("demo")
-    if request.param == "sqlite":
-        return api.run_demo(directory)
-    return api.run_demo(directory, db=_new_catalog(request, request.param, directory))
+@pytest.fixture(scope="session")
+def _demo_runs() -> dict[str, DemoRun]:
+    """The demo's runs so far, by engine, kept for the whole session."""
+    return {}
+
+
+@pytest.fixture(params=ENGINES)
+def demo_run(
+    request: pytest.FixtureRequest,
+    _demo_runs: dict[str, DemoRun],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> DemoRun:
+    """The demo's two versions ingested once per engine (and per test worker) for every test
+    that audits them (read-only).
+
+    Not a session fixture with the engines as its params: pytest keeps one param's value at a
+    time, and rebuilt the demo each time the tests it ran switched engine (on 2 xdist workers,
+    every other test could).
+    """
+    engine = request.param
+    if engine not in _demo_runs:
+        directory = tmp_path_factory.mktemp("demo")
+        if engine == "sqlite":
+            _demo_runs[engine] = api.run_demo(directory)
+        else:  # its database is dropped with the session's server fixture's others
+            server: PgServer = request.getfixturevalue("pg_server")
+            _demo_runs[engine] = api.run_demo(directory, db=server.create(keep=True))
+    return _demo_runs[engine]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,7 +1,7 @@
 """dsaudit report: the model, its four renderings, the gates' exit codes, escaping, the caps.
 
-The demo catalog (session fixture ``demo_run``) is the ground truth: every planted problem must
-show in every format, with the count the plan says.
+The demo catalog (fixture ``demo_run``, built once per engine) is the ground truth: every
+planted problem must show in every format, with the count the plan says.
 """
 
 from __future__ import annotations
