@@ -25,7 +25,7 @@ from sqlalchemy.exc import DatabaseError
 from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
-from catalog.db import describe, open_catalog, reading, write_retrying
+from catalog.db import describe, open_catalog, reading, refresh_statistics, write_retrying
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
@@ -191,7 +191,7 @@ def ingest(
                 engine, lambda conn: ensure_recipes(conn, resolve_recipes(conn, recipes))
             )
         # Retried from the start if it lost a race with another writer (PostgreSQL only).
-        return write_retrying(
+        result = write_retrying(
             engine,
             lambda conn: _ingest(
                 conn,
@@ -204,6 +204,8 @@ def ingest(
                 recipes=resolve_recipes(conn, recipes) if near else (),
             ),
         )
+        refresh_statistics(engine)
+        return result
 
 
 def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing:

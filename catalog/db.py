@@ -382,6 +382,27 @@ def write_retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+GROWN_BY_INGEST = ("image", "item", "signature", "band_key", "pair")
+"""The tables an ingest adds most rows to: `refresh_statistics` analyses them."""
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """PostgreSQL: ANALYZE the tables an ingest grew, right after it committed.
+
+    The planner weighs a query's joins by the tables' statistics, which autovacuum refreshes
+    only a while after a large write (it wakes once a minute). A report run right after an
+    ingest was planned on guesses: two versions of 110k items, `duplicate_groups` took 1.9 s
+    against 0.5 s once analysed, `report` 5.9 s against 4.5 s, and ANALYZE took 1.0 s
+    (it samples a fixed number of rows, 30,000 at the default statistics target, so it costs
+    about the same at any size). Run outside the ingest's transaction, so that it holds no lock
+    while the ingest does. SQLite plans without statistics: nothing to do.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"ANALYZE {', '.join(GROWN_BY_INGEST)}")
+
+
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
     """A connection inside one read-only transaction: every query sees the same snapshot.

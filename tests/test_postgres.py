@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Connection, text
 
 from catalog import api, synth
-from catalog.db import PAIR_LOCK, open_catalog, write_retrying
+from catalog.db import GROWN_BY_INGEST, PAIR_LOCK, open_catalog, write_retrying
 from catalog.errors import QueryError
 from catalog.recipes import DEFAULT_RECIPES
 from tests.conftest import postgres_only
@@ -199,6 +199,29 @@ def test_two_ingests_at_once_equal_the_same_ingests_in_turn(
     assert pairs == _pairs(reference)
     # The planted pairs between the two new versions are there, whichever committed first.
     assert len({p[1:] for p in pairs}) >= 200
+
+
+@postgres_only
+def test_an_ingest_leaves_the_planner_statistics_of_what_it_grew(db: str, letters) -> None:  # type: ignore[no-untyped-def]
+    images, _labels = letters
+    api.ingest(db, "d", "v1", {"train": images[:300]})
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        # analyze_count counts ANALYZE commands only, not autovacuum's.
+        analysed = dict(
+            conn.exec_driver_sql(
+                "SELECT relname, analyze_count FROM pg_stat_user_tables"
+                f" WHERE relname IN {GROWN_BY_INGEST}"
+            ).all()
+        )
+        # The statistics themselves: band_key's rows are counted, none missed.
+        rows = conn.exec_driver_sql(
+            "SELECT c.reltuples, (SELECT COUNT(*) FROM band_key) FROM pg_class c"
+            " WHERE c.relname = 'band_key'"
+        ).one()
+    engine.dispose()
+    assert analysed == {table: 1 for table in GROWN_BY_INGEST}
+    assert rows[0] == rows[1] > 0
 
 
 @postgres_only
