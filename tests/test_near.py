@@ -349,7 +349,8 @@ def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[n
 def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignore[no-untyped-def]
     # A band range of new keys per query; each new key must seek its bucket, not scan bands.
     with engine.connect() as conn:
-        conn.exec_driver_sql(near.new_key_table(conn.dialect.name))
+        for statement in near.new_key_table(conn.dialect.name):
+            conn.exec_driver_sql(statement)
         if conn.dialect.name == "postgresql":
             recipe_id = ensure_recipes(conn, (PIXEL,))[PIXEL.name]
             conn.exec_driver_sql(
@@ -362,6 +363,7 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
                 "INSERT INTO dsaudit_new_key "
                 "SELECT g, mod(g, 24), g FROM generate_series(1, 20000) AS g"
             )
+            conn.exec_driver_sql(near.NEW_KEY_INDEX)
             sql, params = near.seek_statement(conn, range(0, near.SEEK_BANDS), recipe_id, 19)
             # band_key not analysed (as a while after a catalog's first ingest), then analysed:
             # either way the new keys outside, and one primary-key seek inside for each.
@@ -394,7 +396,8 @@ def test_old_members_are_seeked_bucket_by_bucket(engine) -> None:  # type: ignor
 def test_new_key_ordinals_are_64_bit(engine) -> None:  # type: ignore[no-untyped-def]
     # PostgreSQL's INTEGER is 4 bytes: a BIGINT there; SQLite's INTEGER PRIMARY KEY (the rowid).
     with engine.connect() as conn:
-        conn.exec_driver_sql(near.new_key_table(conn.dialect.name))
+        for statement in near.new_key_table(conn.dialect.name):
+            conn.exec_driver_sql(statement)
         row = (2**40, 3, -(2**63))
         db_module.bulk_insert(
             conn, "dsaudit_new_key", ("n", "band", "key"), Columns(*(np.array([v]) for v in row))
