@@ -86,9 +86,11 @@ def pg_server() -> Iterator[PgServer]:
     except Exception as exc:  # the server named is not there: never a silent skip
         pytest.fail(f"{PG_ENV}={url}: cannot connect ({exc})", pytrace=False)
     yield server
-    for name in server.kept:
-        server.drop(server.url.set(database=name).render_as_string(hide_password=False))
-    server.admin.dispose()
+    try:
+        for name in server.kept:
+            server.drop(server.url.set(database=name).render_as_string(hide_password=False))
+    finally:
+        server.admin.dispose()
 
 
 def _new_catalog(request: pytest.FixtureRequest, engine: str, directory: Path) -> str:
