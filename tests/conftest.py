@@ -142,15 +142,15 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(scope="session")
-def _demo_runs() -> dict[str, DemoRun]:
-    """The demo's runs so far, by engine, kept for the whole session."""
+def _demo_runs() -> dict[str, DemoRun | Exception]:
+    """The demo's runs so far, by engine, kept for the whole session (or how one failed)."""
     return {}
 
 
 @pytest.fixture(params=ENGINES)
 def demo_run(
     request: pytest.FixtureRequest,
-    _demo_runs: dict[str, DemoRun],
+    _demo_runs: dict[str, DemoRun | Exception],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> DemoRun:
     """The demo's two versions ingested once per engine (and per test worker) for every test
@@ -158,17 +158,23 @@ def demo_run(
 
     Not a session fixture with the engines as its params: pytest keeps one param's value at a
     time, and rebuilt the demo each time the tests it ran switched engine (on 2 xdist workers,
-    every other test could).
+    every other test could). A demo that failed fails every test that needs it, at once.
     """
     engine = request.param
     if engine not in _demo_runs:
         directory = tmp_path_factory.mktemp("demo")
-        if engine == "sqlite":
-            _demo_runs[engine] = api.run_demo(directory)
-        else:  # its database is dropped with the session's server fixture's others
-            server: PgServer = request.getfixturevalue("pg_server")
-            _demo_runs[engine] = api.run_demo(directory, db=server.create(keep=True))
-    return _demo_runs[engine]
+        try:
+            if engine == "sqlite":
+                _demo_runs[engine] = api.run_demo(directory)
+            else:  # its database is dropped with the session's server fixture's others
+                server: PgServer = request.getfixturevalue("pg_server")
+                _demo_runs[engine] = api.run_demo(directory, db=server.create(keep=True))
+        except Exception as exc:  # a skip (no server) is not an Exception: never kept
+            _demo_runs[engine] = exc
+    run = _demo_runs[engine]
+    if isinstance(run, Exception):
+        raise run
+    return run
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
