@@ -377,6 +377,10 @@ class BruteForce:
     read_seconds: float
     compute_seconds: float
     test_rows: int
+    density: np.ndarray | None = None
+    """With ``density=(max_distance, bins)``: int64 (bins,) counts of all (sample row, train or
+    valid row) pairs by float32 RMS distance in equal bins over [0, max_distance), neither
+    low-information (exact copies fall in bin 0); None otherwise."""
 
     @property
     def extrapolated_seconds(self) -> float:
@@ -389,11 +393,19 @@ def _low_info(unit: np.ndarray) -> np.ndarray:
     return unit.std(axis=1, dtype=np.float64) < LOW_INFO_STD
 
 
-def brute_force(version: Path, sample: int, seed: int, threshold: float = THRESHOLD) -> BruteForce:
+def brute_force(
+    version: Path,
+    sample: int,
+    seed: int,
+    threshold: float = THRESHOLD,
+    density: tuple[float, int] | None = None,
+) -> BruteForce:
     """BLAS brute force of ``sample`` random test rows against train + valid (module docstring).
 
     Distances are RMS on the 0-1 scale (pixels + 0.5), pixel-v1's distance before its 8-bit
     rounding. Pairs pass a float32 screen with BF_SLACK to spare, then float64 decides.
+    ``density=(max_distance, bins)`` also counts every pair by distance (`BruteForce.density`;
+    `benchmarks/recall_bound.py`), which costs a histogram pass over each chunk's products.
     """
     test = _load(version, "test")
     rows = np.sort(np.random.default_rng([seed, 4]).choice(len(test), sample, replace=False))
@@ -405,6 +417,7 @@ def brute_force(version: Path, sample: int, seed: int, threshold: float = THRESH
     read, compute = time.perf_counter() - started, 0.0
     pairs: dict[tuple[int, str, int], float] = {}
     exact = low_info = 0
+    counts = None if density is None else np.zeros(density[1], np.int64)
     for split in ("train", "valid"):
         base = _load(version, split)
         for start in range(0, len(base), BF_CHUNK):
@@ -414,6 +427,12 @@ def brute_force(version: Path, sample: int, seed: int, threshold: float = THRESH
             started = time.perf_counter()
             part_sq = np.einsum("ij,ij->i", part, part)
             squared = query_sq[:, None] + part_sq[None, :] - 2 * (query @ part.T)
+            if counts is not None and density is not None:
+                far = np.float32(np.inf)
+                rms = np.sqrt(np.maximum(squared, 0) / PIXELS)
+                rms[query_low, :] = far
+                rms[:, _low_info(part)] = far
+                counts += np.histogram(rms, bins=density[1], range=(0.0, density[0]))[0]
             i, j = np.nonzero(squared <= limit)
             diff = query[i].astype(np.float64) - part[j].astype(np.float64)
             distance = np.sqrt(np.einsum("ij,ij->i", diff, diff) / PIXELS)
@@ -427,7 +446,7 @@ def brute_force(version: Path, sample: int, seed: int, threshold: float = THRESH
             for a, b, d in zip(i[near], j[near], distance[near], strict=True):
                 pairs[int(rows[a]), split, start + int(b)] = float(d)
             compute += time.perf_counter() - started
-    return BruteForce(rows, pairs, exact, low_info, read, compute, len(test))
+    return BruteForce(rows, pairs, exact, low_info, read, compute, len(test), counts)
 
 
 # --- our pairs, from the catalog ----------------------------------------------------------------

@@ -165,3 +165,68 @@ def test_bad_sizes_are_usage_errors(scale: ModuleType, capsys: pytest.CaptureFix
         scale.main(["--sizes", "12x"])
     assert stop.value.code == 2
     assert "size '12x' is not a number like 125k or 1M" in capsys.readouterr().err
+
+
+# --- benchmarks/recall_bound.py -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bound(scale: ModuleType) -> ModuleType:
+    return importlib.import_module("recall_bound")
+
+
+def test_p_stable_collision_probability_matches_a_simulation(bound: ModuleType) -> None:
+    # Two points at distance c project to s and s + c * Z (Z standard normal) on a line cut
+    # into buckets of width w at a uniform random offset: they share a bucket iff both land in
+    # the same one.
+    rng = np.random.default_rng(7)
+    start = rng.uniform(0.0, 1.0, 400_000)
+    step = rng.standard_normal(400_000)
+    for w in (1.0, 4.0):
+        for c in (0.25, 1.0, 2.0, 4.0):
+            simulated = np.mean(np.floor(start + c * step / w) == 0)
+            assert abs(bound.collision_probability(c, w) - simulated) < 0.004, (w, c)
+    assert bound.collision_probability(0.0, 4.0) == 1.0
+    assert np.all(np.diff(bound.collision_probability(np.linspace(0.01, 3, 50), 4.0)) < 0)
+
+
+def test_brute_force_density_counts_every_pair_and_leaves_the_pairs_alone(
+    scale: ModuleType, workdir: Path, measured: dict
+) -> None:
+    version = workdir / f"n{N}" / "v1"
+    plain = scale.brute_force(version, 150, 0)
+    counted = scale.brute_force(version, 150, 0, density=(1.0, 2000))
+    assert plain.density is None
+    assert counted.pairs == plain.pairs
+    assert counted.density is not None and counted.density.shape == (2000,)
+    unit = {
+        split: np.load(version / f"{split}_x.npy").reshape(-1, scale.PIXELS) + 0.5
+        for split in ("train", "valid", "test")
+    }
+    kept = sum(int((~scale._low_info(unit[s])).sum()) for s in ("train", "valid"))
+    queries = int((~scale._low_info(unit["test"][counted.sample])).sum())
+    assert counted.density.sum() == queries * kept  # every distance is in [0, 1]
+    # Bins below the threshold hold at least the near pairs (and the exact copies, in bin 0).
+    below = int(scale.THRESHOLD * 2000) - 1
+    assert counted.density[:below].sum() <= len(plain.pairs) + plain.exact
+    assert counted.density[: below + 2].sum() >= len(plain.pairs)
+
+
+def test_bound_solves_both_models_and_the_ideal_one_is_cheaper(
+    bound: ModuleType, workdir: Path, measured: dict
+) -> None:
+    density = bound.measure(N, workdir, 150, 0)
+    assert density.rows == 150 and density.near.size >= 2
+    cheapest, best = bound.solve(density, 0.08, 24, 0.99, [10.0, 1e9])
+    by_model = {join.model: join for join in cheapest}
+    assert set(by_model) == {"p-stable", "ideal"}
+    assert all(join.recall >= 0.99 for join in cheapest)
+    assert by_model["ideal"].candidates <= by_model["p-stable"].candidates
+    # Candidates include the near pairs found: never fewer per row than recall * near / rows.
+    for join in cheapest:
+        assert join.candidates >= join.recall * density.near.size / density.rows
+    for join, budget in best:
+        assert join.candidates <= budget
+    text = bound.report(density, N, [24], 0.99, [10.0])
+    assert "| 24 | p-stable | w = " in text and "(cheapest with recall >= 0.99)" in text
+    assert "| all but low-information | " in text

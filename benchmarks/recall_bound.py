@@ -1,0 +1,255 @@
+"""What recall any band join could reach on benchmarks/scale.py's data, and at what price.
+
+Issue #6 asks for near-pair recall >= 0.99 against brute force at pixel-v1's default threshold
+(RMS 0.08 on the 0-1 scale). On scale.py's data pixel-v1 finds 0.45 of those pairs at 1M images.
+This script asks whether a better recipe could do much better at a price the time targets allow,
+from the data alone, without building one:
+
+1. The brute force of `scale.brute_force` on ``--sample`` test rows against train + valid, which
+   gives every near pair (within the threshold, not byte-equal, neither low-information) and
+   the density: how many pairs each sample row has at each distance (all pairs, in bins of
+   0.0005 over the whole range of RMS distances, 0 to 1).
+2. Two model band joins of ``b`` bands of ``r`` rows on the exact distance, whose candidates per
+   row and recall follow from that density alone:
+
+   - **p-stable** (E2LSH, Datar et al. 2004), the standard LSH family for Euclidean distance:
+     a row is ``floor((a.x + u) / w)`` for a Gaussian vector ``a`` and ``u`` uniform in
+     ``[0, w)``, so two images at distance ``c`` agree in a row with probability
+     `collision_probability` ``(c, w)``, in a band with its ``r``-th power. Searched over the
+     width ``w`` and ``r``.
+   - **ideal**: a family whose band collides with probability ``q ** ((d / R) ** 2)`` at
+     distance ``d`` (``q`` at the threshold ``R``), i.e. exponent ``rho = 1 / c**2``, which
+     lower bounds say no LSH family for Euclidean distance beats asymptotically (Andoni and
+     Indyk 2006; O'Donnell, Wu and Zhou 2014). Searched over ``q``.
+
+   A pair at distance ``d`` is a candidate with probability ``1 - (1 - P_band(d)) ** b``; the
+   expected candidates per row sum that over the density, and recall averages it over the near
+   pairs. The ideal model's candidates are a lower bound for any band join of ``b`` bands that
+   reaches the same recall on these pairs (asymptotically; finite-size families do worse).
+
+Prints (or writes to ``--out``) a Markdown report: the density, then for each band count the
+cheapest join of each model that reaches ``--target`` recall, and the best recall each reaches
+within each ``--budgets`` candidates per row. Results: benchmarks/RESULTS.md, section 4.
+
+    python benchmarks/recall_bound.py [--size 1M] [--sample 1000] [--bands 24,96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scale import (
+    CLOSE,
+    DEFAULT_WORKDIR,
+    THRESHOLD,
+    brute_force,
+    generate,
+    parse_size,
+)
+from scipy.stats import norm
+
+DENSITY_BINS = 2000
+"""Over RMS 0 to 1 (every possible distance): bins of 0.0005."""
+CUMULATIVE_AT = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30)
+WIDTHS = np.linspace(0.5, 12.0, 93)
+"""Bucket widths searched for the p-stable model, in units of the threshold."""
+MAX_ROWS = 60
+QS = np.concatenate([np.linspace(0.001, 0.05, 50), np.linspace(0.05, 0.999, 950)])
+"""Band collision probabilities at the threshold searched for the ideal model."""
+
+
+def collision_probability(c: np.ndarray | float, w: float) -> np.ndarray:
+    """P(two points at distance ``c`` share a p-stable bucket of width ``w``) (Datar et al.).
+
+    ``p(c) = 1 - 2 Phi(-w/c) - 2 / (sqrt(2 pi) w/c) (1 - exp(-(w/c)^2 / 2))``; 1 at ``c = 0``,
+    decreasing in ``c``.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    ratio = w / np.maximum(c, w * 1e-6)  # c = 0 is handled below; this keeps ratio**2 finite
+    p = (
+        1.0
+        - 2.0 * norm.cdf(-ratio)
+        - 2.0 / (np.sqrt(2.0 * np.pi) * ratio) * (1.0 - np.exp(-(ratio**2) / 2.0))
+    )
+    return np.where(c > 0, p, 1.0)
+
+
+@dataclass(frozen=True)
+class Join:
+    """One model band join and what it costs on the data."""
+
+    model: str
+    bands: int
+    setting: str
+    recall: float
+    recall_close: float
+    candidates: float
+    """Expected candidates per sample row."""
+
+
+@dataclass(frozen=True)
+class Density:
+    """The pairs of the sample: the near ones' distances and all pairs' counts by distance."""
+
+    near: np.ndarray
+    """float64 distances of the near pairs (within the threshold)."""
+    counts: np.ndarray
+    """int64 pairs per bin (DENSITY_BINS bins of equal width over [0, 1])."""
+    rows: int
+    """Sample rows the pairs belong to."""
+
+    @property
+    def centres(self) -> np.ndarray:
+        width = 1.0 / len(self.counts)
+        return (np.arange(len(self.counts)) + 0.5) * width
+
+    def per_row_within(self, distance: float) -> float:
+        """Pairs per sample row closer than ``distance`` (bins wholly below it)."""
+        upto = int(round(distance * len(self.counts)))
+        return float(self.counts[:upto].sum()) / self.rows
+
+
+def evaluate(
+    density: Density, radius: float, bands: int, band_at: np.ndarray, band_near: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recall, recall within CLOSE and expected candidates per row of settings.
+
+    Args:
+        band_at: (settings, bins) band collision probability at each bin's centre.
+        band_near: (settings, near pairs) the same at each near pair's distance.
+    """
+    found = 1.0 - (1.0 - band_near) ** bands
+    close = density.near <= CLOSE
+    recall = found.mean(axis=1) if density.near.size else np.ones(len(found))
+    recall_close = found[:, close].mean(axis=1) if close.any() else np.ones(len(found))
+    candidates = (1.0 - (1.0 - band_at) ** bands) @ density.counts / density.rows
+    return recall, recall_close, candidates
+
+
+def settings(density: Density, radius: float) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """Every (model, setting, band probability at bin centres, at near pairs) searched."""
+    at = density.centres / radius
+    near = density.near / radius
+    out = []
+    for w in WIDTHS:
+        row_at, row_near = collision_probability(at, w), collision_probability(near, w)
+        for rows in range(1, MAX_ROWS + 1):
+            out.append(("p-stable", f"w = {w:.2f} R, r = {rows}", row_at**rows, row_near**rows))
+    for q in QS:
+        out.append(("ideal", f"q = {q:.3f}", q ** (at**2), q ** (near**2)))
+    return out
+
+
+def solve(
+    density: Density, radius: float, bands: int, target: float, budgets: Sequence[float]
+) -> tuple[list[Join], list[tuple[Join, float]]]:
+    """The cheapest join of each model reaching ``target`` recall, and the best recall of each
+    within each budget of candidates per row, with that budget (models without such a setting
+    are left out)."""
+    cheapest: list[Join] = []
+    best: list[tuple[Join, float]] = []
+    every = settings(density, radius)
+    for model in ("p-stable", "ideal"):
+        chosen = [s for s in every if s[0] == model]
+        recall, close, candidates = evaluate(
+            density,
+            radius,
+            bands,
+            np.stack([s[2] for s in chosen]),
+            np.stack([s[3] for s in chosen]),
+        )
+        joins = [
+            Join(model, bands, s[1], float(r), float(c), float(n))
+            for s, r, c, n in zip(chosen, recall, close, candidates, strict=True)
+        ]
+        reaching = np.flatnonzero(recall >= target)
+        if reaching.size:
+            cheapest.append(joins[int(reaching[np.argmin(candidates[reaching])])])
+        for budget in budgets:
+            within = np.flatnonzero(candidates <= budget)
+            if within.size:
+                best.append((joins[int(within[np.argmax(recall[within])])], budget))
+    return cheapest, best
+
+
+def measure(size: int, workdir: Path, sample: int, seed: int) -> Density:
+    """The near pairs and density of ``sample`` test rows of scale.py's data at ``size``."""
+    generate(size, workdir / f"n{size}", seed)
+    version = workdir / f"n{size}" / "v1"
+    brute = brute_force(version, sample, seed, THRESHOLD, density=(1.0, DENSITY_BINS))
+    assert brute.density is not None
+    near = np.array(sorted(brute.pairs.values()), dtype=np.float64)
+    return Density(near, brute.density, len(brute.sample))
+
+
+def report(
+    density: Density,
+    size: int,
+    bands: Sequence[int],
+    target: float,
+    budgets: Sequence[float],
+) -> str:
+    lines = [
+        f"Data: benchmarks/scale.py at {size:,} images; {density.rows:,} test rows against "
+        f"train + valid; threshold R = {THRESHOLD} (RMS, 0-1 scale).",
+        "",
+        "| pairs per test row within | " + " | ".join(f"{d}" for d in CUMULATIVE_AT) + " |",
+        "|---|" + "---:|" * len(CUMULATIVE_AT),
+        "| all but low-information | "
+        + " | ".join(f"{density.per_row_within(d):,.2f}" for d in CUMULATIVE_AT)
+        + " |",
+        "",
+        f"Near pairs (within R, not byte-equal): {density.near.size:,}, of which "
+        f"{int((density.near <= CLOSE).sum()):,} within {CLOSE}.",
+        "",
+        f"| bands | model | setting | recall | within {CLOSE} | expected candidates per row |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    rows: list[tuple[Join, str]] = []
+    for b in bands:
+        cheapest, best = solve(density, THRESHOLD, b, target, budgets)
+        rows += [(join, f"cheapest with recall >= {target}") for join in cheapest]
+        rows += [(join, f"best recall within {budget:g}") for join, budget in best]
+    for join, why in rows:
+        lines.append(
+            f"| {join.bands} | {join.model} | {join.setting} ({why}) | {join.recall:.3f} | "
+            f"{join.recall_close:.3f} | {join.candidates:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=parse_size, default=parse_size("1M"))
+    parser.add_argument("--sample", type=int, default=1000, help="test rows (default 1000)")
+    parser.add_argument("--bands", default="24,96", help="band counts (default 24,96)")
+    parser.add_argument("--target", type=float, default=0.99, help="recall (default 0.99)")
+    parser.add_argument(
+        "--budgets", default="130,1000", help="candidates per row (default 130,1000)"
+    )
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file (default: print)")
+    args = parser.parse_args(argv)
+    density = measure(args.size, args.workdir, args.sample, args.seed)
+    text = report(
+        density,
+        args.size,
+        [int(b) for b in args.bands.split(",")],
+        args.target,
+        [float(b) for b in args.budgets.split(",")],
+    )
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
