@@ -130,22 +130,40 @@ def test_planted_edits_are_within_the_threshold_and_distinct_letters_are_not() -
     assert (R.distances(other[:200], other[200:]) > R.radius).mean() > 0.97
 
 
-@pytest.mark.parametrize("radius", [0.05, 0.08, 0.1, 0.15])
-def test_brute_force_within_radius_equals_the_recipe_distances(radius: float) -> None:
+@pytest.fixture(scope="module")
+def all_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Letters with shifted and down-up copies, their signatures, every (i, j) and its distance
+    (computed once: 36k pixshift distances take seconds)."""
     images, _ = synth.render_letters(150, np.random.default_rng(11))
     images = np.concatenate([images, synth.shift(images[:20], 1, -1), synth.down_up(images[:20])])
     sigs = R.signatures(unit(images))
     i, j = np.meshgrid(np.arange(len(images)), np.arange(len(images)), indexing="ij")
-    exact = R.distances(sigs[i.ravel()], sigs[j.ravel()]).reshape(i.shape) <= radius
+    return (
+        images,
+        sigs,
+        np.stack([i.ravel(), j.ravel()]),
+        R.distances(sigs[i.ravel()], sigs[j.ravel()]),
+    )
+
+
+@pytest.mark.parametrize("radius", [0.05, 0.08, 0.1, 0.15])
+def test_brute_force_within_radius_equals_the_recipe_distances(
+    radius: float, all_pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    images, _, _, distances = all_pairs
+    exact = distances.reshape(len(images), len(images)) <= radius
     close = within_radius(images, images, radius)
     np.testing.assert_array_equal(close, exact)
-    verified = R.verifier(sigs)(i.ravel(), j.ravel()).reshape(i.shape)
-    np.testing.assert_array_equal(
-        verified, R.distances(sigs[i.ravel()], sigs[j.ravel()]).reshape(i.shape)
-    )
     assert 40 < close.sum() - len(images) < 0.1 * close.size  # some pairs, not all
     with pytest.raises(ValueError, match="25x25 to 32x32"):
         within_radius(images[:, :24, :24], images[:, :24, :24], radius)
+
+
+def test_the_verifier_equals_the_recipe_distances(
+    all_pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    _, sigs, (i, j), distances = all_pairs
+    np.testing.assert_array_equal(R.verifier(sigs)(i, j), distances)
 
 
 def test_other_shapes_are_never_pairs() -> None:
