@@ -9,6 +9,7 @@ throwaway server). A test that is about SQLite itself says so with `sqlite_only`
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import uuid
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from catalog import api
+from catalog import api, demo
 from catalog.db import open_catalog
 from catalog.demo import DemoRun
 
@@ -139,6 +140,21 @@ def runner() -> CliRunner:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_made_once_per_process() -> Iterator[None]:
+    """`catalog.demo.make_demo` made once per process for each seed and size.
+
+    It is deterministic and slow (about 6 s at the default size, most of it keeping rendered
+    letters apart), and its Demo is read-only. The demo fixtures, the demo's CLI runs and the
+    tests of its data would otherwise make the same one eight to ten times a run. The tests of
+    its determinism call the function behind the cache (``make_demo.__wrapped__``).
+    """
+    cached = functools.lru_cache(maxsize=8)(demo.make_demo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "make_demo", cached)
+        yield
 
 
 @pytest.fixture(scope="session")
