@@ -10,11 +10,13 @@ throwaway server). A test that is about SQLite itself says so with `sqlite_only`
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,11 +149,22 @@ def _demo_made_once_per_process() -> Iterator[None]:
     """`catalog.demo.make_demo` made once per process for each seed and size.
 
     It is deterministic and slow (about 6 s at the default size, most of it keeping rendered
-    letters apart), and its Demo is read-only. The demo fixtures, the demo's CLI runs and the
-    tests of its data would otherwise make the same one eight to ten times a run. The tests of
-    its determinism call the function behind the cache (``make_demo.__wrapped__``).
+    letters apart); its arrays are read-only and no test changes a Demo. The demo fixtures,
+    the demo's CLI runs and the tests of its data would otherwise make the same one eight to
+    ten times a run. The tests of its determinism call the function behind the cache
+    (``make_demo.__wrapped__``).
     """
-    cached = functools.lru_cache(maxsize=8)(demo.make_demo)
+    make = demo.make_demo
+    signature = inspect.signature(make)
+    made = functools.lru_cache(maxsize=8)(make)
+
+    @functools.wraps(make)
+    def cached(*args: Any, **kwargs: Any) -> demo.Demo:
+        # One key per demo: make_demo() and make_demo(seed=0) are the same call.
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return made(*bound.args)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(demo, "make_demo", cached)
         yield
