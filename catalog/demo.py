@@ -716,11 +716,15 @@ def _separated_letters(
         close_to_kept = (to_kept < limit).any(axis=1)
         close_to_kept |= within_radius(images, kept_raw, PIXEL_SHIFT.radius).any(axis=1)
         close = (within < limit) | within_radius(images, images, PIXEL_SHIFT.radius)
-        accepted = np.zeros(len(images), dtype=bool)
-        for i in range(len(images)):
-            if close_to_kept[i] or close[i, accepted].any():
-                continue
-            accepted[i] = True
+        # Greedy, in order: a candidate is kept unless it is close to the kept set or to an
+        # earlier candidate kept this round. Only candidates close to an earlier one depend on
+        # what came before them, so only those are decided one at a time.
+        free = ~close_to_kept
+        earlier = np.tril(close, -1) & free[None, :]
+        contested = earlier.any(axis=1)
+        accepted = free & ~contested
+        for i in np.flatnonzero(free & contested):
+            accepted[i] = not (earlier[i] & accepted).any()
         kept = np.concatenate([kept, x[accepted]])
         kept_raw = np.concatenate([kept_raw, images[accepted]])
         kept_images.append(images[accepted])
