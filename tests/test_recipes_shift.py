@@ -152,8 +152,10 @@ def test_brute_force_within_radius_equals_the_recipe_distances(
 ) -> None:
     images, _, _, distances = all_pairs
     exact = distances.reshape(len(images), len(images)) <= radius
-    close = within_radius(images, images, radius)
+    close = within_radius(images, images, radius)  # one batch: half the shifts, transposed
     np.testing.assert_array_equal(close, exact)
+    np.testing.assert_array_equal(within_radius(images, images.copy(), radius), exact)
+    np.testing.assert_array_equal(within_radius(images[:50], images, radius), exact[:50])
     assert 40 < close.sum() - len(images) < 0.1 * close.size  # some pairs, not all
     with pytest.raises(ValueError, match="25x25 to 32x32"):
         within_radius(images[:, :24, :24], images[:, :24, :24], radius)
