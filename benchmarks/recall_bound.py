@@ -54,10 +54,10 @@ from scale import (
     THRESHOLD,
     brute_force,
     generate,
+    is_low_info,
+    load_split,
     parse_size,
 )
-from scale import _load as load
-from scale import _low_info as low_info
 from scipy.stats import norm
 
 DENSITY_BINS = 2000
@@ -66,6 +66,7 @@ CUMULATIVE_AT = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30)
 WIDTHS = np.linspace(0.5, 12.0, 93)
 """Bucket widths searched for the p-stable model, in units of the threshold."""
 MAX_ROWS = 60
+"""Rows per band searched for the p-stable model: 1 to this."""
 QS = np.concatenate([np.linspace(0.001, 0.05, 50), np.linspace(0.05, 0.999, 950)])
 """Band collision probabilities at the threshold searched for the ideal model."""
 
@@ -223,9 +224,9 @@ def measure(size: int, workdir: Path, sample: int, seed: int) -> Density:
     brute = brute_force(version, sample, seed, THRESHOLD, density=(1.0, DENSITY_BINS))
     assert brute.density is not None
     near = np.array(sorted(brute.pairs.values()), dtype=np.float64)
-    test = load(version, "test")
+    test = load_split(version, "test")
     queries = np.asarray(test[brute.sample], np.float32).reshape(len(brute.sample), PIXELS) + 0.5
-    return Density(near, brute.density, int((~low_info(queries)).sum()))
+    return Density(near, brute.density, int((~is_low_info(queries)).sum()))
 
 
 def report(
@@ -266,14 +267,34 @@ def report(
     return "\n".join(lines)
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list like 24,96") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': band counts start at 1")
+    return counts
+
+
+def _budgets(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list like 215,1000") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1M"))
     parser.add_argument("--sample", type=int, default=1000, help="test rows (default 1000)")
-    parser.add_argument("--bands", default="24,96", help="band counts (default 24,96)")
+    parser.add_argument(
+        "--bands", type=_counts, default="24,96", help="band counts (default 24,96)"
+    )
     parser.add_argument("--target", type=float, default=0.99, help="recall (default 0.99)")
     parser.add_argument(
         "--budgets",
+        type=_budgets,
         default="215,1000",
         help="candidates per row (default 215,1000; pixel-v1 has about 215 at 1M, see RESULTS)",
     )
@@ -285,9 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(
         density,
         args.size,
-        [int(b) for b in args.bands.split(",")],
+        args.bands,
         args.target,
-        [float(b) for b in args.budgets.split(",")],
+        args.budgets,
     )
     if args.out:
         args.out.write_text(text + "\n")

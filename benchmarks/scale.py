@@ -326,7 +326,7 @@ def generate(n: int, directory: Path, seed: int = 0) -> dict[str, object]:
 # --- baselines -----------------------------------------------------------------------------------
 
 
-def _load(version: Path, split: str) -> np.ndarray:
+def load_split(version: Path, split: str) -> np.ndarray:
     return np.load(images_path(version, split), mmap_mode="r")
 
 
@@ -337,7 +337,7 @@ def unique_baselines(version: Path) -> dict[str, float]:
     ``numpy_indexed`` (``numpy_indexed.unique``; absent when the package is not installed).
     """
     started = time.perf_counter()
-    rows = np.concatenate([_load(version, split).reshape(-1, PIXELS) for split in SPLITS])
+    rows = np.concatenate([load_split(version, split).reshape(-1, PIXELS) for split in SPLITS])
     load = time.perf_counter() - started
     out = {"np.unique": load + unique_rows_seconds(rows)}
     started = time.perf_counter()
@@ -355,8 +355,8 @@ def unique_baselines(version: Path) -> dict[str, float]:
 
 def loop_baseline(version: Path, sample: int, seed: int) -> float:
     """The corrected loop, train images against valid, extrapolated to all of train (seconds)."""
-    train = _load(version, "train")
-    valid = np.asarray(_load(version, "valid"))
+    train = load_split(version, "train")
+    valid = np.asarray(load_split(version, "valid"))
     picks = np.sort(np.random.default_rng([seed, 5]).choice(len(train), sample, replace=False))
     return exact_loop_seconds(np.asarray(train[picks]), valid, len(train))
 
@@ -389,7 +389,7 @@ class BruteForce:
         return self.read_seconds + self.compute_seconds * self.test_rows / len(self.sample)
 
 
-def _low_info(unit: np.ndarray) -> np.ndarray:
+def is_low_info(unit: np.ndarray) -> np.ndarray:
     """`catalog.pixels.low_information` on rows (n, 784) of 0-1 pixels, in float64."""
     return unit.std(axis=1, dtype=np.float64) < LOW_INFO_STD
 
@@ -421,19 +421,19 @@ def brute_force(
     ``density=(top, bins)`` also counts every pair by distance (`BruteForce.density`;
     `benchmarks/recall_bound.py`): a histogram pass over each chunk's products, timed apart.
     """
-    test = _load(version, "test")
+    test = load_split(version, "test")
     rows = np.sort(np.random.default_rng([seed, 4]).choice(len(test), sample, replace=False))
     started = time.perf_counter()
     query = np.asarray(test[rows], np.float32).reshape(len(rows), PIXELS) + np.float32(0.5)
     query_sq = np.einsum("ij,ij->i", query, query)
-    query_low = _low_info(query)
+    query_low = is_low_info(query)
     limit = PIXELS * threshold**2 + BF_SLACK
     read, compute = time.perf_counter() - started, 0.0
     pairs: dict[tuple[int, str, int], float] = {}
     exact = low_info = 0
     counts = None if density is None else np.zeros(density[1], np.int64)
     for split in ("train", "valid"):
-        base = _load(version, split)
+        base = load_split(version, split)
         for start in range(0, len(base), BF_CHUNK):
             started = time.perf_counter()
             part = base[start : start + BF_CHUNK].reshape(-1, PIXELS) + np.float32(0.5)
@@ -443,14 +443,14 @@ def brute_force(
             squared = query_sq[:, None] + part_sq[None, :] - 2 * (query @ part.T)
             if counts is not None and density is not None:  # not part of the baseline's time
                 compute += time.perf_counter() - started
-                counts += _histogram(squared, query_low, _low_info(part), density)
+                counts += _histogram(squared, query_low, is_low_info(part), density)
                 started = time.perf_counter()
             i, j = np.nonzero(squared <= limit)
             diff = query[i].astype(np.float64) - part[j].astype(np.float64)
             distance = np.sqrt(np.einsum("ij,ij->i", diff, diff) / PIXELS)
             keep = distance <= threshold
             i, j, distance = i[keep], j[keep], distance[keep]
-            low = query_low[i] | _low_info(part[j])
+            low = query_low[i] | is_low_info(part[j])
             same = distance == 0
             exact += int(same.sum())
             low_info += int((low & ~same).sum())

@@ -204,8 +204,8 @@ def test_brute_force_density_counts_every_pair_and_leaves_the_pairs_alone(
         split: np.load(version / f"{split}_x.npy").reshape(-1, scale.PIXELS) + 0.5
         for split in ("train", "valid", "test")
     }
-    kept = sum(int((~scale._low_info(unit[s])).sum()) for s in ("train", "valid"))
-    queries = int((~scale._low_info(unit["test"][counted.sample])).sum())
+    kept = sum(int((~scale.is_low_info(unit[s])).sum()) for s in ("train", "valid"))
+    queries = int((~scale.is_low_info(unit["test"][counted.sample])).sum())
     assert counted.density.sum() == queries * kept  # every distance is in [0, 1]
     # Bins below the threshold hold at least the near pairs (and the exact copies, in bin 0).
     below = int(scale.THRESHOLD * 2000) - 1
