@@ -1175,18 +1175,30 @@ class NearIndexer:
 
     def _stored_resident(self, recipe: Recipe, recipe_id: int, image_ids: np.ndarray) -> _Resident:
         """`_resident` of catalogued images (``image_ids`` sorted, unique, not empty), from their
-        stored signatures, read and summarised a slice at a time."""
-        return _concatenate(
-            [
-                _resident(
-                    recipe,
-                    self._signatures(
-                        recipe_id, image_ids[start : start + RESIDENT_SLICE], recipe.signature_bytes
-                    ),
-                )
-                for start in range(0, image_ids.size, RESIDENT_SLICE)
-            ]
-        )
+        stored signatures, read and summarised a block of ids at a time (`_verify_blocks`'
+        blocks).
+
+        A block whose wanted ids fill a good part of it (`BLOCK_SCAN_SHARE`) is read by one
+        range scan of the signature table's primary key, the others by looking their ids up. An
+        incremental ingest into a dense catalog wants most of it: the 5 % new images of the 1M
+        benchmark's v2 have old members among about 0.9M of its 1M images, whose summaries took
+        7.1 s (pixel-v1) and 2.8 s (phash256-v2) looked up, 6.2 s and 1.4 s so (medians of 3).
+        """
+        size = recipe.signature_bytes
+        block = max(1, VERIFY_BLOCK_BYTES // size)
+        which = image_ids // block
+        cuts = np.flatnonzero(np.r_[True, which[1:] != which[:-1], True])
+        parts: list[_Resident] = []
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            ids = image_ids[lo:hi]
+            if ids.size >= BLOCK_SCAN_SHARE * block:
+                scanned, values = self._block_scan(recipe, recipe_id, int(which[lo]) * block, block)
+                parts.append(_resident(recipe, values[np.searchsorted(scanned, ids)]))
+                continue
+            for start in range(0, ids.size, RESIDENT_SLICE):
+                part = ids[start : start + RESIDENT_SLICE]
+                parts.append(_resident(recipe, self._signatures(recipe_id, part, size)))
+        return _concatenate(parts)
 
     def _old_members(
         self, recipe_id: int, keys: np.ndarray

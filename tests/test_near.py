@@ -562,6 +562,58 @@ def test_verification_sides_from_the_spill_equal_those_from_the_catalog(  # type
     assert sides["new"] and sides["old"] and sides["both"], sides
 
 
+def test_stored_residents_scanned_or_looked_up_equal_the_signatures_summaries(  # type: ignore[no-untyped-def]
+    db: str, letters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catalogued images' resident summaries (`NearIndexer._stored_resident`) are those of
+    their stored signatures, in id order, whether a block of ids is read by one range scan
+    (wanted ids fill at least `BLOCK_SCAN_SHARE` of it) or by looking its ids up: blocks of 40
+    ids, one wanted whole, one a fifth (looked up), one 12 of 40 (scanned, the others left)."""
+    images, _labels = letters
+    api.ingest(db, "l", "v1", {"train": images[:200]})
+    engine = open_catalog(db)
+    scans: list[int] = []
+    original = near.NearIndexer._block_scan
+
+    def counted(self, recipe, recipe_id, first, block):  # type: ignore[no-untyped-def]
+        scans.append(first)
+        return original(self, recipe, recipe_id, first, block)
+
+    monkeypatch.setattr(near.NearIndexer, "_block_scan", counted)
+    try:
+        with writing(engine) as conn:
+            indexer = near.NearIndexer(conn, DEFAULT_RECIPES)
+            try:
+                for recipe in DEFAULT_RECIPES:
+                    recipe_id = indexer.ids[recipe.name]
+                    monkeypatch.setattr(near, "VERIFY_BLOCK_BYTES", 40 * recipe.signature_bytes)
+                    signed = conn.exec_driver_sql(
+                        f"SELECT image_id FROM signature WHERE recipe_id = {recipe_id}"
+                    )
+                    stored = {row[0] for row in signed}
+                    wanted = np.array(
+                        [i for i in range(40, 80) if i in stored]
+                        + [i for i in range(80, 120, 5) if i in stored]
+                        + [i for i in range(120, 160, 3) if i in stored][:12],
+                        np.int64,
+                    )
+                    scans.clear()
+                    got = indexer._stored_resident(recipe, recipe_id, wanted)
+                    assert scans == [40, 120], recipe.name
+                    expected = near._resident(
+                        recipe, indexer._signatures(recipe_id, wanted, recipe.signature_bytes)
+                    )
+                    if isinstance(expected, Screen):
+                        assert isinstance(got, Screen) and _same_screen(got, expected)
+                    else:
+                        assert isinstance(got, np.ndarray) and isinstance(expected, np.ndarray)
+                        np.testing.assert_array_equal(got, expected)
+            finally:
+                indexer.close()
+    finally:
+        engine.dispose()
+
+
 def test_pairs_are_stored_in_primary_key_order(  # type: ignore[no-untyped-def]
     db: str, letters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
