@@ -170,7 +170,8 @@ def ingest(
         db: catalog path, URL or engine; created if missing.
         splits: from `plan`; or arrays in memory: ``{"train": (images, labels), "test": images}``
             with images shaped (N, H, W) or (N, H, W, C); or the path of an image folder.
-        near: sign new images under the catalog's recipes and find their near pairs.
+        near: sign new images under the catalog's recipes and find their near pairs; False
+            (exact only) is for a catalog without recipes, which then stays exact-only.
         recipes: recipe names to make a new catalog with (default: `DEFAULT_RECIPES`); a
             catalog keeps its recipes, see `catalog.near.resolve_recipes`.
         labels, skip_bad: for an image folder given by path, see `plan`.
@@ -201,7 +202,7 @@ def ingest(
                 note=note,
                 parent=parent,
                 on_progress=on_progress,
-                recipes=resolve_recipes(conn, recipes) if near else (),
+                recipes=resolve_recipes(conn, recipes, near=near),
             ),
         )
         refresh_statistics(engine)

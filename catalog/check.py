@@ -10,6 +10,8 @@ reports how many problems it found with a few examples:
 - ``pair-order``: pairs whose ``image_a >= image_b`` (each pair is stored once, ordered);
 - ``recipes``: each recipe's fingerprint recomputed from its stored parameters, and its name,
   family, radius and threshold columns agreeing with them;
+- ``signatures``: every informative image is signed under every recipe of the catalog (an
+  unsigned one would be missing from near-duplicate findings without a word);
 - ``band-keys``: every signed, informative image has one key per LSH band of its recipe, and no
   low-information image has any (they stay out of the band join);
 - ``digests``: a seeded sample of items is read again from its source files, where those are
@@ -225,6 +227,36 @@ def check_recipes(conn: Connection) -> CheckResult:
     )
 
 
+def check_signatures(conn: Connection) -> CheckResult:
+    # One seek of the signature table's primary key per informative image and recipe.
+    unsigned = """
+        FROM image i WHERE i.low_info = :no AND NOT EXISTS (
+            SELECT 1 FROM signature s WHERE s.recipe_id = :recipe AND s.image_id = i.id)"""
+    problems = 0
+    examples: list[str] = []
+    recipes = _rows(conn, "SELECT id, name FROM recipe ORDER BY id")
+    for recipe in recipes:
+        found = conn.execute(
+            text(f"SELECT COUNT(*) {unsigned}"), {"no": False, "recipe": recipe.id}
+        ).scalar_one()
+        problems += found
+        for (image_id,) in _rows(
+            conn,
+            f"SELECT i.id {unsigned} ORDER BY i.id LIMIT {EXAMPLES}",
+            no=False,
+            recipe=recipe.id,
+        ):
+            examples.append(f"image {image_id} has no signature under {recipe.name}")
+    checked = conn.execute(text("SELECT COUNT(*) FROM image WHERE low_info = :no"), {"no": False})
+    return CheckResult(
+        name="signatures",
+        description="every informative image signed under every recipe of the catalog",
+        problems=problems,
+        examples=tuple(examples[:EXAMPLES]),
+        checked=checked.scalar_one() * len(recipes),
+    )
+
+
 def _bands(params: str) -> int | None:
     try:
         bands = json.loads(params)["lsh"]["bands"]
@@ -426,6 +458,7 @@ def check(
         ("orphans", lambda: check_orphans(conn)),
         ("pair-order", lambda: check_pair_order(conn)),
         ("recipes", lambda: check_recipes(conn)),
+        ("signatures", lambda: check_signatures(conn)),
         ("band-keys", lambda: check_band_keys(conn)),
         ("digests", lambda: check_digests(conn, sample, seed)),
         ("stored-reports", lambda: check_stored_reports(conn)),

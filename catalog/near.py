@@ -43,6 +43,7 @@ from catalog.db import (
     Columns,
     bulk_insert,
     create_indexes,
+    describe,
     drop_indexes_for,
     fetch_batches,
     fetch_integers,
@@ -192,21 +193,40 @@ def ensure_recipes(conn: Connection, recipes: Sequence[Recipe]) -> dict[str, int
     return ids
 
 
-def resolve_recipes(conn: Connection, names: Sequence[str] | None = None) -> tuple[Recipe, ...]:
+def resolve_recipes(
+    conn: Connection, names: Sequence[str] | None = None, *, near: bool = True
+) -> tuple[Recipe, ...]:
     """The recipes an ingest into this catalog signs with.
 
     A catalog keeps the recipes it was made with: every recipe it has registered is used again,
     so each of them covers every image signed since. ``names`` (``dsaudit ingest --recipe``)
-    chooses them at a catalog's first near-duplicate ingest; later, naming a recipe the catalog
-    lacks is refused while it holds images, because their pixels are not kept and they could
-    never be signed under it. Without ``names`` a new catalog gets `DEFAULT_RECIPES`.
+    chooses them at a catalog's first ingest; without ``names`` a new catalog gets
+    `DEFAULT_RECIPES`. A catalog made exact-only (``near`` False: no recipes) stays so.
+
+    Whatever would leave an informative image unsigned under a recipe of the catalog is
+    refused, because near-duplicate findings would then miss its pairs without a word, and its
+    pixels are not kept to sign it later: a recipe new to a catalog that holds images (signed
+    or exact-only), and an exact-only ingest into a catalog that has recipes.
+
+    Returns:
+        the recipes, empty for an exact-only ingest.
 
     Raises:
-        UsageError: an unknown recipe name, or a new recipe for a catalog holding images.
+        UsageError: an unknown recipe name, a new recipe for a catalog holding images, or an
+            exact-only ingest into a catalog with recipes.
         SchemaError: the catalog's recipes were made by a release that does not know them.
     """
     table = core_table(RecipeRecord)
     registered = conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all()
+    catalog = describe(conn.engine.url.render_as_string(hide_password=False))
+    if not near:
+        if registered:
+            raise UsageError(
+                f"{catalog}: the catalog signs every image with {', '.join(registered)}: an "
+                "exact-only ingest would leave its new images unsigned, and near-duplicate "
+                "findings would miss them without a word; drop --exact-only"
+            )
+        return ()
     chosen: list[Recipe] = []
     for name in registered:
         try:
@@ -216,10 +236,10 @@ def resolve_recipes(conn: Connection, names: Sequence[str] | None = None) -> tup
                 f"the catalog signs images with recipe '{name}', which this dsaudit does not "
                 "know; use the dsaudit release that made the catalog"
             ) from None
-    if names is None:
-        return tuple(chosen) if chosen else DEFAULT_RECIPES
     added: list[Recipe] = []
-    for name in dict.fromkeys(names):
+    if names is None:
+        added = [] if chosen else list(DEFAULT_RECIPES)
+    for name in dict.fromkeys(names or ()):
         try:
             recipe = get_recipe(name)
         except ValueError as error:
@@ -227,11 +247,17 @@ def resolve_recipes(conn: Connection, names: Sequence[str] | None = None) -> tup
         if recipe.name not in registered:
             added.append(recipe)
     if added and conn.execute(select(core_table(Image).c.id).limit(1)).first() is not None:
+        if not registered:
+            raise UsageError(
+                f"{catalog}: the catalog was made exact-only: its images were never signed, and "
+                "their pixels are not kept, so near-duplicate findings would miss them without "
+                "a word; ingest with --exact-only, or into a new catalog to find near duplicates"
+            )
         missing = ", ".join(recipe.name for recipe in added)
         raise UsageError(
-            f"the catalog already holds images that were never signed under {missing}, and "
-            "their pixels are not kept; choose recipes at a catalog's first ingest, or ingest "
-            "into a new catalog"
+            f"{catalog}: the catalog already holds images that were never signed under "
+            f"{missing}, and their pixels are not kept; choose recipes at a catalog's first "
+            "ingest, or ingest into a new catalog"
         )
     return (*chosen, *added)
 

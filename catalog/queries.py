@@ -603,8 +603,8 @@ def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapRep
 def _answers(conn: Connection, report: OverlapReport, split_ids: Sequence[int]) -> bool:
     """Whether a stored report is what `overlap` of these splits, with every recipe at its
     default threshold, would compute: a subset of the version's splits, or another order, is
-    another report; and a catalog whose first ingest was exact-only gains recipes at its first
-    near ingest."""
+    another report; and a catalog made before 2026-12-02 may have gained recipes after
+    exact-only ingests (`catalog.near.resolve_recipes` refuses that since)."""
     tiers = [(name, t) for _id, name, t in select_recipes(conn, None, None)]
     return [s.split_id for s in report.splits] == list(split_ids) and [
         (t.recipe, t.threshold) for t in report.near

@@ -239,7 +239,11 @@ def ingest(
     exact_only: Annotated[
         bool,
         typer.Option(
-            "--exact-only", help="Skip near-duplicate signatures (exact digests only; faster)."
+            "--exact-only",
+            help=(
+                "Exact digests only: no near-duplicate signatures (faster). For a catalog "
+                "without recipes, which then stays exact-only; refused by one with recipes."
+            ),
         ),
     ] = False,
     recipes: Annotated[

@@ -295,3 +295,37 @@ def test_a_zip_member_that_is_not_npy_is_ignored_not_fatal(tmp_path: Path) -> No
         archive.writestr("README.txt", "not an array")
     (split,) = api.plan([path])
     assert split.name == "train"
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "fragment"),
+    [
+        (["--exact-only"], [], "made exact-only"),
+        (["--exact-only"], ["--recipe", "pixel-v1"], "made exact-only"),
+        ([], ["--exact-only"], "drop --exact-only"),
+        ([], ["--recipe", "pixshift-v1"], "never signed under pixshift-v1"),
+    ],
+    ids=["near after exact-only", "recipe after exact-only", "exact-only after near", "new recipe"],
+)
+def test_an_ingest_that_would_leave_images_unsigned_is_refused(
+    runner: CliRunner, tmp_path: Path, first: list[str], then: list[str], fragment: str
+) -> None:
+    """Near findings would miss unsigned images without a word, and pixels are not kept to sign
+    them later: so every informative image is signed under every recipe of its catalog, or the
+    catalog has none. The refusal names the catalog, and leaves it as it was."""
+    path = tmp_path / "c.db"
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=_images(12))
+    made = runner.invoke(app, ["--db", str(path), "ingest", "d", "v1", str(data), *first])
+    assert made.exit_code == 0, made.output
+    before = catalog_state(path)
+    result = runner.invoke(app, ["--db", str(path), "ingest", "d", "v2", str(data), *then])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.stderr
+    assert fragment in lines[0]
+    assert catalog_state(path) == before
+    # The way the message points to works.
+    again = ["--exact-only"] if "--exact-only" in first else []
+    done = runner.invoke(app, ["--db", str(path), "ingest", "d", "v2", str(data), *again])
+    assert done.exit_code == 0, done.output

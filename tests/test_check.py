@@ -64,6 +64,7 @@ def test_a_clean_catalog_passes(catalog: Path) -> None:
         "orphans": "ok",
         "pair-order": "ok",
         "recipes": "ok",
+        "signatures": "ok",
         "band-keys": "ok",
         "digests": "ok",
         "stored-reports": "ok",
@@ -71,6 +72,8 @@ def test_a_clean_catalog_passes(catalog: Path) -> None:
     assert results["stored-reports"].checked == 1  # d@v1's overlap report
     assert results["digests"].checked == 150  # every item, read back from data.npz
     assert results["recipes"].checked == 2
+    # 147 distinct informative images (150 items, three of them one blank image), 2 recipes.
+    assert results["signatures"].checked == 2 * 147
     assert results["pair-order"].checked and results["pair-order"].checked >= 5
 
 
@@ -149,6 +152,11 @@ DAMAGE = {
         ["UPDATE recipe SET radius = 0.5 WHERE id = 2"],
         "recipes",
         "column radius is 0.5",
+    ),
+    "informative image never signed": (
+        [f"DELETE FROM signature WHERE recipe_id = 2 AND image_id = {SIGNED}"],
+        "signatures",
+        "has no signature under phash256-v2",
     ),
     "band keys missing": (
         [f"DELETE FROM band_key WHERE image_id = {SIGNED} AND band < 3"],

@@ -327,10 +327,11 @@ def test_cli_near_outputs(db: str, tmp_path: Path, letters) -> None:  # type: ig
     assert dups["schema"] == "dsaudit.dups/1"
     bad = runner.invoke(app, ["--db", db, "overlap", "l", "--threshold", "0.05"])
     assert bad.exit_code == 2 and "one recipe" in bad.stderr
+    # An exact-only version would leave its images unsigned in a catalog with recipes.
     fast = runner.invoke(
         app, ["--db", db, "ingest", "l", "v2", str(tmp_path / "d.npz"), "--exact-only"]
     )
-    assert fast.exit_code == 0
+    assert fast.exit_code == 2 and "drop --exact-only" in fast.stderr
 
 
 def test_band_join_uses_the_primary_key_index(engine) -> None:  # type: ignore[no-untyped-def]
