@@ -25,7 +25,15 @@ from sqlalchemy.exc import DatabaseError
 from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
-from catalog.db import describe, open_catalog, reading, refresh_statistics, write_retrying
+from catalog.db import (
+    catalog_file,
+    describe,
+    discard_new_catalog,
+    open_catalog,
+    reading,
+    refresh_statistics,
+    write_retrying,
+)
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback
 from catalog.ingest import ingest as _ingest
@@ -89,11 +97,20 @@ def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
     if isinstance(db, Engine):
         yield db
         return
-    engine = open_catalog(db, create=create)
+    path = catalog_file(db) if create else None
+    fresh = path is not None and not path.exists()
+    # The directories open_catalog makes for a new file, innermost first.
+    made = [d for d in path.parents if not d.exists()] if path is not None and fresh else []
     try:
-        yield engine
-    finally:
-        engine.dispose()
+        engine = open_catalog(db, create=create)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+    except BaseException:
+        if path is not None and fresh and path.exists():
+            discard_new_catalog(path, made)
+        raise
 
 
 @contextmanager

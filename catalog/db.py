@@ -161,13 +161,15 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
     url = resolve_url(db)
     path = _sqlite_path(url)
     if path is not None:
-        if not create and not path.exists():
-            raise NotFoundError(
-                f"{path}: no catalog here; run `dsaudit ingest` or `dsaudit demo` first, "
-                "or choose another with --db / DSAUDIT_DB"
-            )
         if path.is_dir():
             raise SchemaError(f"{path}: is a directory, not a catalog file")
+        if not create and (not path.exists() or path.stat().st_size == 0):
+            what = "an empty file, not a catalog" if path.exists() else "no catalog here"
+            raise NotFoundError(
+                f"{path}: {what}; run `dsaudit ingest` or `dsaudit demo` first, "
+                "or choose another with --db / DSAUDIT_DB"
+            )
+        _refuse_foreign(path)
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = _build_engine(url)
     try:
@@ -184,6 +186,63 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Raise `SchemaError` if ``path`` is an SQLite database with tables but no dsaudit schema,
+    read without writing a byte: opened as a catalog, its connection would first switch it to
+    the write-ahead log (`_attach_sqlite_pragmas`), a change to the file's header. Anything
+    this read-only look cannot tell is left to `migrate`, whose errors say it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        raw = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+        finally:
+            raw.close()
+    except sqlite3.Error:
+        return
+    if tables and "alembic_version" not in tables:
+        raise SchemaError(
+            f"{path}: is a database but not a dsaudit catalog (it has tables and no dsaudit "
+            "schema version); it was not changed"
+        )
+
+
+def catalog_file(db: str | None = None) -> Path | None:
+    """The SQLite file the catalog named by ``db`` lives in (`resolve_url`), or None for
+    another engine."""
+    return _sqlite_path(resolve_url(db))
+
+
+def discard_new_catalog(path: Path, directories: Sequence[Path] = ()) -> None:
+    """Remove a catalog file (and the ``directories`` made for it, when left empty) that a
+    command created and then failed to fill: a first ingest of bad input leaves nothing behind.
+
+    Kept when it holds a dataset, or when another connection holds its write lock: then it is
+    someone else's catalog by now (two first ingests into one new path).
+    """
+    try:
+        raw = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+            used = "dataset" in tables and raw.execute("SELECT 1 FROM dataset").fetchone()
+            raw.execute("ROLLBACK")
+        finally:
+            raw.close()
+    except sqlite3.Error:
+        return
+    if used:
+        return
+    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        leftover.unlink(missing_ok=True)
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _reason(exc: DatabaseError) -> str:

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from catalog import api
+from catalog import db as catalog_db
 from cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,33 @@ def test_reading_a_missing_catalog_says_so(runner: CliRunner, tmp_path: Path) ->
     db = tmp_path / "absent.db"
     _assert_user_error(_run(runner, db, "ls"), "absent.db", "no catalog here")
     assert not db.exists()
+
+
+def test_a_first_ingest_that_fails_leaves_no_catalog_behind(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Bad input leaves the catalog as it was: where there was none, none (nor the directories
+    made for it)."""
+    floats = np.random.default_rng(0).random((10, 8, 8)).astype(np.float32)
+    floats[3, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", floats)
+    np.save(tmp_path / "good.npy", np.arange(640, dtype=np.uint8).reshape(10, 8, 8))
+    db = tmp_path / "new" / "deeper" / "c.db"
+    _assert_user_error(
+        _run(runner, db, "ingest", "d", "v1", "--split", f"train={tmp_path / 'nan.npy'}"),
+        "nan.npy",
+        "image 3 has NaN",
+    )
+    _assert_user_error(
+        _run(runner, db, "ingest", "a/b", "v1", "--split", f"train={tmp_path / 'good.npy'}"),
+        "dataset name 'a/b'",
+    )
+    assert not (tmp_path / "new").exists()
+    # A catalog holding a dataset is someone's: never removed.
+    made = _run(runner, db, "ingest", "d", "v1", "--split", f"train={tmp_path / 'good.npy'}")
+    assert made.exit_code == 0, made.output
+    catalog_db.discard_new_catalog(db, [db.parent])
+    assert db.exists() and [v.tag for v in api.list_catalog(str(db)).datasets[0].versions] == ["v1"]
 
 
 def test_db_from_environment(runner: CliRunner, tmp_path: Path, archive: Path) -> None:

@@ -220,12 +220,30 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     assert path.read_text().startswith("these are my notes")
 
 
-def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+def test_another_programs_database_is_refused_and_left_byte_for_byte(tmp_path: Path) -> None:
+    # Opened as a catalog, its connection would first have switched it to the write-ahead
+    # log, a change to its header.
     path = tmp_path / "other.db"
-    with sqlite3.connect(path) as raw:
-        raw.execute("CREATE TABLE customers (id INTEGER)")
-    with pytest.raises(SchemaError, match="not a dsaudit catalog"):
-        open_catalog(str(path))
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE customers (id INTEGER)")
+    raw.commit()
+    raw.close()
+    before = path.read_bytes()
+    for create in (True, False):
+        with pytest.raises(SchemaError, match="not a dsaudit catalog.*not changed"):
+            open_catalog(str(path), create=create)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_an_empty_file_is_not_made_a_catalog_for_reading(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(NotFoundError, match="empty.db: an empty file, not a catalog"):
+        open_catalog(str(path), create=False)
+    assert path.stat().st_size == 0
+    open_catalog(str(path)).dispose()  # an ingest may make it one
+    assert path.stat().st_size > 0
 
 
 def test_missing_catalog_is_not_created_for_reading(tmp_path: Path) -> None:
