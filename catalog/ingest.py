@@ -125,10 +125,17 @@ def _insert_ignore(conn: Connection, table: Table) -> Insert:
 
 
 def _check_name(kind: str, value: str) -> None:
-    if not value or len(value) > _NAME_LIMIT or any(c in value for c in "@:/\n\t"):
+    # Spaces around a name are refused: refs are read with them stripped, so such a name
+    # could be stored but never named again.
+    if (
+        not value
+        or len(value) > _NAME_LIMIT
+        or any(c in value for c in "@:/\n\t")
+        or value != value.strip()
+    ):
         raise InputError(
-            f"{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', '/' "
-            "or whitespace controls"
+            f"{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', '/', "
+            "whitespace controls or spaces at either end"
         )
 
 

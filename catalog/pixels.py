@@ -13,6 +13,7 @@ different shape or dtype never collide, and it is stable across processes and ma
 from __future__ import annotations
 
 import hashlib
+from typing import Protocol
 
 import numpy as np
 
@@ -27,20 +28,31 @@ MAX_SIDE = 65535
 """The largest height or width: near-duplicate signatures record the size in 16 bits."""
 
 
-def check_images(images: np.ndarray, where: str) -> None:
+class Shaped(Protocol):
+    """What `check_images` looks at: an array, or a file's array not read yet."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+
+def check_images(images: Shaped, where: str) -> None:
     """Raise ValueError unless ``images`` is a supported (n, H, W[, C]) image array.
 
     Args:
-        images: any array; checked for dimensions, channel count and dtype only.
+        images: any array, or anything with its shape and dtype (nothing is read); checked
+            for dimensions, channel count and dtype only.
         where: how to name the array in the message (file and key).
     """
     if images.dtype.kind not in _SUPPORTED_KINDS:
         raise ValueError(f"{where}: images must be integer, float or bool, not {images.dtype}")
-    if images.ndim not in (3, 4):
+    if len(images.shape) not in (3, 4):
         raise ValueError(
             f"{where}: images must be shaped (N, H, W) or (N, H, W, C), not {images.shape}"
         )
-    if images.ndim == 4 and images.shape[3] not in (1, 2, 3, 4):
+    if len(images.shape) == 4 and images.shape[3] not in (1, 2, 3, 4):
         raise ValueError(
             f"{where}: images shaped {images.shape} have {images.shape[3]} channels; "
             "expected 1 to 4 in the last axis (N, H, W, C)"

@@ -181,7 +181,14 @@ CASES: dict[str, Case] = {
         "mangled.npy",
     ),
     "images over 65535 pixels on a side": Case(
-        _npz("tall.npz", x_train=np.zeros((1, 70_000, 1), np.uint8)), "over 65535", "tall.npz"
+        _npz("tall.npz", x_train=np.zeros((2, 70_000, 1), np.uint8)),
+        "shaped (2, 70000, 1) are over 65535",
+        "tall.npz",
+    ),
+    "five channels": Case(
+        _npy_split("ch5.npy", np.zeros((10, 8, 8, 5), np.uint8)),
+        "shaped (10, 8, 8, 5) have 5 channels",
+        "ch5.npy",
     ),
     "npz without image arrays": Case(
         _npz("flat.npz", a=np.zeros(5), b=np.zeros((3, 3))), "no image arrays", "flat.npz"

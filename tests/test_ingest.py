@@ -232,10 +232,16 @@ def test_labels_of_the_wrong_length_are_refused() -> None:
         from_memory({"train": (np.zeros((4, 2, 2), np.uint8), np.zeros(3))})
 
 
-@pytest.mark.parametrize("name", ["", "a@b", "a:b", "x" * 201])
+@pytest.mark.parametrize("name", ["", "a@b", "a:b", "x" * 201, " a", "a ", "a\tb"])
 def test_bad_names_are_refused(engine, name: str) -> None:  # type: ignore[no-untyped-def]
-    with writing(engine) as conn, pytest.raises(InputError, match="name"):
-        ingest(conn, name, "v1", from_memory({"train": np.zeros((1, 2, 2), np.uint8)}))
+    # Spaces at either end: refs are read stripped, so the name could never be named again.
+    arrays = from_memory({"train": np.zeros((1, 2, 2), np.uint8)})
+    with writing(engine) as conn, pytest.raises(InputError, match="dataset name"):
+        ingest(conn, name, "v1", arrays)
+    with writing(engine) as conn, pytest.raises(InputError, match="version name"):
+        ingest(conn, "d", name, arrays)
+    with writing(engine) as conn, pytest.raises(InputError, match="split name"):
+        ingest(conn, "d", "v1", from_memory({name: np.zeros((1, 2, 2), np.uint8)}))
 
 
 def test_unknown_refs_name_what_exists(db: str, tmp_path: Path) -> None:

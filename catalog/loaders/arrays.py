@@ -462,9 +462,9 @@ def _clean_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
 
 
 def _check(images: ImageArray, where: str) -> None:
-    # Check dimensions and dtype on an empty array of the same row shape: nothing is read.
+    # Dimensions and dtype from the header: nothing is read.
     try:
-        check_images(np.empty((0, *images.shape[1:]), dtype=images.dtype), where)
+        check_images(images, where)
     except (ValueError, OverflowError, MemoryError) as exc:
         raise InputError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     if images.shape[0] == 0:
