@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -603,9 +604,22 @@ def _outputs(**files: str | None) -> dict[str, str]:
     asked = {kind: path for kind, path in files.items() if path is not None}
     if sum(path == "-" for path in asked.values()) > 1:
         raise UsageError("only one of --html, --json and --markdown can go to stdout ('-')")
+    seen: dict[Path, str] = {}
     for kind, path in asked.items():
-        if path != "-" and not Path(path).resolve().parent.is_dir():
+        if path == "-":
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise UsageError(
+                f"--{seen[where]} and --{kind} both name {path}: one would overwrite the other"
+            )
+        seen[where] = kind
+        if not where.parent.is_dir():
             raise UsageError(f"--{kind} {path}: the directory {Path(path).parent} does not exist")
+        if where.is_dir():
+            raise UsageError(f"--{kind} {path}: is a directory; name a file in it")
+        if not os.access(where if where.exists() else where.parent, os.W_OK):
+            raise UsageError(f"--{kind} {path}: cannot write there (permission denied)")
     return asked
 
 
@@ -637,7 +651,8 @@ def report_command(
         str | None,
         typer.Option(
             metavar="FILE",
-            help="Also write one self-contained HTML page with the pictures side by side.",
+            help="Also write one self-contained HTML page with the pictures side by side. "
+            "'-': stdout.",
             show_default=False,
         ),
     ] = None,
