@@ -150,11 +150,14 @@ def _progress() -> Iterator[api.ProgressCallback]:
     try:
         yield on_progress
     except BaseException:
-        # A failed run leaves no bars behind: its error stays the one line on stderr.
+        # A failed run leaves no bars behind: its error stays the one line on stderr. The live
+        # display is stopped on its own: `Progress.stop` would end a stderr that is not a
+        # terminal (a CI log) with an empty line above the error.
         if progress is not None:
             progress.live.transient = True
+            progress.live.stop()
         raise
-    finally:
+    else:
         if progress is not None:
             progress.stop()
 
