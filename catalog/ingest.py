@@ -11,6 +11,7 @@ run it inside `catalog.db.writing(engine)`.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -305,22 +306,30 @@ def ingest(
         },
     ).scalar_one()
 
+    # Every file read: the images' files, and the labels' where they are files of their own.
+    files = [split.source for split in splits] + [
+        split.labels_source
+        for split in splits
+        if isinstance(split, SplitInput) and split.labels_source is not None
+    ]
     source_ids: dict[str, int] = {}
-    for split in splits:
-        if split.source.path not in source_ids:
-            source_ids[split.source.path] = conn.execute(
+    for file in files:
+        if file.path not in source_ids:
+            source_ids[file.path] = conn.execute(
                 insert(core_table(Source)).returning(core_table(Source).c.id),
                 {
                     "version_id": version_id,
-                    "path": split.source.path,
+                    # Absolute: pictures and `dsaudit check` read the file again later, from
+                    # wherever the command runs.
+                    "path": (os.path.abspath(file.path) if file.format != "memory" else file.path),
                     "sha256": "",  # below: _SourceDigests, or _seal_folder
-                    "size": split.source.size,
-                    "format": split.source.format,
+                    "size": file.size,
+                    "format": file.format,
                 },
             ).scalar_one()
 
     indexer = NearIndexer(conn, recipes) if recipes else None
-    sources = _SourceDigests([s.source.path for s in splits if s.source.digested])
+    sources = _SourceDigests([file.path for file in files if file.digested])
     skipped: list[SkippedFile] = []
     file_bytes: dict[int, int] = {}
     try:

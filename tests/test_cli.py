@@ -107,6 +107,17 @@ def test_explicit_split_with_npy_files(db: str, runner: CliRunner, tmp_path: Pat
     assert result.exit_code == 0, result.output
     rows = api.run_sql(str(db), "SELECT label, COUNT(*) FROM v_item GROUP BY label").rows
     assert dict(rows) == {"cat": 10, "dog": 10}
+    # Both files are recorded as read, the labels' too, each with its own sha256.
+    sources = api.run_sql(str(db), "SELECT path, format, size, sha256 FROM source ORDER BY id")
+    assert [tuple(row) for row in sources.rows] == [
+        (
+            str(tmp_path / name),
+            "npy",
+            (tmp_path / name).stat().st_size,
+            hashlib.sha256((tmp_path / name).read_bytes()).hexdigest(),
+        )
+        for name in ("x.npy", "y.npy")
+    ]
 
 
 def _assert_user_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]

@@ -66,3 +66,23 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     assert data["schema"] == "dsaudit.show/1" and data["height"] == 28
     bad = runner.invoke(app, ["--db", db, "show", "d@v1:train:99"])
     assert bad.exit_code == 2 and "no position 99" in bad.stderr
+
+
+def test_a_file_named_relative_to_the_ingest_is_found_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source is recorded by its absolute path: a picture is read back from wherever the
+    command runs, not only from the directory the ingest ran in."""
+    images, labels = synth.render_letters(10, np.random.default_rng(3))
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "d.npz", x_train=images, y_train=labels)
+    monkeypatch.chdir(tmp_path)
+    db = str(tmp_path / "c.db")
+    result = CliRunner().invoke(app, ["--db", db, "ingest", "d", "v1", "data/d.npz"])
+    assert result.exit_code == 0, result.output
+    (stored,) = api.run_sql(db, "SELECT path FROM source").rows
+    assert stored == (str(tmp_path / "data" / "d.npz"),)
+    monkeypatch.chdir(tmp_path / "data")
+    report = api.show_image(db, "d@v1:train:2")
+    assert report.preview is not None
+    assert np.array_equal(np.array(report.preview.rows)[:, :, 0], images[2])

@@ -104,6 +104,8 @@ class SplitInput:
     labels: np.ndarray | None
     source: SourceFile
     key: str
+    labels_source: SourceFile | None = None
+    """The file the labels were read from when it is not ``source`` (a labels .npy)."""
 
     @property
     def count(self) -> int:
@@ -478,6 +480,7 @@ def _make_split(
     source: SourceFile,
     key: str,
     labels_where: str,
+    labels_source: SourceFile | None = None,
 ) -> SplitInput:
     where = array_where(source, key)
     if len(images.shape) not in (3, 4):
@@ -486,7 +489,14 @@ def _make_split(
         )
     _check(images, where)
     clean = _clean_labels(labels, images.shape[0], labels_where) if labels is not None else None
-    return SplitInput(name=name, images=images, labels=clean, source=source, key=key)
+    return SplitInput(
+        name=name,
+        images=images,
+        labels=clean,
+        source=source,
+        key=key,
+        labels_source=labels_source if clean is not None else None,
+    )
 
 
 def plan_arrays(
@@ -593,11 +603,12 @@ def _explicit(
         container = holders[0]
         labels = None
         labels_where = f"{container.path}: array '{spec.labels}'"
+        labels_source = None
         if spec.labels is not None:
             if spec.labels in container.shapes:
                 labels = container.labels(spec.labels)
             else:
-                labels, labels_where = _npy_labels(
+                labels, labels_where, labels_source = _npy_labels(
                     Path(spec.labels), npy_files, allow_pickle, container
                 )
         return _make_split(
@@ -607,6 +618,7 @@ def _explicit(
             source_files[container.path],
             spec.images,
             labels_where,
+            labels_source,
         )
     path = Path(spec.images)
     if not path.exists():
@@ -622,20 +634,25 @@ def _explicit(
     images = MemoryArray(_load_npy(path, allow_pickle))
     labels = None
     labels_where = str(spec.labels)
+    labels_source = None
     if spec.labels is not None:
-        labels, labels_where = _npy_labels(Path(spec.labels), npy_files, allow_pickle, None)
-    return _make_split(spec.name, images, labels, source, path.name, labels_where)
+        labels, labels_where, labels_source = _npy_labels(
+            Path(spec.labels), npy_files, allow_pickle, None
+        )
+    return _make_split(spec.name, images, labels, source, path.name, labels_where, labels_source)
 
 
 def _npy_labels(
     path: Path, npy_files: dict[Path, SourceFile], allow_pickle: bool, container: _Container | None
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, str, SourceFile]:
+    """A labels .npy: its values, how messages name it, and its file (recorded as a source)."""
     if not path.exists():
         where = f" nor an array in {container.path} ({container.listing()})" if container else ""
         raise InputError(f"{path}: labels not found: no such file{where}")
     if _sniff(path) != "npy":
         raise InputError(f"{path}: labels must be a .npy file or an array key")
-    return np.asarray(_load_npy(path, allow_pickle)), str(path)
+    source = npy_files.setdefault(path.resolve(), _source_file(path, "npy"))
+    return np.asarray(_load_npy(path, allow_pickle)), str(path), source
 
 
 def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
