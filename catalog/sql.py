@@ -100,6 +100,8 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
     Raises:
         QueryError: the statement failed, tried to write, or was several statements.
     """
+    if not statement.strip():
+        raise QueryError('no SQL statement given, e.g. dsaudit sql "SELECT * FROM v_split"')
     url = resolve_url(db)
     # Opening normally first creates nothing (create=False) but upgrades an old schema.
     open_catalog(url, create=False).dispose()

@@ -377,7 +377,11 @@ def dups(
     recipe: Annotated[
         str | None,
         typer.Option(
-            "--recipe", "-r", help="Recipe whose near pairs join images.", show_default=False
+            "--recipe",
+            "-r",
+            help="Recipe whose near pairs join images. Default: the catalog's first (pixel-v1 "
+            "in a catalog with the default recipes).",
+            show_default=False,
         ),
     ] = None,
     threshold: ThresholdOption = None,
@@ -537,7 +541,8 @@ def sql(
         int | None, typer.Option(help="Stop after this many rows.", min=1, show_default=False)
     ] = None,
 ) -> None:
-    """Run read-only SQL on the catalog (views: v_item, v_split, v_exact_overlap).
+    """Run read-only SQL on the catalog (views: v_item, v_split, v_exact_overlap, v_near_pair,
+    v_near_overlap; see README).
 
     The connection itself is read-only: statements that write, attach databases or change
     settings fail.

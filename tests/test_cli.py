@@ -284,6 +284,8 @@ def test_sql_cannot_change_anything(
 def test_sql_refusals_say_the_catalog_is_read_only(runner: CliRunner, sql_catalog: Path) -> None:
     result = _run(runner, sql_catalog, "sql", "DELETE FROM item")
     _assert_user_error(result, "read-only")
+    for empty in ("", "  \n"):
+        _assert_user_error(_run(runner, sql_catalog, "sql", empty), "no SQL statement given")
 
 
 def test_sql_reads_checks_and_schema_pragmas(runner: CliRunner, sql_catalog: Path) -> None:
