@@ -3,21 +3,22 @@
 The catalog keeps digests and signatures, not pixels; provenance (file, array, row) says where
 each item came from, so `show` reads that one row again. An ``.npy`` row is read through a
 memory map; an ``.npz`` member is streamed up to the row; an image folder's file is decoded
-again under the canonical rule. Sources that are gone, changed (size, or an image file's
-sha256), or were arrays in memory give no preview (and say why).
+again under the canonical rule. Sources that are gone, changed (size, an image file's sha256,
+or a row whose pixels no longer hash to the image's digest), or were arrays in memory give no
+preview (and say why).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from catalog.loaders.arrays import NpzMember
-from catalog.pixels import needs_observed_range, to_unit, value_range
+from catalog.pixels import canonical, digests, needs_observed_range, to_unit, value_range
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,28 @@ class Preview:
     source: str
 
 
-def read_row(path: str, fmt: str, key: str, row: int, size: int) -> np.ndarray | None:
+def read_row(
+    path: str, fmt: str, key: str, row: int, size: int, digest: bytes | None = None
+) -> np.ndarray | None:
     """The pixels of one item, read again from its source file; None if that cannot be done.
 
     Args:
         path, fmt, key, row: the item's provenance (source path and format, array key, row).
         size: the size the file had at ingest; a different size means it changed.
+        digest: the image's digest (`catalog.pixels.digests`): pixels that hash otherwise are
+            not this image any more (the file changed in place), and are not returned.
     """
-    return read_rows(path, fmt, key, [row], size).get(row)
+    expected = {row: digest} if digest is not None else None
+    return read_rows(path, fmt, key, [row], size, expected).get(row)
 
 
 def read_rows(
-    path: str, fmt: str, key: str, rows: Sequence[int], size: int
+    path: str,
+    fmt: str,
+    key: str,
+    rows: Sequence[int],
+    size: int,
+    expected: Mapping[int, bytes] | None = None,
 ) -> dict[int, np.ndarray]:
     """Several rows of one array of one source file in one pass (an ``.npz`` member is
     streamed once, up to the last row wanted). Rows that cannot be read are missing.
@@ -47,6 +58,9 @@ def read_rows(
     Args:
         rows: row numbers in the array, any order.
         size: the size the file had at ingest; a different size means it changed.
+        expected: the digest each row's image had at ingest, where known: a row whose pixels
+            hash otherwise is missing too (a file rewritten in place at the same size would
+            otherwise show another picture beside the catalogued digest).
     """
     file = Path(path)
     wanted = sorted(set(rows))
@@ -58,19 +72,25 @@ def read_rows(
     try:
         if fmt == "npy":
             array = np.load(file, mmap_mode="r")
-            return {r: np.array(array[r]) for r in wanted if r < array.shape[0]}
-        member = NpzMember(file, key)
-        seen = 0
-        for chunk in member.chunks(4096):
-            for r in wanted:
-                if seen <= r < seen + len(chunk):
-                    found[r] = np.array(chunk[r - seen])
-            seen += len(chunk)
-            if seen > wanted[-1]:
-                break
+            found = {r: np.array(array[r]) for r in wanted if r < array.shape[0]}
+        else:
+            member = NpzMember(file, key)
+            seen = 0
+            for chunk in member.chunks(4096):
+                for r in wanted:
+                    if seen <= r < seen + len(chunk):
+                        found[r] = np.array(chunk[r - seen])
+                seen += len(chunk)
+                if seen > wanted[-1]:
+                    break
     except Exception:  # a preview is a courtesy: a file that fails to read shows none
-        return found
-    return found
+        pass
+    return {r: pixels for r, pixels in found.items() if _unchanged(pixels, (expected or {}).get(r))}
+
+
+def _unchanged(pixels: np.ndarray, digest: bytes | None) -> bool:
+    """Whether one image's pixels still hash to its digest (True when none is known)."""
+    return digest is None or digests(canonical(pixels[None]))[0] == digest
 
 
 def read_image_file(root: str, key: str, sha256: str | None) -> np.ndarray | None:

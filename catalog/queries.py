@@ -1485,7 +1485,7 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
             pixels, where = read_image_file(path, key, sha256), f"{path}:{key}"
         elif source_row is not None:
             pixels, where = (
-                read_row(path, fmt, key, source_row, size),
+                read_row(path, fmt, key, source_row, size, bytes(row.digest)),
                 f"{path}:{key}[{source_row}]",
             )
         else:

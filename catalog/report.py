@@ -367,27 +367,28 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
     return low.items, f"{low.items:,} low-information items ({low.images:,} distinct images)"
 
 
-def picture_items(report: AuditReport) -> Iterator[ItemRef]:
-    """The item standing for each picture a report shows, in the order sections show them
-    (the order pictures are read until the cap): near pairs, copies across splits, label
-    conflicts, duplicate groups, low-information images, relabelled items."""
+def picture_items(report: AuditReport) -> Iterator[tuple[ItemRef, str | None]]:
+    """The item standing for each picture a report shows, with its image's digest (hex) where
+    the section knows it, in the order sections show them (the order pictures are read until
+    the cap): near pairs, copies across splits, label conflicts, duplicate groups,
+    low-information images, relabelled items."""
     for tier in report.leaks.near:
         for pair in tier.pairs:
-            yield from (pair.a.items[0], pair.b.items[0])
+            yield from ((m.items[0], m.image_digest) for m in (pair.a, pair.b))
     for member in report.leaks.exact:
-        yield member.items[0]
+        yield member.items[0], member.image_digest
     for conflict in report.overlap.conflicts:
-        yield conflict.items[0]
+        yield conflict.items[0], conflict.digest
     for near_tier in report.overlap.near:
         for near_conflict in near_tier.conflicts:
-            yield from (near_conflict.a[0], near_conflict.b[0])
+            yield from ((near_conflict.a[0], None), (near_conflict.b[0], None))
     for group in report.duplicates.groups:
         for member in group.members[:GROUP_PICTURES]:
-            yield member.items[0]
+            yield member.items[0], member.image_digest
     for low in report.low_info.shown:
-        yield low.items[0]
+        yield low.items[0], low.image_digest
     for diff in report.diffs:
-        yield from diff.relabelled
+        yield from ((item, None) for item in diff.relabelled)
 
 
 def collect_pictures(report: AuditReport) -> AuditReport:
@@ -402,23 +403,29 @@ def collect_pictures(report: AuditReport) -> AuditReport:
         for source in version.sources:
             sources[source.path].append(source)
     chosen: dict[str, ItemRef] = {}
-    for item in picture_items(report):
+    digest_of: dict[str, bytes] = {}
+    for item, digest in picture_items(report):
         if len(chosen) >= report.limits.thumbnails:
             break
-        chosen.setdefault(picture_key(item), item)
-    wanted: dict[tuple[str, str], set[int]] = defaultdict(set)
+        key = picture_key(item)
+        chosen.setdefault(key, item)
+        if digest is not None:
+            digest_of.setdefault(key, bytes.fromhex(digest))
+    wanted: dict[tuple[str, str], dict[int, bytes | None]] = defaultdict(dict)
     pixels: dict[tuple[str, str, int | None], np.ndarray] = {}
-    for item in chosen.values():
+    for name, item in chosen.items():
         if item.source_row is not None:
-            wanted[(item.source_path, item.source_key)].add(item.source_row)
+            wanted[(item.source_path, item.source_key)][item.source_row] = digest_of.get(name)
         elif any(s.format == FOLDER_FORMAT for s in sources.get(item.source_path, ())):
             # One file per item: decode it again (and only if it is the file that was ingested).
             picture = read_image_file(item.source_path, item.source_key, item.source_sha256)
             if picture is not None:
                 pixels[(item.source_path, item.source_key, None)] = picture
     for (path, key), rows in wanted.items():
+        # Rows whose pixels no longer hash to their image's digest are left out (`read_rows`).
+        expected = {row: digest for row, digest in rows.items() if digest is not None}
         for source in sources.get(path, ()):
-            found = read_rows(path, source.format, key, sorted(rows), source.size)
+            found = read_rows(path, source.format, key, sorted(rows), source.size, expected)
             if found:
                 pixels.update({(path, key, row): array for row, array in found.items()})
                 break

@@ -86,3 +86,33 @@ def test_a_file_named_relative_to_the_ingest_is_found_from_anywhere(
     report = api.show_image(db, "d@v1:train:2")
     assert report.preview is not None
     assert np.array_equal(np.array(report.preview.rows)[:, :, 0], images[2])
+
+
+def test_a_file_rewritten_in_place_at_the_same_size_shows_no_other_picture(
+    tmp_path: Path,
+) -> None:
+    """Pixels that no longer hash to the catalogued digest would be another image drawn beside
+    it: a row read back is drawn only while it is still the image it was at ingest, in `show`
+    and in the report's pictures alike; the other rows of the file still are."""
+    images, _labels = synth.render_letters(20, np.random.default_rng(4))
+    train, test = tmp_path / "train.npy", tmp_path / "test.npy"
+    np.save(train, images)
+    np.save(test, images[3:4])  # an exact copy of train row 3: a leak the report draws
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", api.plan([], splits=[f"train={train}", f"test={test}"]))
+    for path, row in ((train, 3), (test, 0)):
+        size = path.stat().st_size
+        rewritten = np.load(path, mmap_mode="r+")
+        rewritten[row] = 255 - rewritten[row]
+        rewritten.flush()
+        del rewritten
+        assert path.stat().st_size == size
+    changed = api.show_image(db, "d@v1:train:3")
+    assert changed.preview is None and "no item of this image" in changed.preview_note
+    kept = api.show_image(db, "d@v1:train:4")
+    assert kept.preview is not None
+    assert np.array_equal(np.array(kept.preview.rows)[:, :, 0], images[4])
+    report = api.report(db, "d@v1", pictures=True)
+    (member,) = report.leaks.exact
+    picture = report.picture(member.items[0])
+    assert picture is not None and picture.png is None and "changed" in picture.note
