@@ -180,7 +180,8 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
         if full is not None:
             raise full from None
         raise SchemaError(
-            f"{describe(url)}: cannot be opened as a catalog ({_reason(exc)})"
+            f"{describe(url)}: cannot be opened as a catalog ({_reason(exc)}"
+            f"{_unwritable_directory(path)})"
         ) from None
     except BaseException:
         engine.dispose()
@@ -243,6 +244,18 @@ def discard_new_catalog(path: Path, directories: Sequence[Path] = ()) -> None:
             directory.rmdir()
         except OSError:
             return
+
+
+def _unwritable_directory(path: Path | None) -> str:
+    """Why SQLite may not open an existing catalog: even to read it, a catalog in write-ahead
+    log mode needs its ``-shm`` (and ``-wal``) files beside it, so a directory this process
+    cannot write to (a read-only mount) stops it. Empty when that is not the case."""
+    if path is None or not path.exists() or os.access(path.parent, os.W_OK):
+        return ""
+    return (
+        f"; its directory {path.parent} is not writable, and SQLite writes the write-ahead "
+        "log's files beside a catalog even to read it: copy it somewhere writable"
+    )
 
 
 def _reason(exc: DatabaseError) -> str:

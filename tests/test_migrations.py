@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,8 +15,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 from catalog import api, synth
+from catalog import db as db_module
 from catalog.db import SCHEMA_HEAD, _alembic_config, open_catalog, schema_revision
 from catalog.errors import NotFoundError, SchemaError
 from catalog.recipes import DEFAULT_RECIPES
@@ -278,3 +282,23 @@ def test_an_up_to_date_catalog_opens_without_importing_alembic(catalog_path: Pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_catalog_in_an_unwritable_directory_says_why_it_cannot_be_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite needs the write-ahead log's files beside a catalog even to read it. Root may
+    write anywhere, so the directory's refusal and SQLite's are both simulated."""
+    path = tmp_path / "c.db"
+    open_catalog(str(path)).dispose()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+    monkeypatch.setattr(
+        db_module,
+        "migrate",
+        mock.Mock(side_effect=OperationalError("x", {}, Exception("unable to open database file"))),
+    )
+    with pytest.raises(
+        SchemaError, match=r"unable to open database file; its directory .* is not writable"
+    ):
+        open_catalog(str(path), create=False)
