@@ -273,9 +273,14 @@ def parse_split_spec(text: str) -> SplitSpec:
         raise InputError(
             f"--split {text!r}: expected NAME=ARRAY[:LABELS], e.g. train=x_train:y_train"
         )
-    images, _, labels = rest.partition(":")
+    images, colon, labels = rest.partition(":")
     if not images:
         raise InputError(f"--split {text!r}: the image array is missing after '='")
+    if colon and not labels:
+        raise InputError(
+            f"--split {text!r}: the labels are missing after ':' (leave the ':' out for a "
+            "split without labels)"
+        )
     return SplitSpec(name=name, images=images, labels=labels or None)
 
 
