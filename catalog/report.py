@@ -336,8 +336,10 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
         worst = max(overlap.pairs, key=lambda p: p.items, default=None)
         if not items or worst is None:
             return 0, "no item has an exact copy in another split"
+        # The message leads with what ``value`` counts (items, over ordered split pairs).
         return items, (
-            f"{report.leaks.exact_images:,} images occur in more than one split; the most: "
+            f"{items:,} items have an exact copy in another split "
+            f"({report.leaks.exact_images:,} images occur in more than one); the most: "
             f"{worst.items:,} items of {worst.a} have an exact copy in {worst.b}"
         )
     if kind is FailOn.NEAR:

@@ -311,6 +311,9 @@ def test_gates_in_python(demo_run: DemoRun) -> None:
         ("near", True),
     ]
     assert not report.passed
+    # A gate's message leads with the number its value counts.
+    (exact,) = api.report(_db(demo_run), V1, fail_on=["exact"]).gates
+    assert exact.tripped and exact.message.startswith(f"{int(exact.value):,} items have an exact")
     with pytest.raises(UsageError, match="not a rate"):
         api.report(_db(demo_run), V1, max_leakage=1.5)
     with pytest.raises(ValueError):
