@@ -26,16 +26,14 @@ from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
 from catalog.db import (
-    catalog_file,
     describe,
-    discard_new_catalog,
     open_catalog,
     reading,
     refresh_statistics,
     write_retrying,
 )
 from catalog.errors import UsageError
-from catalog.ingest import IngestResult, ProgressCallback
+from catalog.ingest import IngestResult, ProgressCallback, check_names
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import (
     PlannedSplit,
@@ -97,20 +95,11 @@ def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
     if isinstance(db, Engine):
         yield db
         return
-    path = catalog_file(db) if create else None
-    fresh = path is not None and not path.exists()
-    # The directories open_catalog makes for a new file, innermost first.
-    made = [d for d in path.parents if not d.exists()] if path is not None and fresh else []
+    engine = open_catalog(db, create=create)
     try:
-        engine = open_catalog(db, create=create)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-    except BaseException:
-        if path is not None and fresh and path.exists():
-            discard_new_catalog(path, made)
-        raise
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -201,6 +190,7 @@ def ingest(
         planned = list(splits)
     if recipes is not None and not near:
         raise UsageError("recipes were named for an exact-only ingest; drop one of the two")
+    check_names(dataset, version, planned)
     with _engine(db, create=True) as engine:
         if near and engine.dialect.name == "postgresql":
             # Recipes are registered in a short transaction of their own: inside the ingest's,

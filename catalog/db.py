@@ -169,7 +169,7 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
                 f"{path}: {what}; run `dsaudit ingest` or `dsaudit demo` first, "
                 "or choose another with --db / DSAUDIT_DB"
             )
-        _refuse_foreign(path)
+        _refuse_foreign(path, create=create)
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = _build_engine(url)
     try:
@@ -181,7 +181,7 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
             raise full from None
         raise SchemaError(
             f"{describe(url)}: cannot be opened as a catalog ({_reason(exc)}"
-            f"{_unwritable_directory(path)})"
+            f"{_unwritable_directory(path, _reason(exc))})"
         ) from None
     except BaseException:
         engine.dispose()
@@ -189,11 +189,24 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
     return engine
 
 
-def _refuse_foreign(path: Path) -> None:
-    """Raise `SchemaError` if ``path`` is an SQLite database with tables but no dsaudit schema,
-    read without writing a byte: opened as a catalog, its connection would first switch it to
-    the write-ahead log (`_attach_sqlite_pragmas`), a change to the file's header. Anything
-    this read-only look cannot tell is left to `migrate`, whose errors say it."""
+_CATALOG_TABLES = frozenset({"alembic_version", "dataset", "version", "split", "image", "item"})
+"""Tables every dsaudit catalog has had since its first schema revision."""
+
+
+def _refuse_foreign(path: Path, *, create: bool) -> None:
+    """Refuse an SQLite file that is not a dsaudit catalog, read without writing a byte:
+    opened as a catalog, its connection would first switch it to the write-ahead log
+    (`_attach_sqlite_pragmas`), a change to the file's header.
+
+    Raises:
+        SchemaError: a database with tables, not all of a catalog's (another program's, even
+            one that Alembic manages too).
+        NotFoundError: a database without tables, when ``create`` is False (a read-only
+            command never makes one a catalog).
+
+    Anything this read-only look cannot tell (not a database at all) is left to `migrate`,
+    whose errors say it.
+    """
     if not path.exists() or path.stat().st_size == 0:
         return
     try:
@@ -204,53 +217,35 @@ def _refuse_foreign(path: Path) -> None:
             raw.close()
     except sqlite3.Error:
         return
-    if tables and "alembic_version" not in tables:
+    if not tables and not create:
+        raise NotFoundError(
+            f"{path}: a database without tables, not a catalog; run `dsaudit ingest` or "
+            "`dsaudit demo` first, or choose another with --db / DSAUDIT_DB"
+        )
+    if tables and not _CATALOG_TABLES.issubset(tables):
         raise SchemaError(
-            f"{path}: is a database but not a dsaudit catalog (it has tables and no dsaudit "
-            "schema version); it was not changed"
+            f"{path}: is a database but not a dsaudit catalog (it lacks dsaudit's tables); "
+            "it was not changed"
         )
 
 
 def catalog_file(db: str | None = None) -> Path | None:
-    """The SQLite file the catalog named by ``db`` lives in (`resolve_url`), or None for
-    another engine."""
+    """The SQLite file of the catalog named by ``db`` (`resolve_url`); None for another engine."""
     return _sqlite_path(resolve_url(db))
 
 
-def discard_new_catalog(path: Path, directories: Sequence[Path] = ()) -> None:
-    """Remove a catalog file (and the ``directories`` made for it, when left empty) that a
-    command created and then failed to fill: a first ingest of bad input leaves nothing behind.
-
-    Kept when it holds a dataset, or when another connection holds its write lock: then it is
-    someone else's catalog by now (two first ingests into one new path).
-    """
-    try:
-        raw = sqlite3.connect(path, timeout=0, isolation_level=None)
-        try:
-            raw.execute("BEGIN IMMEDIATE")
-            tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
-            used = "dataset" in tables and raw.execute("SELECT 1 FROM dataset").fetchone()
-            raw.execute("ROLLBACK")
-        finally:
-            raw.close()
-    except sqlite3.Error:
-        return
-    if used:
-        return
-    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        leftover.unlink(missing_ok=True)
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-
-
-def _unwritable_directory(path: Path | None) -> str:
+def _unwritable_directory(path: Path | None, reason: str) -> str:
     """Why SQLite may not open an existing catalog: even to read it, a catalog in write-ahead
     log mode needs its ``-shm`` (and ``-wal``) files beside it, so a directory this process
     cannot write to (a read-only mount) stops it. Empty when that is not the case."""
-    if path is None or not path.exists() or os.access(path.parent, os.W_OK):
+    if (
+        path is None
+        or not path.exists()
+        or os.access(path.parent, os.W_OK)
+        or not any(
+            why in reason for why in ("unable to open", "readonly", "read-only", "disk I/O error")
+        )
+    ):
         return ""
     return (
         f"; its directory {path.parent} is not writable, and SQLite writes the write-ahead "

@@ -125,6 +125,18 @@ def _insert_ignore(conn: Connection, table: Table) -> Insert:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
+def check_names(dataset: str, version: str, splits: Sequence[PlannedSplit]) -> None:
+    """Raise `InputError` for a bad dataset, version or split name, or no splits: checked
+    before a catalog is opened (`catalog.api.ingest`), so such a first ingest creates none.
+    """
+    _check_name("dataset", dataset)
+    _check_name("version", version)
+    if not splits:
+        raise InputError(f"{dataset}@{version}: no splits to ingest")
+    for split in splits:
+        _check_name("split", split.name)
+
+
 def _check_name(kind: str, value: str) -> None:
     # Spaces around a name are refused: refs are read with them stripped, so such a name
     # could be stored but never named again.
@@ -270,12 +282,7 @@ def ingest(
         InputError, NotFoundError: bad names or a missing parent.
     """
     started = time.perf_counter()
-    _check_name("dataset", dataset)
-    _check_name("version", version)
-    if not splits:
-        raise InputError(f"{dataset}@{version}: no splits to ingest")
-    for split in splits:
-        _check_name("split", split.name)
+    check_names(dataset, version, splits)
     report = on_progress or (lambda _task, _advance, _total: None)
 
     versions = core_table(Version)

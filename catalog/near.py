@@ -218,7 +218,7 @@ def resolve_recipes(
     """
     table = core_table(RecipeRecord)
     registered = conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all()
-    catalog = describe(conn.engine.url.render_as_string(hide_password=False))
+    catalog = describe(str(conn.engine.url))
     if not near:
         if registered:
             raise UsageError(
@@ -1219,7 +1219,14 @@ class NearIndexer:
             ids = image_ids[lo:hi]
             if ids.size >= BLOCK_SCAN_SHARE * block:
                 scanned, values = self._block_scan(recipe, recipe_id, int(which[lo]) * block, block)
-                parts.append(_resident(recipe, values[np.searchsorted(scanned, ids)]))
+                rows = np.minimum(np.searchsorted(scanned, ids), max(scanned.size - 1, 0))
+                if scanned.size == 0 or not np.array_equal(scanned[rows], ids):
+                    missing = ids[~np.isin(ids, scanned)][0]
+                    raise SchemaError(
+                        f"image {missing} has band keys under {recipe.name} but no signature: "
+                        "the catalog is damaged (dsaudit check lists such rows)"
+                    )
+                parts.append(_resident(recipe, values[rows]))
                 continue
             for start in range(0, ids.size, RESIDENT_SLICE):
                 part = ids[start : start + RESIDENT_SLICE]

@@ -336,11 +336,13 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
         worst = max(overlap.pairs, key=lambda p: p.items, default=None)
         if not items or worst is None:
             return 0, "no item has an exact copy in another split"
-        # The message leads with what ``value`` counts (items, over ordered split pairs).
+        # The message leads with what ``value`` counts: the matrix's cells summed, an item
+        # once for each other split that holds its image.
         return items, (
-            f"{items:,} items have an exact copy in another split "
-            f"({report.leaks.exact_images:,} images occur in more than one); the most: "
-            f"{worst.items:,} items of {worst.a} have an exact copy in {worst.b}"
+            f"{items:,} exact copies across splits (an item counted once per other split "
+            f"holding its image; {report.leaks.exact_images:,} images occur in more than one "
+            f"split); the most: {worst.items:,} items of {worst.a} have an exact copy in "
+            f"{worst.b}"
         )
     if kind is FailOn.NEAR:
         pairs = [(t.recipe, p) for t in overlap.near for p in t.pairs]
@@ -405,14 +407,19 @@ def collect_pictures(report: AuditReport) -> AuditReport:
         for source in version.sources:
             sources[source.path].append(source)
     chosen: dict[str, ItemRef] = {}
+    # A picture belongs to a place (file, array, row), which every item there shares
+    # (`AuditReport.picture`); it is drawn only if its pixels still hash to the image the
+    # items there show. Places cited with two images (a file rewritten in place between two
+    # versions) match neither: they get a placeholder.
     digest_of: dict[str, bytes] = {}
     for item, digest in picture_items(report):
-        if len(chosen) >= report.limits.thumbnails:
-            break
         key = picture_key(item)
-        chosen.setdefault(key, item)
+        if len(chosen) < report.limits.thumbnails:
+            chosen.setdefault(key, item)
         if digest is not None:
-            digest_of.setdefault(key, bytes.fromhex(digest))
+            image = bytes.fromhex(digest)
+            if digest_of.setdefault(key, image) != image:
+                digest_of[key] = b""  # two images at one place: no row hashes to b""
     wanted: dict[tuple[str, str], dict[int, bytes | None]] = defaultdict(dict)
     pixels: dict[tuple[str, str, int | None], np.ndarray] = {}
     for name, item in chosen.items():

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from catalog import __version__, api
 from catalog.check import CHECK_SCHEMA, DEFAULT_SAMPLE
+from catalog.db import catalog_file
 from catalog.errors import CatalogError, UsageError
 from catalog.model import (
     CONFLICTS_SCHEMA,
@@ -606,17 +607,20 @@ def check(
         raise typer.Exit(1)
 
 
-def _outputs(**files: str | None) -> dict[str, str]:
+def _outputs(catalog: str | None, **files: str | None) -> dict[str, str]:
     """The report files asked for; at most one may be ``-`` (stdout). Checked before any query,
-    so a typo in a path costs nothing."""
+    so a typo in a path costs nothing, and none may be the catalog's own file."""
     asked = {kind: path for kind, path in files.items() if path is not None}
     if sum(path == "-" for path in asked.values()) > 1:
         raise UsageError("only one of --html, --json and --markdown can go to stdout ('-')")
+    own = catalog_file(catalog)
     seen: dict[Path, str] = {}
     for kind, path in asked.items():
         if path == "-":
             continue
         where = Path(path).resolve()
+        if own is not None and where in {own, Path(f"{own}-wal"), Path(f"{own}-shm")}:
+            raise UsageError(f"--{kind} {path}: is the catalog's own file; name another")
         if where in seen:
             raise UsageError(
                 f"--{seen[where]} and --{kind} both name {path}: one would overwrite the other"
@@ -725,7 +729,7 @@ def report_command(
 
         dsaudit report notmnist --json report.json --max-leakage 0.001 --fail-on conflicts
     """
-    outputs = _outputs(html=html, json=json_file, markdown=markdown)
+    outputs = _outputs(ctx.obj, html=html, json=json_file, markdown=markdown)
     terminal = "-" not in outputs.values()
     made = api.report(
         ctx.obj,

@@ -227,17 +227,40 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 def test_another_programs_database_is_refused_and_left_byte_for_byte(tmp_path: Path) -> None:
     # Opened as a catalog, its connection would first have switched it to the write-ahead
     # log, a change to its header.
-    path = tmp_path / "other.db"
+    # Another program's, even one whose schema Alembic manages too.
+    for statements in (
+        ["CREATE TABLE customers (id INTEGER)"],
+        [
+            "CREATE TABLE alembic_version (version_num TEXT)",
+            "INSERT INTO alembic_version VALUES ('ab12')",
+        ],
+    ):
+        path = tmp_path / "other.db"
+        path.unlink(missing_ok=True)
+        raw = sqlite3.connect(path)
+        for statement in statements:
+            raw.execute(statement)
+        raw.commit()
+        raw.close()
+        before = path.read_bytes()
+        for create in (True, False):
+            with pytest.raises(SchemaError, match="not a dsaudit catalog.*not changed"):
+                open_catalog(str(path), create=create)
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_database_without_tables_is_not_made_a_catalog_for_reading(tmp_path: Path) -> None:
+    path = tmp_path / "bare.db"
     raw = sqlite3.connect(path)
-    raw.execute("CREATE TABLE customers (id INTEGER)")
-    raw.commit()
+    raw.execute("PRAGMA user_version = 7")  # a database of 4 KB with no table
     raw.close()
     before = path.read_bytes()
-    for create in (True, False):
-        with pytest.raises(SchemaError, match="not a dsaudit catalog.*not changed"):
-            open_catalog(str(path), create=create)
+    with pytest.raises(NotFoundError, match="bare.db: a database without tables"):
+        open_catalog(str(path), create=False)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+    open_catalog(str(path)).dispose()  # an ingest may make it one
+    assert path.read_bytes() != before
 
 
 def test_an_empty_file_is_not_made_a_catalog_for_reading(tmp_path: Path) -> None:
@@ -302,3 +325,12 @@ def test_a_catalog_in_an_unwritable_directory_says_why_it_cannot_be_opened(
         SchemaError, match=r"unable to open database file; its directory .* is not writable"
     ):
         open_catalog(str(path), create=False)
+    # Another failure in the same directory gets no such hint.
+    monkeypatch.setattr(
+        db_module,
+        "migrate",
+        mock.Mock(side_effect=OperationalError("x", {}, Exception("file is not a database"))),
+    )
+    with pytest.raises(SchemaError) as refused:
+        open_catalog(str(path), create=False)
+    assert str(refused.value).endswith("(file is not a database)")

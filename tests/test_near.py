@@ -609,6 +609,13 @@ def test_stored_residents_scanned_or_looked_up_equal_the_signatures_summaries(  
                     else:
                         assert isinstance(got, np.ndarray) and isinstance(expected, np.ndarray)
                         np.testing.assert_array_equal(got, expected)
+                    # A signature missing from a scanned block (a damaged catalog) is named,
+                    # not replaced by its neighbour's.
+                    conn.exec_driver_sql(
+                        f"DELETE FROM signature WHERE recipe_id = {recipe_id} AND image_id = 50"
+                    )
+                    with pytest.raises(SchemaError, match="image 50 has band keys"):
+                        indexer._stored_resident(recipe, recipe_id, wanted)
             finally:
                 indexer.close()
     finally:

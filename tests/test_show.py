@@ -116,3 +116,28 @@ def test_a_file_rewritten_in_place_at_the_same_size_shows_no_other_picture(
     (member,) = report.leaks.exact
     picture = report.picture(member.items[0])
     assert picture is not None and picture.png is None and "changed" in picture.note
+
+
+def test_a_place_cited_with_two_images_gets_no_picture(tmp_path: Path) -> None:
+    """A report's pictures belong to places (file, array, row) that its items share; one cited
+    with two different images (a file rewritten in place between two versions) matches
+    neither, so it is not drawn for either. A place cited with one image still is."""
+    from dataclasses import replace
+
+    from catalog.report import collect_pictures, picture_key
+
+    images, _labels = synth.render_letters(20, np.random.default_rng(4))
+    train, test = tmp_path / "train.npy", tmp_path / "test.npy"
+    np.save(train, images)
+    np.save(test, images[3:5])  # exact copies of train rows 3 and 4
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", api.plan([], splits=[f"train={train}", f"test={test}"]))
+    report = api.report(db, "d@v1")
+    first, second = report.leaks.exact
+    other = replace(first, image_digest="00" * 32)  # the same places, another image
+    cited = replace(report, leaks=replace(report.leaks, exact=(first, second, other)))
+    drawn = collect_pictures(cited)
+    assert all(p.png is None for p in drawn.pictures if p.key == picture_key(first.items[0]))
+    assert drawn.picture(second.items[0]) is not None
+    assert drawn.picture(second.items[0]).png is not None  # type: ignore[union-attr]
+    assert collect_pictures(report).picture(first.items[0]).png is not None  # type: ignore[union-attr]
