@@ -57,7 +57,9 @@ WRITE_ATTEMPTS = 3
 MIGRATION_LOCK = 0x647361756469_0001
 """PostgreSQL advisory lock keys (any 64-bit numbers, "dsaudi" + a counter): schema upgrades..."""
 PAIR_LOCK = 0x647361756469_0002
-"""...and the band join + pair insert of an ingest (`lock_pair_finding`)."""
+"""...the band join + pair insert of an ingest (`lock_pair_finding`)..."""
+RECIPES_LOCK = 0x647361756469_0003
+"""...and a catalog's choice between recipes and exact-only (`lock_recipe_choice`)."""
 
 T = TypeVar("T")
 
@@ -509,6 +511,21 @@ def lock_pair_finding(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PAIR_LOCK})")
+
+
+def lock_recipe_choice(conn: Connection, *, shared: bool) -> None:
+    """Hold the lock on whether the catalog has recipes until this transaction ends
+    (PostgreSQL only; SQLite's writer holds the whole catalog from BEGIN IMMEDIATE).
+
+    An exact-only ingest holds it shared for its whole transaction, and the first
+    registration of recipes exclusively (`catalog.near.resolve_recipes`): otherwise, under
+    READ COMMITTED, an exact-only ingest could read no recipes while a near ingest registers
+    them, and both would commit, leaving images unsigned in a catalog with recipes. Exact-only
+    ingests still run side by side, and so do near ingests into a catalog that has recipes.
+    """
+    if conn.dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        conn.exec_driver_sql(f"SELECT {function}({RECIPES_LOCK})")
 
 
 def placeholder(conn: Connection) -> str:

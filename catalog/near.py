@@ -49,6 +49,7 @@ from catalog.db import (
     fetch_integers,
     fetch_rows,
     lock_pair_finding,
+    lock_recipe_choice,
     placeholder,
     scratch_directory,
     scratch_error,
@@ -217,7 +218,16 @@ def resolve_recipes(
         SchemaError: the catalog's recipes were made by a release that does not know them.
     """
     table = core_table(RecipeRecord)
-    registered = conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all()
+
+    def listed() -> list[str]:
+        return list(conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all())
+
+    registered = listed()
+    if not near or not registered:
+        # Whether the catalog has recipes is decided once (`lock_recipe_choice`), then read
+        # again: another ingest may have decided it while this one waited.
+        lock_recipe_choice(conn, shared=not near)
+        registered = listed()
     catalog = describe(str(conn.engine.url))
     if not near:
         if registered:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from catalog import api, synth
 from catalog.db import (
@@ -26,7 +27,8 @@ from catalog.db import (
     refresh_statistics,
     write_retrying,
 )
-from catalog.errors import QueryError
+from catalog.errors import QueryError, UsageError
+from catalog.near import resolve_recipes
 from catalog.recipes import DEFAULT_RECIPES
 from tests.conftest import postgres_only
 
@@ -368,3 +370,33 @@ def test_a_postgres_url_without_the_driver_says_what_to_install(
     assert "driver is not installed: psycopg" in result.stderr
     assert "pip install 'dsaudit[postgres]'" in result.stderr
     assert "Traceback" not in result.output
+
+
+@postgres_only
+def test_an_exact_only_ingest_and_the_first_recipes_exclude_each_other(db: str) -> None:
+    """Under READ COMMITTED an exact-only ingest could read no recipes while a near ingest
+    registers them, and both commit: images left unsigned in a catalog with recipes. The
+    exact-only ingest holds the recipe choice shared for its transaction; registering recipes
+    waits for it, then finds the catalog made exact-only."""
+    engine = open_catalog(db)
+    try:
+        with engine.connect() as exact, engine.connect() as near:
+            exact.begin()
+            assert resolve_recipes(exact, near=False) == ()
+            near.begin()
+            near.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                resolve_recipes(near)  # would register the defaults: waits for `exact`
+            near.rollback()
+            exact.exec_driver_sql(
+                "INSERT INTO image (digest, height, width, channels, dtype, low_info) "
+                "VALUES (decode(repeat('ab', 32), 'hex'), 2, 2, 1, 'uint8', false)"
+            )
+            exact.commit()
+            with near.begin(), pytest.raises(UsageError, match="made exact-only"):
+                resolve_recipes(near)
+            # Exact-only ingests share the lock: they still run side by side.
+            with exact.begin(), near.begin():
+                assert resolve_recipes(exact, near=False) == resolve_recipes(near, near=False)
+    finally:
+        engine.dispose()
