@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 import numpy as np
 from sqlalchemy import Connection, Index, select
@@ -1231,11 +1232,7 @@ class NearIndexer:
                 scanned, values = self._block_scan(recipe, recipe_id, int(which[lo]) * block, block)
                 rows = np.minimum(np.searchsorted(scanned, ids), max(scanned.size - 1, 0))
                 if scanned.size == 0 or not np.array_equal(scanned[rows], ids):
-                    missing = ids[~np.isin(ids, scanned)][0]
-                    raise SchemaError(
-                        f"image {missing} has band keys under {recipe.name} but no signature: "
-                        "the catalog is damaged (dsaudit check lists such rows)"
-                    )
+                    _missing_signature(ids[~np.isin(ids, scanned)][0], recipe.name)
                 parts.append(_resident(recipe, values[rows]))
                 continue
             for start in range(0, ids.size, RESIDENT_SLICE):
@@ -1384,9 +1381,20 @@ class NearIndexer:
                 (recipe_id, *batch.tolist()),
             )
             ids = np.array([r[0] for r in rows], np.int64)
+            if ids.size < batch.size:
+                _missing_signature(batch[~np.isin(batch, ids)][0], recipe_id)
             values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
+
+
+def _missing_signature(image_id: int, recipe: int | str) -> NoReturn:
+    """Stop an ingest that needs a signature the catalog lacks (a damaged catalog), rather than
+    compare another row in its place."""
+    raise SchemaError(
+        f"image {image_id} has band keys under recipe {recipe} but no signature: the catalog "
+        "is damaged (dsaudit check lists such rows)"
+    )
 
 
 def seek_statement(

@@ -616,6 +616,8 @@ def test_stored_residents_scanned_or_looked_up_equal_the_signatures_summaries(  
                     )
                     with pytest.raises(SchemaError, match="image 50 has band keys"):
                         indexer._stored_resident(recipe, recipe_id, wanted)
+                    with pytest.raises(SchemaError, match="image 50 has band keys"):
+                        indexer._signatures(recipe_id, wanted, recipe.signature_bytes)
             finally:
                 indexer.close()
     finally:
