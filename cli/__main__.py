@@ -1,5 +1,5 @@
 """``python -m cli`` runs the dsaudit command (the same as the ``dsaudit`` script)."""
 
-from cli.app import main
+from cli import main
 
 main()

@@ -7,12 +7,14 @@ import hashlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import cli
 from catalog import api
 from cli.app import app
 
@@ -403,3 +405,22 @@ def test_a_progress_task_run_again_gets_a_new_bar(monkeypatch: pytest.MonkeyPatc
                 on_progress("near", 1, 3)
     bars = re.findall(r"^(overlap report|near)\s.*?(\d+)/(\d+)", out.getvalue(), re.M)
     assert bars == [("overlap report", "1", "1"), ("near", "3", "3")] * 2
+
+
+def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The script's entry point loads the command (numpy, SQLAlchemy, rich) itself, so a
+    Ctrl-C in that second is an exit like any other interrupted command's."""
+
+    class Interrupted:
+        def find_spec(self, name: str, *_args: object) -> None:
+            if name == "cli.app":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "cli.app")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
