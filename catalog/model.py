@@ -394,9 +394,12 @@ class DiffReport:
     relabelled_items: int
     """Items of ``b`` whose image is in ``a`` with another set of labels."""
     relabelled: tuple[ItemRef, ...]
-    """The first of them (``limit``), with provenance."""
+    """The first of them (``limit``), with provenance and their label in ``b``."""
     images_added: int
     images_removed: int
+    labels_before: tuple[tuple[str, ...], ...] = ()
+    """For each of ``relabelled``: the labels its image carries in ``a``, sorted (an
+    unlabelled item's as "")."""
 
 
 @dataclass(frozen=True)

@@ -1369,8 +1369,13 @@ def version_diff(
     changed = np.intersect1d(changed, np.intersect1d(ia, ib))
     relabelled_items = int(np.isin(ib, changed).sum())
     by_b = {s.split_id: s for s in splits_b}
-    detail = _items_of(conn, changed[:limit].tolist(), by_b)
-    relabelled = tuple(ref for i in changed[:limit].tolist() for ref in detail[i][1])[:limit]
+    shown = changed[:limit].tolist()
+    detail = _items_of(conn, shown, by_b)
+    relabelled = tuple(ref for i in shown for ref in detail[i][1])[:limit]
+    before: dict[int, set[str]] = {i: set() for i in shown}
+    for index in np.flatnonzero(np.isin(ia, shown)).tolist():
+        before[int(ia[index])].add(la[index] or "")
+    labels_before = tuple(tuple(sorted(before[i])) for i in shown for _ref in detail[i][1])[:limit]
     every_a, every_b = np.unique(ia), np.unique(ib)
     return DiffReport(
         a=str(parse_ref(a) if isinstance(a, str) else a),
@@ -1383,6 +1388,7 @@ def version_diff(
         relabelled=relabelled,
         images_added=int(np.setdiff1d(every_b, every_a).size),
         images_removed=int(np.setdiff1d(every_a, every_b).size),
+        labels_before=labels_before,
     )
 
 

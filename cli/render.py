@@ -359,13 +359,16 @@ def diff(report: DiffReport) -> RenderableType:
         relabelled = _table(
             f"{report.relabelled_items:,} items carry other labels than before; the first:",
             ("item", "left"),
+            ("labels before", "left"),
             ("label now", "left"),
             ("source", "left"),
         )
-        for ref in report.relabelled:
+        before = report.labels_before or ((),) * len(report.relabelled)
+        for ref, labels in zip(report.relabelled, before, strict=True):
             row = "" if ref.source_row is None else f"[{ref.source_row}]"
             relabelled.add_row(
                 f"{ref.split}#{ref.position}",
+                ", ".join(labels),
                 ref.label or "",
                 f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}",
             )

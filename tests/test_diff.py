@@ -67,8 +67,12 @@ def test_diff_command(db: str, tmp_path: Path) -> None:
     assert data["moves"] == [{"source": "train", "to": "test", "moved": 2, "copied": 0}]
     assert data["relabelled_items"] == 1
     assert data["relabelled"][0]["label"] == "Z"
+    assert data["labels_before"] == [[labels[3]]]
     table = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v2"])
     assert table.exit_code == 0 and "moved" in table.stdout
+    assert "labels before" in table.stdout
+    row = next(line for line in table.stdout.splitlines() if "train#3" in line)
+    assert f" {labels[3]} " in row and " Z " in row
     bad = runner.invoke(app, ["--db", db, "diff", "d@v1", "d@v9"])
     assert bad.exit_code == 2 and "versions: v1, v2" in bad.stderr
 

@@ -123,6 +123,12 @@ def test_report_against_an_older_version_holds_the_diff(
     assert sum(m.moved for m in diff.moves) == changes.moved
     assert sum(m.copied for m in diff.moves) == changes.leaked
     assert diff.relabelled_items == changes.relabelled_items
+    # Each relabelled item with its image's labels in v1, none of them its label now.
+    assert len(diff.labels_before) == len(diff.relabelled) > 0
+    assert all(
+        before and item.label not in before
+        for item, before in zip(diff.relabelled, diff.labels_before, strict=True)
+    )
     assert [f"{v.dataset}@{v.tag}" for v in report.versions] == [V1, V2]
 
 
@@ -201,6 +207,9 @@ def test_html_shows_every_planted_problem_with_pictures(
     changes = demo.planned_diff(planted)
     assert f"{changes.added} images added, {changes.removed} removed" in page
     assert f"{changes.relabelled_items} items carry other labels than before" in page
+    first = report.diffs[0]
+    assert "<th>labels before</th>" in page
+    assert f'<td class="label">{", ".join(first.labels_before[0])}</td>' in page
     images = re.findall(r'<img class="thumb" src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)
     assert len(images) >= 50
     assert "http://" not in page and "https://" not in page and "<link" not in page
