@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
 from rich.columns import Columns
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -378,19 +379,56 @@ def diff(report: DiffReport) -> RenderableType:
     return Group(*parts)
 
 
-def picture(rows: Sequence[Sequence[tuple[int, int, int]]]) -> Text:
-    """Half blocks: each character cell shows two pixels, the upper as foreground colour."""
-    text = Text()
-    for top, bottom in zip(rows[0::2], [*rows[1::2], None], strict=False):
-        for index, upper in enumerate(top):
-            lower = bottom[index] if bottom is not None else (0, 0, 0)
-            text.append(
-                "▀",
-                style=f"rgb({upper[0]},{upper[1]},{upper[2]}) on "
-                f"rgb({lower[0]},{lower[1]},{lower[2]})",
-            )
-        text.append("\n")
-    return text
+_RAMP = " .:-=+*#%@"
+"""Characters from dark to light, for a picture on a console without colour."""
+
+
+class Picture:
+    """An image for the terminal: half blocks, two pixels per character cell (the upper as
+    foreground colour, the lower as background); where the console has no colour (output to a
+    file or a pipe, ``NO_COLOR``), one character of `_RAMP` per cell, by the cell's gray
+    level, so the picture still shows."""
+
+    def __init__(self, rows: Sequence[Sequence[tuple[int, int, int]]]) -> None:
+        self.rows = rows
+
+    def __rich_console__(self, console: Console, _options: ConsoleOptions) -> RenderResult:
+        yield self.colour() if console.color_system is not None else self.gray()
+
+    def __rich_measure__(self, _console: Console, _options: ConsoleOptions) -> Measurement:
+        width = len(self.rows[0]) if self.rows else 0
+        return Measurement(width, width)
+
+    def _cells(self) -> Iterator[list[tuple[tuple[int, int, int], tuple[int, int, int]]]]:
+        for top, bottom in zip(self.rows[0::2], [*self.rows[1::2], None], strict=False):
+            yield [
+                (upper, bottom[index] if bottom is not None else (0, 0, 0))
+                for index, upper in enumerate(top)
+            ]
+
+    def colour(self) -> Text:
+        text = Text()
+        for cells in self._cells():
+            for upper, lower in cells:
+                text.append(
+                    "▀",
+                    style=f"rgb({upper[0]},{upper[1]},{upper[2]}) on "
+                    f"rgb({lower[0]},{lower[1]},{lower[2]})",
+                )
+            text.append("\n")
+        return text
+
+    def gray(self) -> Text:
+        lines = []
+        for cells in self._cells():
+            levels = (sum(upper) + sum(lower) for upper, lower in cells)  # 0 .. 6 * 255
+            lines.append("".join(_RAMP[level * len(_RAMP) // (6 * 255 + 1)] for level in levels))
+        return Text("\n".join(lines) + "\n")
+
+
+def picture(rows: Sequence[Sequence[tuple[int, int, int]]]) -> Picture:
+    """`Picture` of preview rows of (r, g, b) triples."""
+    return Picture(rows)
 
 
 def _where(ref: ItemRef) -> str:

@@ -61,7 +61,11 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     runner = CliRunner()
     table = runner.invoke(app, ["--db", db, "show", "d@v1:train:1"])
     assert table.exit_code == 0, table.output
-    assert "▀" in table.stdout and "Near copies" in table.stdout
+    # Without colour (a pipe, as here) the picture is drawn in characters by gray level;
+    # with colour, in half blocks.
+    assert "@@" in table.stdout and "▀" not in table.stdout and "Near copies" in table.stdout
+    coloured = runner.invoke(app, ["--db", db, "show", "d@v1:train:1"], env={"FORCE_COLOR": "1"})
+    assert coloured.exit_code == 0 and "▀" in coloured.stdout and "@@" not in coloured.stdout
     data = json.loads(runner.invoke(app, ["--db", db, "show", "d@v1:train:1", "--json"]).stdout)
     assert data["schema"] == "dsaudit.show/1" and data["height"] == 28
     bad = runner.invoke(app, ["--db", db, "show", "d@v1:train:99"])
