@@ -570,7 +570,9 @@ def sql_table(result: SqlResult) -> RenderableType:
     for row in result.rows:
         table.add_row(*["NULL" if v is None else str(v) for v in row])
     if result.truncated:
-        table.caption = f"first {len(result.rows):,} rows; --max-rows shows more"
+        # Below the table, not its caption: a caption wraps to a narrow table's width.
+        note = f"first {len(result.rows):,} rows; --max-rows shows more"
+        return Group(table, Text(note, style="dim"))
     return table
 
 

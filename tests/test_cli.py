@@ -325,6 +325,8 @@ def test_sql_outputs(db: str, runner: CliRunner, tmp_path: Path, archive: Path) 
     assert overlap == [{"n": 3}]
     truncated = _run(runner, db, "sql", "SELECT * FROM v_item", "--max-rows", "2")
     assert "first 2 rows" in truncated.stdout
+    narrow = _run(runner, db, "sql", "SELECT position FROM v_item", "--max-rows", "3")
+    assert "first 3 rows; --max-rows shows more" in narrow.stdout  # one line, not wrapped
     _assert_user_error(_run(runner, db, "sql", query, "--json", "--csv"), "--json", "--csv")
 
 
