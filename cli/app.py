@@ -66,11 +66,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _stdout() -> Console:
-    return Console(soft_wrap=False)
+    # No markup: labels, file names, notes and names come from the data, and "[/]" or
+    # "[red]" in one would crash the command or vanish (nothing here is written as markup).
+    return Console(soft_wrap=False, markup=False)
 
 
 def _stderr() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, markup=False)
 
 
 def _command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
@@ -127,7 +129,7 @@ def _progress() -> Iterator[api.ProgressCallback]:
     error; one that fails midway erases its bars and leaves the one line of the error.
     """
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -426,3 +426,31 @@ def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 130
+
+
+def test_values_from_the_data_are_printed_as_they_are_never_as_markup(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """Labels, notes, file and array names come from the data: "[/]" in one crashed a
+    command (rich read it as a closing tag) and "[red]" vanished."""
+    images = np.random.default_rng(3).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    folder = tmp_path / "[red]data"
+    folder.mkdir()
+    np.save(folder / "[b]x.npy", np.concatenate([images, images[:2]]))
+    np.save(folder / "y.npy", np.array(["[/]", "[red]lab", "c", "d", "e", "f", "[red]lab", "g"]))
+    db = tmp_path / "c.db"
+    spec = f"train={folder / '[b]x.npy'}:{folder / 'y.npy'}"
+    made = _run(runner, db, "ingest", "d", "v1", "--split", spec, "--note", "[blink]note[/]")
+    assert made.exit_code == 0, made.output
+    outputs = {
+        "ls": _run(runner, db, "ls").stdout,
+        "conflicts": _run(runner, db, "conflicts", "d").stdout,
+        "show": _run(runner, db, "show", "d@v1:train:0").stdout,
+        "report": _run(runner, db, "report", "d", "--limit", "50").stdout,
+        "sql": _run(runner, db, "sql", "SELECT label FROM v_item WHERE position = 0").stdout,
+    }
+    assert "[blink]n" in outputs["ls"] and "[b]x.npy" in outputs["ls"]  # (cut to 80 columns)
+    assert "[/]" in outputs["sql"] and "[/]" in outputs["show"]
+    for name in ("conflicts", "report"):
+        assert "[/]" in outputs[name] and "[red]lab" in outputs[name], name
+    assert "[b]x.npy" in outputs["show"]
