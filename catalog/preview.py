@@ -102,7 +102,9 @@ def read_image_file(root: str, key: str, sha256: str | None) -> np.ndarray | Non
 
 
 def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Preview:
-    """Downsample (block mean) to at most ``max_width`` columns and map to 0-255 RGB.
+    """Downsample (block mean) to at most ``max_width`` pixels on either side and map to 0-255
+    RGB. The blocks are square, so the shape is kept; the last row and column of blocks may
+    be partial, so a side shorter than a block still gives one row (or column).
 
     Args:
         pixels: one image, (H, W) or (H, W, C), any supported dtype.
@@ -114,10 +116,15 @@ def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Previe
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         scale = value_range(images.dtype, (low, high))
     unit = to_unit(images, scale)[0]
-    step = max(1, -(-unit.shape[1] // max_width))
-    height, width = (unit.shape[0] // step) * step, (unit.shape[1] // step) * step
-    blocks = unit[:height, :width].reshape(height // step, step, width // step, step, -1)
-    small = blocks.mean(axis=(1, 3))
+    step = max(1, -(-max(unit.shape[:2]) // max_width))
+    small = unit
+    if step > 1:
+        starts = np.arange(0, unit.shape[0], step), np.arange(0, unit.shape[1], step)
+        sums = np.add.reduceat(np.add.reduceat(unit, starts[0], axis=0), starts[1], axis=1)
+        counts = np.outer(
+            np.diff(np.r_[starts[0], unit.shape[0]]), np.diff(np.r_[starts[1], unit.shape[1]])
+        )
+        small = sums / counts[:, :, None]
     if small.shape[2] == 1:
         small = np.repeat(small, 3, axis=2)
     rgb = np.clip(np.rint(small[:, :, :3] * 255), 0, 255).astype(np.uint8)

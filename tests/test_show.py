@@ -145,3 +145,22 @@ def test_a_place_cited_with_two_images_gets_no_picture(tmp_path: Path) -> None:
     assert drawn.picture(second.items[0]) is not None
     assert drawn.picture(second.items[0]).png is not None  # type: ignore[union-attr]
     assert collect_pictures(report).picture(first.items[0]).png is not None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((28, 28), (28, 28)), ((2, 5000), (1, 64)), ((3000, 1), (64, 1)), ((130, 65, 3), (44, 22))],
+)
+def test_a_preview_keeps_its_shape_within_64_pixels_a_side(
+    shape: tuple[int, ...], expected: tuple[int, int]
+) -> None:
+    """Square blocks (the last ones partial): a very wide image gave a preview of no rows and
+    a crash, a very tall one 1,500 lines."""
+    from catalog.preview import make_preview
+
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    preview = make_preview(pixels, "x")
+    assert (len(preview.rows), len(preview.rows[0])) == expected
+    if shape == (2, 5000):
+        # Block means: the first cell averages rows 0-1, columns 0-78 of the gray image.
+        assert preview.rows[0][0][0] == round(float(pixels[:, :79].mean()))
