@@ -1421,12 +1421,17 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
             ),
         )
         position = int(item_match["position"])
-        image_id = conn.execute(
-            select(core_table(Item).c.image_id).where(
-                core_table(Item).c.split_id == split.split_id,
-                core_table(Item).c.position == position,
-            )
-        ).scalar_one_or_none()
+        # Positions are 64-bit: a longer number is no position (and no query can hold it).
+        image_id = (
+            conn.execute(
+                select(core_table(Item).c.image_id).where(
+                    core_table(Item).c.split_id == split.split_id,
+                    core_table(Item).c.position == position,
+                )
+            ).scalar_one_or_none()
+            if position < 2**63
+            else None
+        )
         if image_id is None:
             raise NotFoundError(f"{split.ref} has no position {position} (it has {split.items})")
     elif _HEX.match(target):

@@ -63,6 +63,9 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_COUNT = 1_000_000_000
+"""The largest --limit, --max-rows, --sample or --thumbnails: past it, a usage error (SQLite's
+integers stop at 2**63 - 1, and no listing needs more)."""
 
 
 def _stdout() -> Console:
@@ -342,7 +345,9 @@ def overlap(
             help="DATASET[@VERSION][:SPLIT]; several compare across versions and datasets."
         ),
     ],
-    limit: Annotated[int, typer.Option(help="Label conflicts listed in detail.", min=0)] = 20,
+    limit: Annotated[
+        int, typer.Option(help="Label conflicts listed in detail.", min=0, max=MAX_COUNT)
+    ] = 20,
     recipe: RecipeOption = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
@@ -389,7 +394,9 @@ def dups(
     ] = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
-    limit: Annotated[int, typer.Option(help="Groups listed in detail, largest first.", min=0)] = 20,
+    limit: Annotated[
+        int, typer.Option(help="Groups listed in detail, largest first.", min=0, max=MAX_COUNT)
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
 ) -> None:
     """Duplicate groups inside each split: exact copies and near copies, joined.
@@ -425,7 +432,7 @@ def diff(
     ] = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
-    limit: Annotated[int, typer.Option(help="Relabelled items listed.", min=0)] = 20,
+    limit: Annotated[int, typer.Option(help="Relabelled items listed.", min=0, max=MAX_COUNT)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
 ) -> None:
     """What changed between two versions (or datasets): per split and between splits.
@@ -459,7 +466,9 @@ def conflicts_command(
     recipe: RecipeOption = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
-    limit: Annotated[int, typer.Option(help="Conflicts listed in detail.", min=0)] = 20,
+    limit: Annotated[
+        int, typer.Option(help="Conflicts listed in detail.", min=0, max=MAX_COUNT)
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
 ) -> None:
     """Label conflicts: the same image, or a near copy, carrying different labels.
@@ -489,7 +498,9 @@ def show(
         str,
         typer.Argument(help="DATASET[@VERSION]:SPLIT:POSITION, or a digest prefix (6+ hex)."),
     ],
-    limit: Annotated[int, typer.Option(help="Near copies listed per recipe.", min=0)] = 10,
+    limit: Annotated[
+        int, typer.Option(help="Near copies listed per recipe.", min=0, max=MAX_COUNT)
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (see README).")] = False,
 ) -> None:
     """One image: every item holding it, its near copies, and the picture itself.
@@ -541,7 +552,8 @@ def sql(
     ] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Rows as CSV with a header.")] = False,
     max_rows: Annotated[
-        int | None, typer.Option(help="Stop after this many rows.", min=1, show_default=False)
+        int | None,
+        typer.Option(help="Stop after this many rows.", min=1, max=MAX_COUNT, show_default=False),
     ] = None,
 ) -> None:
     """Run read-only SQL on the catalog (views: v_item, v_split, v_exact_overlap, v_near_pair,
@@ -573,11 +585,16 @@ def check(
     sample: Annotated[
         int,
         typer.Option(
-            help="Items whose digests are recomputed from their source files (0: none).", min=0
+            help="Items whose digests are recomputed from their source files (0: none).",
+            min=0,
+            max=MAX_COUNT,
         ),
     ] = DEFAULT_SAMPLE,
     seed: Annotated[
-        int, typer.Option(help="Seed of the sample: the same seed draws the same items.")
+        int,
+        typer.Option(
+            help="Seed of the sample: the same seed draws the same items.", min=0, max=2**63 - 1
+        ),
     ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
@@ -707,11 +724,16 @@ def report_command(
     recipe: RecipeOption = None,
     exact: ExactOption = False,
     limit: Annotated[
-        int, typer.Option(help="Findings listed per section; counts are always complete.", min=0)
+        int,
+        typer.Option(
+            help="Findings listed per section; counts are always complete.", min=0, max=MAX_COUNT
+        ),
     ] = DEFAULT_LIMIT,
     thumbnails: Annotated[
         int,
-        typer.Option(help="Pictures read back and embedded in the HTML at most.", min=0),
+        typer.Option(
+            help="Pictures read back and embedded in the HTML at most.", min=0, max=MAX_COUNT
+        ),
     ] = DEFAULT_THUMBNAILS,
 ) -> None:
     """The audit of a dataset version in one report: terminal, HTML, JSON, Markdown; CI gates.
@@ -771,7 +793,9 @@ def demo(
     directory: Annotated[
         Path, typer.Argument(help="Where the sample files and demo.db go (demo.db is remade).")
     ] = Path("dsaudit-demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the generated data.", min=0, max=2**63 - 1)
+    ] = 0,
 ) -> None:
     """Generate a notMNIST-like dataset with planted leaks, ingest and audit it.
 

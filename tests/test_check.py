@@ -283,3 +283,6 @@ def test_check_user_errors(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no catalog here" in result.stderr
     result = runner.invoke(app, ["--db", str(tmp_path / "none.db"), "check", "--sample", "-1"])
     assert result.exit_code == 2
+    for option, value in (("--seed", "-5"), ("--sample", str(2**63))):
+        result = runner.invoke(app, ["--db", str(tmp_path / "none.db"), "check", option, value])
+        assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr

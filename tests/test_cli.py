@@ -454,3 +454,29 @@ def test_values_from_the_data_are_printed_as_they_are_never_as_markup(
     for name in ("conflicts", "report"):
         assert "[/]" in outputs[name] and "[red]lab" in outputs[name], name
     assert "[b]x.npy" in outputs["show"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["conflicts", "d", "--limit", str(2**63)],
+        ["overlap", "d", "--limit", str(2**63)],
+        ["dups", "d", "--limit", str(2**63)],
+        ["diff", "d@v1", "d@v1", "--limit", str(2**63)],
+        ["show", "d@v1:train:0", "--limit", str(2**63)],
+        ["sql", "SELECT 1", "--max-rows", str(2**70)],
+    ],
+    ids=lambda args: args[0],
+)
+def test_counts_past_any_integer_are_usage_errors(
+    runner: CliRunner, tmp_path: Path, args: list[str]
+) -> None:
+    """A count SQLite cannot hold was a traceback (OverflowError)."""
+    db = tmp_path / "c.db"
+    np.save(tmp_path / "x.npy", np.arange(64, dtype=np.uint8).reshape(1, 8, 8))
+    assert (
+        _run(runner, db, "ingest", "d", "v1", "--split", f"train={tmp_path / 'x.npy'}").exit_code
+        == 0
+    )
+    result = _run(runner, db, *args)
+    assert result.exit_code == 2 and "Invalid value for '--" in result.stderr, result.output

@@ -257,6 +257,7 @@ def test_terminal_report_draws_the_findings(demo_run: DemoRun, runner: CliRunner
         (["--max-leakage", "-0.1"], 2, "is not a rate"),
         (["--fail-on", "typos"], 2, "Invalid value for '--fail-on'"),
         (["--limit", "-1"], 2, "Invalid value for '--limit'"),
+        (["--limit", str(2**63)], 2, "Invalid value for '--limit'"),
         (["--json", "-", "--markdown", "-"], 2, "only one of --html, --json and --markdown"),
         (["--html", "/nonexistent/dir/r.html"], 2, "does not exist"),
         (["--html", "/tmp"], 2, "--html /tmp: is a directory"),

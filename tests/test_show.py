@@ -70,6 +70,8 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     assert data["schema"] == "dsaudit.show/1" and data["height"] == 28
     bad = runner.invoke(app, ["--db", db, "show", "d@v1:train:99"])
     assert bad.exit_code == 2 and "no position 99" in bad.stderr
+    huge = runner.invoke(app, ["--db", db, "show", f"d@v1:train:{2**70}"])
+    assert huge.exit_code == 2 and f"no position {2**70}" in huge.stderr
 
 
 def test_a_file_named_relative_to_the_ingest_is_found_from_anywhere(
