@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -590,3 +591,28 @@ def test_decoding_batches_shrink_to_keep_pictures_in_flight_within_the_budget() 
     assert sizer.size() == 1  # one photo per task: a few in flight, never hundreds
     files = tuple(f"{i}.png" for i in range(5))
     assert [batch for _start, batch in sizer.batches(files)] == [(f,) for f in files]
+
+
+def test_check_recomputes_digests_from_the_folders_own_files(
+    tmp_path: Path, runner: CliRunner, unlabelled: Path
+) -> None:
+    """A folder is a directory, not a file: check said every item's source was gone and
+    verified none. It now reads each sampled item's own file (if its sha256 is unchanged)."""
+    db = tmp_path / "c.db"
+    assert _run(runner, db, "ingest", "d", "v1", str(unlabelled)).exit_code == 0
+    result = {r.name: r for r in api.check(str(db), sample=1000).results}["digests"]
+    total = 6  # the fixture's 4 train and 2 test files
+    assert result.skipped is None and result.checked == total and result.problems == 0
+    # A file changed since ingest is not read; a digest the catalog holds wrongly is found.
+    changed = sorted(unlabelled.rglob("*.png"))[0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "UPDATE image SET digest = randomblob(32) WHERE id = (SELECT image_id FROM item "
+            "WHERE source_key = ?)",
+            (str(sorted(unlabelled.rglob("*.png"))[1].relative_to(unlabelled)),),
+        )
+    result = {r.name: r for r in api.check(str(db), sample=1000).results}["digests"]
+    assert result.checked == total - 1 and result.problems == 1
+    assert "1 image files changed since ingest" in result.description
+    assert "the catalog holds" in result.examples[0]
