@@ -11,13 +11,13 @@ loads nothing. At most ``limits.thumbnails`` pictures are embedded, each at most
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import PurePath
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from catalog.model import GroupMember, ItemRef, RecipeInfo
+from catalog.model import GroupMember, ItemRef, NearConflict, RecipeInfo
 from catalog.report import (
     DISTANCE_MEANING,
     GROUP_PICTURES,
@@ -88,6 +88,12 @@ class _Pictures:
         ).format(data, width * scale, height * scale, item_name(item), picture.key)
 
 
+def images_in(conflicts: Sequence[NearConflict]) -> int:
+    """How many distinct images these near label conflicts (pairs) show: the count a tier's
+    ``conflict_images`` is compared with (a pair shows two, an image may be in several)."""
+    return len({side for c in conflicts for side in (c.a, c.b)})
+
+
 def to_html(report: AuditReport) -> str:
     """The report as one self-contained HTML page (no network, no external files)."""
     sources = {
@@ -118,6 +124,7 @@ def to_html(report: AuditReport) -> str:
             meaning=DISTANCE_MEANING,
             p_found=probability_at_threshold,
             group_pictures=GROUP_PICTURES,
+            images_in=images_in,
             file_uri=lambda path: PurePath(path).as_uri() if PurePath(path).is_absolute() else "",
         )
     )
@@ -292,7 +299,7 @@ def _examples(out: list[str], report: AuditReport, rows: int) -> None:
                 f"{_items(GroupMember('', c.b), 2)}"
                 for c in near_tier.conflicts[:rows]
             ]
-            shown = min(rows, len(near_tier.conflicts))
+            shown = images_in(near_tier.conflicts[:rows])
             out += _more(near_tier.conflict_images, shown, "images")
     low = report.low_info
     if low.shown:

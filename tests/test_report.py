@@ -409,3 +409,26 @@ def test_to_json_leaves_pictures_out(demo_run: DemoRun) -> None:
     report = api.report(_db(demo_run), V1, limit=1, pictures=True)
     assert report.pictures
     assert "pictures" not in to_json(report, REPORT_SCHEMA)
+
+
+def test_near_label_conflicts_not_listed_are_counted_in_images(tmp_path: Path) -> None:
+    """A near conflict is a pair, the tier's count is of images: the pairs listed are counted
+    by the images they show (a pair of two images listed in full said "1 more images")."""
+    from catalog.model import ItemRef, NearConflict
+    from catalog.report_render import images_in, to_markdown
+
+    def side(position: int) -> tuple[ItemRef, ...]:
+        return (ItemRef("d@v1:train", position, "x", "f.npy", "x", position),)
+
+    pairs = [NearConflict(0.01, side(1), side(2)), NearConflict(0.02, side(1), side(3))]
+    assert images_in(pairs[:1]) == 2 and images_in(pairs) == 3
+    images, labels = synth.render_letters(30, np.random.default_rng(2))
+    copy = synth.brightness(images[:1], 0.02)  # a near copy of image 0, labelled otherwise
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "d", "v1", {"train": (np.concatenate([images, copy]), [*labels, "other"])})
+    report = api.report(db, "d@v1")
+    tier = next(t for t in report.overlap.near if t.recipe == "pixel-v1")
+    assert tier.conflict_images == 2 and len(tier.conflicts) == 1
+    section = to_html(report).split("Near copies labelled otherwise: pixel-v1")[1]
+    assert "more images not listed" not in section.split("<h3>")[0]
+    assert "more images" not in to_markdown(report)
