@@ -539,6 +539,13 @@ def _ingest_split(
         items += len(chunk)
         file_bytes += chunk.file_bytes
         report(task, len(chunk), total)
+    if not items:
+        # As a split with no images at all is refused: a split of bad files only (--skip-bad)
+        # would otherwise pass every audit gate with nothing in it.
+        raise InputError(
+            f"{split.source.path}: split '{split.name}' has no image left to ingest "
+            f"({skipped_here:,} files could not be decoded); nothing was added"
+        )
     return (
         SplitIngested(
             name=split.name,

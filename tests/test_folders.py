@@ -616,3 +616,20 @@ def test_check_recomputes_digests_from_the_folders_own_files(
     assert result.checked == total - 1 and result.problems == 1
     assert "1 image files changed since ingest" in result.description
     assert "the catalog holds" in result.examples[0]
+
+
+def test_a_split_of_bad_files_only_is_refused_even_with_skip_bad(
+    tmp_path: Path,
+    runner: CliRunner,
+    unlabelled: Path,
+    catalog_with_v1: str,
+    rng: np.random.Generator,
+) -> None:
+    """Skipping every file of a split would add an empty split that passes every gate: it is
+    refused like a split with no images, and the catalog stays as it was."""
+    for path in (unlabelled / "test").glob("*.png"):
+        _corrupt_png(path, rng)
+    before = _state(catalog_with_v1)
+    result = _run(runner, catalog_with_v1, "ingest", "pets", "v2", str(unlabelled), "--skip-bad")
+    _assert_one_line_error(result, str(unlabelled), "split 'test' has no image left", "2 files")
+    assert _state(catalog_with_v1) == before
