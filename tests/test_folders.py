@@ -372,6 +372,10 @@ def _empty(path: Path, rng: np.random.Generator) -> None:
     path.write_bytes(b"")
 
 
+def _too_wide(path: Path, rng: np.random.Generator) -> None:
+    Image.new("L", (70_000, 1)).save(path)  # refused as the same array would be
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "reason"),
     [
@@ -379,6 +383,7 @@ def _empty(path: Path, rng: np.random.Generator) -> None:
         ("bad.jpg", _corrupt_jpeg, "cannot be decoded as an image"),
         ("cut.png", _truncated, "truncated"),
         ("empty.png", _empty, "cannot be decoded as an image"),
+        ("wide.png", _too_wide, "is 1x70000 pixels, over 65535 on a side"),
     ],
 )
 def test_a_bad_file_stops_the_ingest_or_is_skipped_and_recorded(

@@ -52,7 +52,7 @@ import numpy as np
 from catalog.errors import InputError
 from catalog.loaders.arrays import SourceFile
 from catalog.loaders.chunk import Chunk, SkippedFile
-from catalog.pixels import value_range
+from catalog.pixels import MAX_SIDE, value_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_FORMAT = "folder"
@@ -174,9 +174,13 @@ def _decode_one(path: str) -> Decoded:
         return None, f"cannot be read ({exc.strerror or exc})", 0
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return _decode(data), sha256, len(data)
+        pixels = _decode(data)
     except Exception as exc:  # any failure to decode an untrusted file is the file's fault
         return None, f"cannot be decoded as an image ({_why(exc)})", len(data)
+    if max(pixels.shape[:2]) > MAX_SIDE:  # as for arrays (`catalog.pixels.check_images`)
+        height, width = pixels.shape[:2]
+        return None, f"is {height}x{width} pixels, over {MAX_SIDE} on a side", len(data)
+    return pixels, sha256, len(data)
 
 
 def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
