@@ -497,7 +497,8 @@ def _ingest_split(
                 conn,
                 core_table(SkippedFileRecord),
                 ("version_id", "path", "reason"),
-                [(version_id, f.path, f.reason) for f in chunk.skipped],
+                # Absolute, as sources are: read from any directory later.
+                [(version_id, os.path.abspath(f.path), f.reason) for f in chunk.skipped],
             )
             skipped_here += len(chunk.skipped)
             skipped.extend(chunk.skipped[: max(0, SKIPPED_SHOWN - len(skipped))])

@@ -1371,11 +1371,16 @@ def version_diff(
     by_b = {s.split_id: s for s in splits_b}
     shown = changed[:limit].tolist()
     detail = _items_of(conn, shown, by_b)
-    relabelled = tuple(ref for i in shown for ref in detail[i][1])[:limit]
     before: dict[int, set[str]] = {i: set() for i in shown}
     for index in np.flatnonzero(np.isin(ia, shown)).tolist():
         before[int(ia[index])].add(la[index] or "")
-    labels_before = tuple(tuple(sorted(before[i])) for i in shown for _ref in detail[i][1])[:limit]
+    # In the order of the splits and positions of b, as "the first" promises.
+    listed = sorted(
+        ((ref, tuple(sorted(before[i]))) for i in shown for ref in detail[i][1]),
+        key=lambda pair: (pair[0].split, pair[0].position),
+    )[:limit]
+    relabelled = tuple(ref for ref, _labels in listed)
+    labels_before = tuple(labels for _ref, labels in listed)
     every_a, every_b = np.unique(ia), np.unique(ib)
     return DiffReport(
         a=str(parse_ref(a) if isinstance(a, str) else a),

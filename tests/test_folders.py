@@ -638,3 +638,20 @@ def test_a_split_of_bad_files_only_is_refused_even_with_skip_bad(
     result = _run(runner, catalog_with_v1, "ingest", "pets", "v2", str(unlabelled), "--skip-bad")
     _assert_one_line_error(result, str(unlabelled), "split 'test' has no image left", "2 files")
     assert _state(catalog_with_v1) == before
+
+
+def test_skipped_files_are_recorded_by_absolute_path(
+    tmp_path: Path,
+    runner: CliRunner,
+    unlabelled: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As sources are: a path relative to where the ingest ran is wrong from anywhere else."""
+    _corrupt_png(unlabelled / "train" / "zz.png", rng)
+    monkeypatch.chdir(unlabelled.parent)
+    db = tmp_path / "c.db"
+    result = _run(runner, db, "ingest", "d", "v1", unlabelled.name, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    (version,) = api.list_catalog(str(db), "d").datasets[0].versions
+    assert [f.path for f in version.skipped_files] == [str(unlabelled / "train" / "zz.png")]
