@@ -153,7 +153,8 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], right: int = 0)
 
 def _more(total: int, shown: int, what: str) -> list[str]:
     return (
-        [f"\n_{total - shown:,} more {what}; the HTML report or `--limit` lists more._"]
+        # Markdown lists at most MARKDOWN_ROWS whatever --limit says; the HTML lists --limit.
+        [f"\n_{total - shown:,} more {what}; the HTML report lists up to `--limit`._"]
         if (total > shown)
         else []
     )

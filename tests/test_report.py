@@ -193,7 +193,7 @@ def test_markdown_is_short_and_shows_every_planted_problem(
         f"{changes.relabelled_items} items relabelled" in text
     )
     assert "Gates **failed**" in text and "❌ `max-leakage`" in text and "❌ `exact`" in text
-    assert re.search(r"_\d+ more images; the HTML report or `--limit` lists more._", text)
+    assert re.search(r"_\d+ more images; the HTML report lists up to `--limit`._", text)
 
 
 def test_html_shows_every_planted_problem_with_pictures(
