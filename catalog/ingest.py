@@ -545,14 +545,14 @@ def _ingest_split(
         # would otherwise pass every audit gate with nothing in it.
         raise InputError(
             f"{split.source.path}: split '{split.name}' has no image left to ingest "
-            f"({skipped_here:,} files could not be decoded); nothing was added"
+            f"({skipped_here:,} files were bad and skipped); nothing was added"
         )
     return (
         SplitIngested(
             name=split.name,
             items=items,
             new_images=new_images,
-            low_info_items=conn.execute(low_info_count(split_id)).scalar_one() if items else 0,
+            low_info_items=conn.execute(low_info_count(split_id)).scalar_one(),
             skipped=skipped_here,
         ),
         file_bytes,

@@ -1382,7 +1382,8 @@ class NearIndexer:
             )
             ids = np.array([r[0] for r in rows], np.int64)
             if ids.size < batch.size:
-                _missing_signature(batch[~np.isin(batch, ids)][0], recipe_id)
+                name = next((n for n, i in self.ids.items() if i == recipe_id), recipe_id)
+                _missing_signature(batch[~np.isin(batch, ids)][0], name)
             values = np.frombuffer(b"".join(bytes(r[1]) for r in rows), np.uint8)
             out[start + np.searchsorted(batch, ids)] = values.reshape(len(rows), width)
         return out
@@ -1392,8 +1393,8 @@ def _missing_signature(image_id: int, recipe: int | str) -> NoReturn:
     """Stop an ingest that needs a signature the catalog lacks (a damaged catalog), rather than
     compare another row in its place."""
     raise SchemaError(
-        f"image {image_id} has band keys under recipe {recipe} but no signature: the catalog "
-        "is damaged (dsaudit check lists such rows)"
+        f"image {image_id} has band keys under {recipe} but no signature: the catalog is "
+        "damaged (dsaudit check lists such rows)"
     )
 
 

@@ -1269,17 +1269,24 @@ def _diameter(conn: Connection, recipe_id: int, recipe: object, members: np.ndar
 
 def _split_items(
     conn: Connection, splits: Sequence[SplitInfo]
-) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """(split ids int64, image ids int64, labels) of every item of these splits."""
+) -> tuple[np.ndarray, np.ndarray, list[str | None], np.ndarray]:
+    """(split ids int64, image ids int64, labels, positions int64) of every item of these
+    splits, in split id and position order (the primary key's)."""
+    item = core_table(Item)
     rows = conn.execute(
-        select(
-            core_table(Item).c.split_id, core_table(Item).c.image_id, core_table(Item).c.label
-        ).where(core_table(Item).c.split_id.in_([s.split_id for s in splits]))
+        select(item.c.split_id, item.c.image_id, item.c.label, item.c.position)
+        .where(item.c.split_id.in_([s.split_id for s in splits]))
+        .order_by(item.c.split_id, item.c.position)
     ).all()
     if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int64), []
-    split_ids, image_ids, labels = zip(*rows, strict=True)
-    return np.array(split_ids, np.int64), np.array(image_ids, np.int64), list(labels)
+        return np.empty(0, np.int64), np.empty(0, np.int64), [], np.empty(0, np.int64)
+    split_ids, image_ids, labels, positions = zip(*rows, strict=True)
+    return (
+        np.array(split_ids, np.int64),
+        np.array(image_ids, np.int64),
+        list(labels),
+        np.array(positions, np.int64),
+    )
 
 
 def version_diff(
@@ -1300,8 +1307,8 @@ def version_diff(
     set of labels than in ``a``.
     """
     splits_a, splits_b = resolve(conn, a), resolve(conn, b)
-    sa, ia, la = _split_items(conn, splits_a)
-    sb, ib, lb = _split_items(conn, splits_b)
+    sa, ia, la, _pa = _split_items(conn, splits_a)
+    sb, ib, lb, positions_b = _split_items(conn, splits_b)
     name_a = {s.split_id: s.split for s in splits_a}
     name_b = {s.split_id: s.split for s in splits_b}
     names = list(dict.fromkeys([s.split for s in splits_a] + [s.split for s in splits_b]))
@@ -1362,25 +1369,30 @@ def version_diff(
             )
     # Relabelled: images whose (image, label) pairs differ between a and b, among images in both.
     codes = {label: code for code, label in enumerate(sorted(set(la + lb), key=str))}
+    labels_of = list(codes)
     width = max(len(codes), 1)
-    pa = np.unique(ia * width + np.array([codes[x] for x in la], np.int64)) if la else ia
+    code_a = np.array([codes[x] for x in la], np.int64)
+    pa = np.unique(ia * width + code_a) if la else ia
     pb = np.unique(ib * width + np.array([codes[x] for x in lb], np.int64)) if lb else ib
     changed = np.union1d(pa[~np.isin(pa, pb)] // width, pb[~np.isin(pb, pa)] // width)
     changed = np.intersect1d(changed, np.intersect1d(ia, ib))
-    relabelled_items = int(np.isin(ib, changed).sum())
+    # The first items of b (split and position order) whose image is relabelled.
+    rows_b = np.flatnonzero(np.isin(ib, changed))
+    relabelled_items = int(rows_b.size)
+    first = rows_b[:limit]
     by_b = {s.split_id: s for s in splits_b}
-    shown = changed[:limit].tolist()
-    detail = _items_of(conn, shown, by_b)
-    before: dict[int, set[str]] = {i: set() for i in shown}
-    for index in np.flatnonzero(np.isin(ia, shown)).tolist():
-        before[int(ia[index])].add(la[index] or "")
-    # In the order of the splits and positions of b, as "the first" promises.
-    listed = sorted(
-        ((ref, tuple(sorted(before[i]))) for i in shown for ref in detail[i][1]),
-        key=lambda pair: (pair[0].split, pair[0].position),
-    )[:limit]
-    relabelled = tuple(ref for ref, _labels in listed)
-    labels_before = tuple(labels for _ref, labels in listed)
+    detail = _items_of(conn, np.unique(ib[first]).tolist(), by_b)
+    refs = {(ref.split, ref.position): ref for _digest, items in detail.values() for ref in items}
+    relabelled = tuple(
+        refs[(by_b[int(split)].ref, int(position))]
+        for split, position in zip(sb[first].tolist(), positions_b[first].tolist(), strict=True)
+    )
+    # Each one's image's labels in a, from (image, label) codes: no loop over a's items.
+    held = pa[np.isin(pa // width, ib[first])] if la else np.empty(0, np.int64)
+    before: dict[int, list[str]] = {}
+    for pair in held.tolist():
+        before.setdefault(pair // width, []).append(labels_of[pair % width] or "")
+    labels_before = tuple(tuple(sorted(before.get(int(i), []))) for i in ib[first].tolist())
     every_a, every_b = np.unique(ia), np.unique(ib)
     return DiffReport(
         a=str(parse_ref(a) if isinstance(a, str) else a),

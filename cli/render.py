@@ -369,7 +369,7 @@ def diff(report: DiffReport) -> RenderableType:
             row = "" if ref.source_row is None else f"[{ref.source_row}]"
             relabelled.add_row(
                 f"{ref.split}#{ref.position}",
-                ", ".join(labels),
+                ", ".join(label or "(unlabelled)" for label in labels),
                 ref.label or "",
                 f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}",
             )
@@ -393,7 +393,8 @@ class Picture:
         self.rows = rows
 
     def __rich_console__(self, console: Console, _options: ConsoleOptions) -> RenderResult:
-        yield self.colour() if console.color_system is not None else self.gray()
+        coloured = console.color_system is not None and not console.no_color
+        yield self.colour() if coloured else self.gray()
 
     def __rich_measure__(self, _console: Console, _options: ConsoleOptions) -> Measurement:
         width = len(self.rows[0]) if self.rows else 0
@@ -420,8 +421,10 @@ class Picture:
 
     def gray(self) -> Text:
         lines = []
-        for cells in self._cells():
-            levels = (sum(upper) + sum(lower) for upper, lower in cells)  # 0 .. 6 * 255
+        for number, cells in enumerate(self._cells()):
+            # An odd last row has no lower half: it counts twice rather than beside black.
+            last = 2 * number + 1 >= len(self.rows)
+            levels = (sum(upper) + sum(upper if last else lower) for upper, lower in cells)
             lines.append("".join(_RAMP[level * len(_RAMP) // (6 * 255 + 1)] for level in levels))
         return Text("\n".join(lines) + "\n")
 

@@ -74,6 +74,14 @@ class PgServer:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(autouse=True)
+def _no_colour_settings_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pictures are drawn in colour or in characters by the console's colour (rich reads
+    these variables): every test starts without them, whatever the shell running it set."""
+    for name in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     url = os.environ.get(PG_ENV)

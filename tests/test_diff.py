@@ -131,3 +131,19 @@ def _conflicts_of_33k_images(tmp_path: Path) -> None:
     assert report.exact_images == n
     digests = [c.digest for c in report.exact]
     assert len(digests) == 3 and digests == sorted(digests)
+
+
+def test_the_first_relabelled_items_are_the_first_by_position(db: str) -> None:
+    """Items relabelled at positions 0 and 9 of one split, --limit 1: position 0 is "the
+    first", whatever the images' ids (position 9's image is catalogued first here, so it has
+    the lowest id)."""
+    images, labels = synth.render_letters(10, np.random.default_rng(6))
+    api.ingest(db, "e", "v1", {"train": images[9:]})
+    api.ingest(db, "d", "v1", {"train": (images, labels)})
+    relabelled = labels.copy()
+    relabelled[[0, 9]] = "Z"
+    api.ingest(db, "d", "v2", {"train": (images, relabelled)})
+    report = api.version_diff(db, "d@v1", "d@v2", limit=1)
+    assert report.relabelled_items == 2
+    assert [(r.position, r.label) for r in report.relabelled] == [(0, "Z")]
+    assert report.labels_before == ((labels[0],),)

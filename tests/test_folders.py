@@ -636,7 +636,9 @@ def test_a_split_of_bad_files_only_is_refused_even_with_skip_bad(
         _corrupt_png(path, rng)
     before = _state(catalog_with_v1)
     result = _run(runner, catalog_with_v1, "ingest", "pets", "v2", str(unlabelled), "--skip-bad")
-    _assert_one_line_error(result, str(unlabelled), "split 'test' has no image left", "2 files")
+    _assert_one_line_error(
+        result, str(unlabelled), "split 'test' has no image left", "2 files were bad"
+    )
     assert _state(catalog_with_v1) == before
 
 

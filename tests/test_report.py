@@ -125,8 +125,13 @@ def test_report_against_an_older_version_holds_the_diff(
     assert diff.relabelled_items == changes.relabelled_items
     # Each relabelled item with its image's labels in v1, none of them its label now.
     assert len(diff.labels_before) == len(diff.relabelled) > 0
-    listed = [(item.split, item.position) for item in diff.relabelled]
-    assert listed == sorted(listed)  # "the first": in split and position order
+    # "The first": the first relabelled items of v2 in split (id) and position order.
+    v2 = {
+        s.ref: n
+        for n, s in enumerate(api.list_catalog(_db(demo_run)).datasets[0].versions[1].splits)
+    }
+    listed = [(v2[item.split], item.position) for item in diff.relabelled]
+    assert listed == sorted(listed)
     assert all(
         before and item.label not in before
         for item, before in zip(diff.relabelled, diff.labels_before, strict=True)

@@ -66,6 +66,11 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     assert "@@" in table.stdout and "▀" not in table.stdout and "Near copies" in table.stdout
     coloured = runner.invoke(app, ["--db", db, "show", "d@v1:train:1"], env={"FORCE_COLOR": "1"})
     assert coloured.exit_code == 0 and "▀" in coloured.stdout and "@@" not in coloured.stdout
+    # NO_COLOR wins over a colour terminal: characters again.
+    plain = runner.invoke(
+        app, ["--db", db, "show", "d@v1:train:1"], env={"FORCE_COLOR": "1", "NO_COLOR": "1"}
+    )
+    assert plain.exit_code == 0 and "@@" in plain.stdout and "▀" not in plain.stdout
     data = json.loads(runner.invoke(app, ["--db", db, "show", "d@v1:train:1", "--json"]).stdout)
     assert data["schema"] == "dsaudit.show/1" and data["height"] == 28
     bad = runner.invoke(app, ["--db", db, "show", "d@v1:train:99"])

@@ -149,10 +149,18 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+class _TooLarge(ValueError):
+    """A picture over `catalog.pixels.MAX_SIDE` on a side, told from its header."""
+
+
 def _decode(data: bytes) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as picture:
+        # From the header, before the pixels are decoded (70000x2500 RGB would be 0.5 GB).
+        width, height = picture.size
+        if max(width, height) > MAX_SIDE:
+            raise _TooLarge(f"is {height}x{width} pixels, over {MAX_SIDE} on a side")
         picture.load()
         return np.ascontiguousarray(canonical_pixels(picture))
 
@@ -174,13 +182,11 @@ def _decode_one(path: str) -> Decoded:
         return None, f"cannot be read ({exc.strerror or exc})", 0
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        pixels = _decode(data)
+        return _decode(data), sha256, len(data)
+    except _TooLarge as exc:  # as an array is refused (`catalog.pixels.check_images`)
+        return None, str(exc), len(data)
     except Exception as exc:  # any failure to decode an untrusted file is the file's fault
         return None, f"cannot be decoded as an image ({_why(exc)})", len(data)
-    if max(pixels.shape[:2]) > MAX_SIDE:  # as for arrays (`catalog.pixels.check_images`)
-        height, width = pixels.shape[:2]
-        return None, f"is {height}x{width} pixels, over {MAX_SIDE} on a side", len(data)
-    return pixels, sha256, len(data)
 
 
 def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
