@@ -25,13 +25,7 @@ from sqlalchemy.exc import DatabaseError
 from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
-from catalog.db import (
-    describe,
-    open_catalog,
-    reading,
-    refresh_statistics,
-    write_retrying,
-)
+from catalog.db import describe, open_catalog, reading, refresh_statistics, write_retrying
 from catalog.errors import UsageError
 from catalog.ingest import IngestResult, ProgressCallback, check_names
 from catalog.ingest import ingest as _ingest

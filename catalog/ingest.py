@@ -328,7 +328,7 @@ def ingest(
                     "version_id": version_id,
                     # Absolute: pictures and `dsaudit check` read the file again later, from
                     # wherever the command runs.
-                    "path": (os.path.abspath(file.path) if file.format != "memory" else file.path),
+                    "path": os.path.abspath(file.path) if file.format != "memory" else file.path,
                     "sha256": "",  # below: _SourceDigests, or _seal_folder
                     "size": file.size,
                     "format": file.format,
