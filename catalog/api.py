@@ -14,7 +14,7 @@ frozen dataclasses of `catalog.model`, usable after the call returns.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ from catalog.model import (
     RecipeInfo,
     ShowReport,
 )
-from catalog.near import ensure_recipes, resolve_recipes
+from catalog.near import register_recipes, resolve_recipes, unregister_recipes
 from catalog.report import (
     DEFAULT_LIMIT,
     DEFAULT_THUMBNAILS,
@@ -186,26 +186,32 @@ def ingest(
         raise UsageError("recipes were named for an exact-only ingest; drop one of the two")
     check_names(dataset, version, planned)
     with _engine(db, create=True) as engine:
+        registered: list[int] = []
         if near and engine.dialect.name == "postgresql":
             # Recipes are registered in a short transaction of their own: inside the ingest's,
-            # a second ingest into a new catalog would wait for the first one's commit.
-            write_retrying(
-                engine, lambda conn: ensure_recipes(conn, resolve_recipes(conn, recipes))
+            # a second ingest into a new catalog would wait for the first one's commit. If the
+            # ingest then fails, they are taken back (`unregister_recipes`).
+            registered = write_retrying(engine, lambda conn: register_recipes(conn, recipes))
+        try:
+            # Retried from the start if it lost a race with another writer (PostgreSQL only).
+            result = write_retrying(
+                engine,
+                lambda conn: _ingest(
+                    conn,
+                    dataset,
+                    version,
+                    planned,
+                    note=note,
+                    parent=parent,
+                    on_progress=on_progress,
+                    recipes=resolve_recipes(conn, recipes, near=near),
+                ),
             )
-        # Retried from the start if it lost a race with another writer (PostgreSQL only).
-        result = write_retrying(
-            engine,
-            lambda conn: _ingest(
-                conn,
-                dataset,
-                version,
-                planned,
-                note=note,
-                parent=parent,
-                on_progress=on_progress,
-                recipes=resolve_recipes(conn, recipes, near=near),
-            ),
-        )
+        except BaseException:
+            if registered:
+                with suppress(Exception):  # the ingest's own error is the report
+                    write_retrying(engine, lambda conn: unregister_recipes(conn, registered))
+            raise
         refresh_statistics(engine)
         return result
 

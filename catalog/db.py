@@ -517,11 +517,12 @@ def lock_recipe_choice(conn: Connection, *, shared: bool) -> None:
     """Hold the lock on whether the catalog has recipes until this transaction ends
     (PostgreSQL only; SQLite's writer holds the whole catalog from BEGIN IMMEDIATE).
 
-    An exact-only ingest holds it shared for its whole transaction, and the first
-    registration of recipes exclusively (`catalog.near.resolve_recipes`): otherwise, under
-    READ COMMITTED, an exact-only ingest could read no recipes while a near ingest registers
-    them, and both would commit, leaving images unsigned in a catalog with recipes. Exact-only
-    ingests still run side by side, and so do near ingests into a catalog that has recipes.
+    Every ingest holds it shared for its whole transaction, and the first registration of
+    recipes exclusively (`catalog.near.resolve_recipes`): otherwise, under READ COMMITTED, an
+    exact-only ingest could read no recipes while a near ingest registers them, and both would
+    commit, leaving images unsigned in a catalog with recipes. Taking back a failed first
+    ingest's recipes holds it exclusively too (`catalog.near.unregister_recipes`), so that no
+    ingest signing with them is still running. Ingests still run side by side.
     """
     if conn.dialect.name == "postgresql":
         function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"

@@ -223,11 +223,15 @@ def resolve_recipes(
     def listed() -> list[str]:
         return list(conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all())
 
+    # Whether the catalog has recipes is decided once (`lock_recipe_choice`): the first
+    # registration holds the choice exclusively, every other ingest shared, and reads it again
+    # once it holds it (another ingest may have decided it, or taken back a failed first
+    # ingest's recipes, while this one waited).
+    shared = not near or bool(listed())
+    lock_recipe_choice(conn, shared=shared)
     registered = listed()
-    if not near or not registered:
-        # Whether the catalog has recipes is decided once (`lock_recipe_choice`), then read
-        # again: another ingest may have decided it while this one waited.
-        lock_recipe_choice(conn, shared=not near)
+    if near and shared and not registered:  # taken back while this ingest waited: it registers
+        lock_recipe_choice(conn, shared=False)
         registered = listed()
     catalog = describe(str(conn.engine.url))
     if not near:
@@ -271,6 +275,43 @@ def resolve_recipes(
             "ingest, or ingest into a new catalog"
         )
     return (*chosen, *added)
+
+
+UNREGISTER_WAIT = "10s"
+"""How long `unregister_recipes` waits for other ingests (a PostgreSQL interval)."""
+
+
+def register_recipes(conn: Connection, names: Sequence[str] | None) -> list[int]:
+    """Register the recipes an ingest will sign with (`resolve_recipes`, `ensure_recipes`).
+
+    Returns:
+        the ids of the recipes this call added to the catalog (none if it had them all).
+    """
+    table = core_table(RecipeRecord)
+    before = set(conn.execute(select(table.c.id)).scalars())
+    ids = ensure_recipes(conn, resolve_recipes(conn, names)).values()
+    return [recipe_id for recipe_id in ids if recipe_id not in before]
+
+
+def unregister_recipes(conn: Connection, ids: Sequence[int]) -> None:
+    """Take back the recipes a failed first ingest registered (`register_recipes`), so that
+    its bad input leaves the catalog as it was: one without images may still become exact-only
+    or sign with other recipes.
+
+    PostgreSQL registers them in a transaction of their own, before the ingest's (SQLite's
+    ingest registers and rolls back in one). This waits for the recipe choice exclusively
+    (`catalog.db.lock_recipe_choice`), that is for every ingest that signs with them to end:
+    each holds it shared for its transaction. The recipes stay if the catalog holds images by
+    then, because another ingest committed images under them, and after a wait of
+    `UNREGISTER_WAIT` for the lock (the error being reported should not wait behind a long
+    ingest): the catalog then keeps them, as the README says.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{UNREGISTER_WAIT}'")
+    lock_recipe_choice(conn, shared=False)
+    if conn.execute(select(core_table(Image).c.id).limit(1)).first() is None:
+        table = core_table(RecipeRecord)
+        conn.execute(table.delete().where(table.c.id.in_(ids)))
 
 
 def candidate_pairs(

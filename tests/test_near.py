@@ -415,6 +415,31 @@ def test_open_catalog_registers_nothing_until_ingest(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def _recipe_names(db: str) -> list[str]:
+    engine = open_catalog(db)
+    with engine.connect() as conn:
+        names = list(conn.exec_driver_sql("SELECT name FROM recipe ORDER BY id").scalars())
+    engine.dispose()
+    return names
+
+
+def test_a_failed_first_ingest_leaves_no_recipes(db: str, tmp_path: Path) -> None:
+    """Bad input leaves the catalog as it was. On PostgreSQL the recipes are registered in a
+    transaction of their own before the ingest's: a failed first ingest takes them back, so
+    the next ingest may still choose other recipes (or exact-only)."""
+    images = np.random.default_rng(3).random((6, 8, 8), dtype=np.float32)
+    bad = images.copy()
+    bad[4, 2, 2] = np.nan
+    with pytest.raises(InputError, match="image 4 has NaN"):
+        api.ingest(db, "d", "v1", {"train": images, "test": bad})
+    assert _recipe_names(db) == []
+    api.ingest(db, "d", "v1", {"train": images}, recipes=[PIXEL.name])  # not the defaults
+    # A catalog with images keeps the recipes its images were signed under.
+    with pytest.raises(InputError, match="NaN"):
+        api.ingest(db, "d", "v2", {"train": images, "test": bad})
+    assert _recipe_names(db) == [PIXEL.name]
+
+
 def test_near_copies_with_another_label_are_conflicts(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
     images, _labels = letters
     train = images[:50]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from catalog import api, synth
+from catalog import near as near_module
 from catalog.db import (
     GROWN_BY_INGEST,
     PAIR_LOCK,
@@ -28,7 +30,7 @@ from catalog.db import (
     write_retrying,
 )
 from catalog.errors import QueryError, UsageError
-from catalog.near import resolve_recipes
+from catalog.near import register_recipes, resolve_recipes, unregister_recipes
 from catalog.recipes import DEFAULT_RECIPES
 from tests.conftest import postgres_only
 
@@ -398,5 +400,80 @@ def test_an_exact_only_ingest_and_the_first_recipes_exclude_each_other(db: str) 
             # Exact-only ingests share the lock: they still run side by side.
             with exact.begin(), near.begin():
                 assert resolve_recipes(exact, near=False) == resolve_recipes(near, near=False)
+    finally:
+        engine.dispose()
+
+
+_IMAGE = (
+    "INSERT INTO image (digest, height, width, channels, dtype, low_info) "
+    "VALUES (decode(repeat('cd', 32), 'hex'), 2, 2, 1, 'uint8', false)"
+)
+
+
+def _recipes(conn: Connection) -> list[str]:
+    return list(conn.exec_driver_sql("SELECT name FROM recipe ORDER BY id").scalars())
+
+
+@postgres_only
+def test_a_failed_first_ingests_recipes_are_taken_back_only_when_no_ingest_used_them(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first near ingest registers its recipes in a transaction of its own; if it then
+    fails, `unregister_recipes` takes them back. It waits for every ingest that signs with
+    them (each holds the recipe choice shared), and keeps them if one committed images."""
+    monkeypatch.setattr(near_module, "UNREGISTER_WAIT", "300ms")
+    engine = open_catalog(db)
+    try:
+        with engine.begin() as conn:
+            ids = register_recipes(conn, None)
+        assert len(ids) == len(DEFAULT_RECIPES)
+        with engine.connect() as other, engine.connect() as undo:
+            other.begin()
+            assert resolve_recipes(other) == DEFAULT_RECIPES  # signs with them: holds shared
+            undo.begin()
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                unregister_recipes(undo, ids)
+            undo.rollback()
+            other.exec_driver_sql(_IMAGE)  # its images, signed under them, commit
+            other.commit()
+            with undo.begin():
+                unregister_recipes(undo, ids)
+            with undo.begin():
+                assert _recipes(undo) == [recipe.name for recipe in DEFAULT_RECIPES]
+    finally:
+        engine.dispose()
+
+
+@postgres_only
+def test_an_ingest_that_waited_while_the_recipes_were_taken_back_registers_them(
+    db: str,
+) -> None:
+    """An ingest that saw the recipes, then waited while a failed first ingest took them back,
+    finds none once it holds the choice: it then holds it exclusively, as a first registration
+    must, so no exact-only ingest can add unsigned images beside it."""
+    engine = open_catalog(db)
+    try:
+        with engine.begin() as conn:
+            ids = register_recipes(conn, None)
+        with engine.connect() as undo, engine.connect() as waiter, engine.connect() as exact:
+            undo.begin()
+            unregister_recipes(undo, ids)  # not committed: the waiter still sees the recipes
+            waiter.begin()
+            chosen: list[object] = []
+            thread = threading.Thread(target=lambda: chosen.append(resolve_recipes(waiter)))
+            thread.start()
+            deadline = time.monotonic() + 30
+            while _waiting(undo) < 1:
+                assert time.monotonic() < deadline, "the ingest never waited for the choice"
+                time.sleep(0.05)
+            undo.commit()
+            thread.join(timeout=30)
+            assert chosen == [DEFAULT_RECIPES]
+            exact.begin()
+            exact.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                resolve_recipes(exact, near=False)
+            exact.rollback()
+            waiter.rollback()
     finally:
         engine.dispose()
