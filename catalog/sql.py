@@ -12,6 +12,7 @@ On PostgreSQL see `_run_postgres`.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,22 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
         raise _failed(url, orig) from None
     finally:
         engine.dispose()
+        _close_wal(path)
+
+
+def _close_wal(path: Path) -> None:
+    """Remove the ``-wal`` and ``-shm`` files the read-only connection leaves.
+
+    A read-only connection cannot checkpoint, so the last one to close leaves them beside the
+    catalog; the last read-write connection to close removes them, as every other command's
+    does. This one reads one row and writes nothing, and never creates the file (``mode=rw``).
+    If another process still has the catalog open, it keeps the files, as it should.
+    """
+    with (
+        suppress(sqlite3.Error),
+        closing(sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True)) as conn,
+    ):
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
 
 
 def _failed(url: str, error: BaseException) -> QueryError:

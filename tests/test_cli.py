@@ -293,6 +293,16 @@ def test_sql_refusals_say_the_catalog_is_read_only(runner: CliRunner, sql_catalo
         _assert_user_error(_run(runner, sql_catalog, "sql", empty), "no SQL statement given")
 
 
+def test_sql_leaves_no_wal_files_beside_the_catalog(runner: CliRunner, sql_catalog: Path) -> None:
+    """A read-only connection cannot checkpoint, so it left ``-wal`` and ``-shm`` files."""
+    checksum = _checksum(sql_catalog)
+    for statement in ("SELECT COUNT(*) FROM item", "DELETE FROM item"):
+        _run(runner, sql_catalog, "sql", statement)
+        leftovers = sorted(p.name for p in sql_catalog.parent.glob(sql_catalog.name + "-*"))
+        assert leftovers == [], statement
+    assert _checksum(sql_catalog) == checksum
+
+
 def test_sql_reads_checks_and_schema_pragmas(runner: CliRunner, sql_catalog: Path) -> None:
     for statement, expected in [
         ("PRAGMA integrity_check", [{"integrity_check": "ok"}]),
