@@ -50,6 +50,7 @@ from catalog.schema import (
     core_table,
 )
 from catalog.schema import SkippedFile as SkippedFileRecord
+from catalog.words import counted
 
 ProgressCallback = Callable[[str, int, int], None]
 """``on_progress(task, advance, total)``: ``advance`` more units of ``task`` (of ``total``) done."""
@@ -545,7 +546,8 @@ def _ingest_split(
         # would otherwise pass every audit gate with nothing in it.
         raise InputError(
             f"{split.source.path}: split '{split.name}' has no image left to ingest "
-            f"({skipped_here:,} files were bad and skipped); nothing was added"
+            f"({counted(skipped_here, 'file was', 'files were')} bad and skipped); "
+            "nothing was added"
         )
     return (
         SplitIngested(

@@ -37,6 +37,7 @@ from catalog.model import (
     VersionInfo,
 )
 from catalog.preview import Preview, make_preview, read_image_file, read_rows, to_png
+from catalog.words import counted
 
 REPORT_SCHEMA = "dsaudit.report/1"
 DEFAULT_LIMIT = 20
@@ -339,10 +340,11 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
         # The message leads with what ``value`` counts: the matrix's cells summed, an item
         # once for each other split that holds its image.
         return items, (
-            f"{items:,} exact copies across splits (an item counted once per other split "
-            f"holding its image; {report.leaks.exact_images:,} images occur in more than one "
-            f"split); the most: {worst.items:,} items of {worst.a} have an exact copy in "
-            f"{worst.b}"
+            f"{counted(items, 'exact copy', 'exact copies')} across splits (an item counted "
+            "once per other split holding its image; "
+            f"{counted(report.leaks.exact_images, 'image occurs', 'images occur')} in more than "
+            f"one split); the most: {counted(worst.items, 'item')} of {worst.a} "
+            f"{'has' if worst.items == 1 else 'have'} an exact copy in {worst.b}"
         )
     if kind is FailOn.NEAR:
         pairs = [(t.recipe, p) for t in overlap.near for p in t.pairs]
@@ -353,7 +355,8 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
             )
         recipe, worst = max(pairs, key=lambda rp: rp[1].items)
         return items, (
-            f"{worst.items:,} items of {worst.a} have a near copy ({recipe}) in {worst.b} "
+            f"{counted(worst.items, 'item')} of {worst.a} "
+            f"{'has' if worst.items == 1 else 'have'} a near copy ({recipe}) in {worst.b} "
             "and no exact one"
         )
     if kind is FailOn.CONFLICTS:
@@ -362,13 +365,21 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
         if not count:
             return 0, "no image carries two labels, nor does any near copy"
         return count, (
-            f"{overlap.conflict_images:,} images carry more than one label"
-            + (f"; {near:,} images have a near copy with another label" if near else "")
+            f"{counted(overlap.conflict_images, 'image carries', 'images carry')} more than "
+            "one label"
+            + (
+                f"; {counted(near, 'image has', 'images have')} a near copy with another label"
+                if near
+                else ""
+            )
         )
     low = report.low_info
     if not low.items:
         return 0, "no low-information item"
-    return low.items, f"{low.items:,} low-information items ({low.images:,} distinct images)"
+    return (
+        low.items,
+        f"{counted(low.items, 'low-information item')} ({counted(low.images, 'distinct image')})",
+    )
 
 
 def picture_items(report: AuditReport) -> Iterator[tuple[ItemRef, str | None]]:

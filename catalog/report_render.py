@@ -25,6 +25,7 @@ from catalog.report import (
     leak_rate,
     percent,
 )
+from catalog.words import counted
 
 MARKDOWN_ROWS = 5
 """Findings listed per section in Markdown (a comment should stay short; counts are complete)."""
@@ -33,7 +34,7 @@ _SCALE = 3
 
 
 def _environment() -> Environment:
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("catalog", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
@@ -41,6 +42,8 @@ def _environment() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    environment.filters["counted"] = counted  # {{ n|counted("image") }}: "1 image", "2 images"
+    return environment
 
 
 def item_name(item: ItemRef) -> str:
@@ -152,12 +155,12 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], right: int = 0)
 
 
 def _more(total: int, shown: int, what: str) -> list[str]:
-    return (
-        # Markdown lists at most MARKDOWN_ROWS whatever --limit says; the HTML lists --limit.
-        [f"\n_{total - shown:,} more {what}; the HTML report lists up to `--limit`._"]
-        if (total > shown)
-        else []
-    )
+    """The note under a list cut short; ``what`` is a plural ("images")."""
+    if total <= shown:
+        return []
+    more = counted(total - shown, f"more {what.removesuffix('s')}", f"more {what}")
+    # Markdown lists at most MARKDOWN_ROWS whatever --limit says; the HTML lists --limit.
+    return [f"\n_{more}; the HTML report lists up to `--limit`._"]
 
 
 def code(text: object) -> str:
@@ -189,8 +192,9 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
             out.append(f"- {mark} `{gate.gate}`: {md(gate.message)}")
         out.append("")
     out.append(
-        f"{s.datasets:,} dataset(s), {s.versions:,} version(s), {s.splits:,} splits, "
-        f"{s.items:,} items, {s.images:,} distinct images."
+        f"{counted(s.datasets, 'dataset')}, {counted(s.versions, 'version')}, "
+        f"{counted(s.splits, 'split')}, {counted(s.items, 'item')}, "
+        f"{counted(s.images, 'distinct image')}."
     )
     for version in report.versions:
         if version.skipped:
@@ -241,10 +245,10 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
     for diff in report.diffs:
         out += ["", f"### What changed from {md(diff.a)} to {md(diff.b)}", ""]
         out.append(
-            f"{diff.images_added:,} images added, {diff.images_removed:,} removed, "
+            f"{counted(diff.images_added, 'image')} added, {diff.images_removed:,} removed, "
             f"{sum(m.moved for m in diff.moves):,} moved to another split, "
             f"{sum(m.copied for m in diff.moves):,} copied into another split (new leaks), "
-            f"{diff.relabelled_items:,} items relabelled."
+            f"{counted(diff.relabelled_items, 'item')} relabelled."
         )
     out += [
         "",
@@ -278,7 +282,7 @@ def _examples(out: list[str], report: AuditReport, rows: int) -> None:
     if groups.groups:
         section("Largest duplicate groups inside splits")
         out += [
-            f"- {md(g.split)}: {g.images:,} images, {g.items:,} items: "
+            f"- {md(g.split)}: {counted(g.images, 'image')}, {counted(g.items, 'item')}: "
             + "; ".join(_items(m, 2) for m in g.members[:3])
             for g in groups.groups[:rows]
         ]

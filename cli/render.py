@@ -33,7 +33,9 @@ from catalog.report import (
     AuditReport,
     percent,
 )
+from catalog.report_render import images_in
 from catalog.sql import SqlResult
+from catalog.words import counted
 
 if TYPE_CHECKING:
     from catalog.check import CheckReport
@@ -45,6 +47,15 @@ def _table(title: str, *columns: tuple[str, str]) -> Table:
     for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     return table
+
+
+def _listed(table: Table) -> RenderableType:
+    """``table``, or its title alone when it lists nothing (``--limit 0``): headers over no
+    rows say nothing, and the title holds the count. The note under it says how to list."""
+    if table.row_count:
+        return table
+    title = str(table.title).split("; the ")[0].removesuffix(":")
+    return Text(title, style="bold")
 
 
 def ingest_result(result: IngestResult) -> RenderableType:
@@ -67,10 +78,11 @@ def ingest_result(result: IngestResult) -> RenderableType:
     for near in result.near:
         parts.append(
             Text(
-                f"{near.recipe}: {near.images:,} images signed, {near.candidates:,} band-join "
-                f"proposals, {near.pairs:,} near pairs stored ({near.seconds:.1f} s)"
+                f"{near.recipe}: {counted(near.images, 'image')} signed, "
+                f"{counted(near.candidates, 'band-join proposal')}, "
+                f"{counted(near.pairs, 'near pair')} stored ({near.seconds:.1f} s)"
                 + (
-                    f"; {near.capped_buckets:,} buckets over the cap (largest "
+                    f"; {counted(near.capped_buckets, 'bucket')} over the cap (largest "
                     f"{near.largest_bucket:,})"
                     if near.capped_buckets
                     else ""
@@ -79,7 +91,8 @@ def ingest_result(result: IngestResult) -> RenderableType:
         )
     parts.append(
         Text(
-            f"{result.items:,} items, {result.new_images:,} new images in {result.seconds:.1f} s "
+            f"{counted(result.items, 'item')}, {counted(result.new_images, 'new image')} "
+            f"in {result.seconds:.1f} s "
             f"({rate:,.0f} images/s)",
             style="dim",
         )
@@ -89,8 +102,7 @@ def ingest_result(result: IngestResult) -> RenderableType:
 
 def skipped_files(total: int, shown: Sequence[SkippedFile]) -> RenderableType:
     """Files left out of a version as undecodable: the count, then the first few with why."""
-    files = "file" if total == 1 else "files"
-    lines = [Text(f"{total:,} {files} skipped (could not be decoded):", style="yellow")]
+    lines = [Text(f"{counted(total, 'file')} skipped (could not be decoded):", style="yellow")]
     lines += [Text(f"  {f.path}: {f.reason}") for f in shown]
     if total > len(shown):
         lines.append(Text(f"  ... and {total - len(shown):,} more (dsaudit sql: skipped_file)"))
@@ -103,7 +115,7 @@ def listing(data: Listing) -> RenderableType:
     parts: list[RenderableType] = []
     for dataset in data.datasets:
         table = _table(
-            f"{dataset.name}  ({dataset.images:,} distinct images)",
+            f"{dataset.name}  ({counted(dataset.images, 'distinct image')})",
             ("version", "left"),
             ("parent", "left"),
             ("created (UTC)", "left"),
@@ -204,8 +216,9 @@ def near_conflicts(tier: NearTier) -> RenderableType:
     if not tier.conflict_images:
         return Text(f"No near label conflicts under {tier.recipe}.", style="green")
     conflicts = _table(
-        f"Near label conflicts ({tier.recipe}): {tier.conflict_images:,} images have a near "
-        "copy with another label; the closest:",
+        f"Near label conflicts ({tier.recipe}): "
+        f"{counted(tier.conflict_images, 'image has', 'images have')} a near copy with another "
+        "label; the closest:",
         ("distance", "right"),
         ("item", "left"),
         ("label", "left"),
@@ -223,7 +236,11 @@ def near_conflicts(tier: NearTier) -> RenderableType:
             + (f" (+{len(conflict.b) - 1})" if len(conflict.b) > 1 else ""),
             b.label or "",
         )
-    return conflicts
+    hidden = tier.conflict_images - images_in(tier.conflicts)
+    if hidden <= 0:
+        return _listed(conflicts)
+    more = counted(hidden, "more conflicting image")
+    return Group(_listed(conflicts), Text(f"({more}; --limit shows more)", style="dim"))
 
 
 def conflicts(report: ConflictsReport) -> RenderableType:
@@ -238,7 +255,8 @@ def label_conflicts(images: int, items: int, conflicts: Sequence[LabelConflict])
     if not images:
         return Text("No label conflicts.", style="green")
     table = _table(
-        f"Label conflicts: {images:,} images carry more than one label ({items:,} items)",
+        f"Label conflicts: {counted(images, 'image carries', 'images carry')} more than one "
+        f"label ({counted(items, 'item')})",
         ("image", "left"),
         ("item", "left"),
         ("label", "left"),
@@ -255,10 +273,11 @@ def label_conflicts(images: int, items: int, conflicts: Sequence[LabelConflict])
                 f"{item.source_path.rsplit('/', 1)[-1]}:{item.source_key}{row}",
                 end_section=index == len(conflict.items) - 1,
             )
-    parts: list[RenderableType] = [table]
+    parts: list[RenderableType] = [_listed(table)]
     hidden = images - len(conflicts)
     if hidden > 0:
-        parts.append(Text(f"({hidden:,} more conflicting images; --limit shows more)", style="dim"))
+        more = counted(hidden, "more conflicting image")
+        parts.append(Text(f"({more}; --limit shows more)", style="dim"))
     return Group(*parts)
 
 
@@ -306,7 +325,7 @@ def dups(report: DupsReport) -> RenderableType:
             "\n".join(shown),
             end_section=True,
         )
-    parts: list[RenderableType] = [table]
+    parts: list[RenderableType] = [_listed(table)]
     if report.groups_total > len(report.groups):
         parts.append(
             Text(f"({report.groups_total - len(report.groups):,} more; --limit shows more)")
@@ -317,7 +336,7 @@ def dups(report: DupsReport) -> RenderableType:
 def diff(report: DiffReport) -> RenderableType:
     near = f", near copies under {report.recipe} <= {report.threshold:g}" if report.recipe else ""
     splits = _table(
-        f"{report.a} -> {report.b}: {report.images_added:,} images added, "
+        f"{report.a} -> {report.b}: {counted(report.images_added, 'image')} added, "
         f"{report.images_removed:,} removed{near}",
         ("split", "left"),
         ("images before", "right"),
@@ -358,7 +377,8 @@ def diff(report: DiffReport) -> RenderableType:
         parts.append(Text("No image changed split.", style="green"))
     if report.relabelled_items:
         relabelled = _table(
-            f"{report.relabelled_items:,} items carry other labels than before; the first:",
+            f"{counted(report.relabelled_items, 'item carries', 'items carry')} other labels "
+            "than before; the first:",
             ("item", "left"),
             ("labels before", "left"),
             ("label now", "left"),
@@ -373,7 +393,11 @@ def diff(report: DiffReport) -> RenderableType:
                 ref.label or "",
                 f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}",
             )
-        parts.append(relabelled)
+        parts.append(_listed(relabelled))
+        hidden = report.relabelled_items - len(report.relabelled)
+        if hidden > 0:
+            more = counted(hidden, "more item")
+            parts.append(Text(f"({more}; --limit shows more)", style="dim"))
     else:
         parts.append(Text("No label changed.", style="green"))
     return Group(*parts)
@@ -442,8 +466,9 @@ def _where(ref: ItemRef) -> str:
 def show(report: ShowReport) -> RenderableType:
     kind = "low-information, " if report.low_info else ""
     header = Text(
-        f"image {report.digest}\n{report.height}x{report.width}x{report.channels} "
-        f"{report.dtype}, {kind}{len(report.items):,} items",
+        f"image {report.digest}\n{report.height}x{report.width}"
+        f"{'' if report.channels == 1 else f'x{report.channels}'} "
+        f"{report.dtype}, {kind}{counted(len(report.items), 'item')}",
         style="bold",
     )
     parts: list[RenderableType] = [header]
@@ -488,7 +513,7 @@ def recipes(data: Sequence[RecipeInfo]) -> RenderableType:
         table = _table(
             f"{recipe.name} ({recipe.family}): bands x rows {recipe.bands} x {recipe.rows}, "
             f"radius {recipe.radius:g}, default threshold {recipe.default_threshold:g}; "
-            f"{recipe.images:,} images signed, {recipe.pairs:,} pairs stored",
+            f"{counted(recipe.images, 'image')} signed, {counted(recipe.pairs, 'pair')} stored",
             ("distance", "right"),
             ("P(found by the band join)", "right"),
             ("", "left"),
@@ -574,7 +599,7 @@ def sql_table(result: SqlResult) -> RenderableType:
         table.add_row(*["NULL" if v is None else str(v) for v in row])
     if result.truncated:
         # Below the table, not its caption: a caption wraps to a narrow table's width.
-        note = f"first {len(result.rows):,} rows; --max-rows shows more"
+        note = f"first {counted(len(result.rows), 'row')}; --max-rows shows more"
         return Group(table, Text(note, style="dim"))
     return table
 
@@ -624,19 +649,20 @@ def _side_by_side(parts: Sequence[RenderableType]) -> Table:
 
 
 def _more(total: int, shown: int, what: str) -> list[RenderableType]:
+    """The note under a list cut at ``--limit``; ``what`` is a plural ("images")."""
     if total <= shown:
         return []
-    return [
-        Text(f"({total - shown:,} more {what}; --limit or the HTML report lists more)", style="dim")
-    ]
+    more = counted(total - shown, f"more {what.removesuffix('s')}", f"more {what}")
+    return [Text(f"({more}; --limit or the HTML report lists more)", style="dim")]
 
 
 def report_summary(report: AuditReport) -> RenderableType:
     s = report.summary
     return Text.assemble(
         (f"Audit of {report.ref}", "bold"),
-        f"  {s.datasets:,} dataset(s), {s.versions:,} version(s), {s.splits:,} splits, "
-        f"{s.items:,} items, {s.images:,} distinct images",
+        f"  {counted(s.datasets, 'dataset')}, {counted(s.versions, 'version')}, "
+        f"{counted(s.splits, 'split')}, {counted(s.items, 'item')}, "
+        f"{counted(s.images, 'distinct image')}",
         (f"  ({report.created_at.isoformat()}, dsaudit {report.tool_version})", "dim"),
     )
 
@@ -648,8 +674,9 @@ def cross_split_copies(report: AuditReport) -> RenderableType:
         parts.append(Text("No image occurs in more than one split.", style="green"))
     else:
         table = _table(
-            f"Copies across splits: {leaks.exact_images:,} images occur in more than one split; "
-            "the most widespread",
+            "Copies across splits: "
+            f"{counted(leaks.exact_images, 'image occurs', 'images occur')} in more than one "
+            "split; the most widespread",
             ("image", "left"),
             ("items", "right"),
             ("where (item label, source)", "left"),
@@ -661,7 +688,7 @@ def cross_split_copies(report: AuditReport) -> RenderableType:
                 _member_lines(member.items),
                 end_section=True,
             )
-        parts.append(table)
+        parts.append(_listed(table))
         parts.append(
             _pictures(
                 report,
@@ -689,7 +716,7 @@ def cross_split_copies(report: AuditReport) -> RenderableType:
                 _member_lines(pair.a.items, 2),
                 _member_lines(pair.b.items, 2),
             )
-        parts.append(table)
+        parts.append(_listed(table))
         parts.append(
             _pictures(
                 report,
@@ -719,7 +746,7 @@ def low_info(report: AuditReport) -> RenderableType:
     if not low.items:
         return Text("No low-information items.", style="green")
     table = _table(
-        f"Low-information items: {low.items:,} ({low.images:,} distinct images, blank or "
+        f"Low-information items: {low.items:,} ({counted(low.images, 'distinct image')}, blank or "
         "near-constant)",
         ("image", "left"),
         ("items", "right"),
@@ -729,7 +756,7 @@ def low_info(report: AuditReport) -> RenderableType:
         table.add_row(
             member.image_digest[:12], f"{len(member.items):,}", _member_lines(member.items)
         )
-    return Group(table, *_more(low.images, len(low.shown), "images"))
+    return Group(_listed(table), *_more(low.images, len(low.shown), "images"))
 
 
 def report_recipes(report: AuditReport) -> RenderableType:

@@ -72,7 +72,7 @@ def test_overlap_table_shows_the_leak(
     result = _run(runner, db, "overlap", "letters@v1")
     assert result.exit_code == 0, result.output
     assert "3 (6.0 %)" in result.stdout
-    assert "Label conflicts: 1 images" in result.stdout
+    assert "Label conflicts: 1 image carries" in result.stdout
 
 
 def test_ls_lists_versions_and_counts(

@@ -100,7 +100,7 @@ def test_conflicts_within_and_across_versions_exact_and_near(db: str, tmp_path: 
         ("d@v2:train", 5),
     }
     table = runner.invoke(app, ["--db", db, "conflicts", "d@v1:train", "d@v2", "--exact"])
-    assert table.exit_code == 0 and "1 images carry more than one label" in table.stdout
+    assert table.exit_code == 0 and "1 image carries more than one label" in table.stdout
 
 
 def test_label_conflicts_beyond_sqlites_parameter_limit(tmp_path: Path) -> None:

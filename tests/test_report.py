@@ -439,3 +439,53 @@ def test_near_label_conflicts_not_listed_are_counted_in_images(tmp_path: Path) -
     section = to_html(report).split("Near copies labelled otherwise: pixel-v1")[1]
     assert "more images not listed" not in section.split("<h3>")[0]
     assert "more images" not in to_markdown(report)
+
+
+def _one_of_each(db: str) -> None:
+    """One exact copy across splits labelled otherwise, one near copy labelled otherwise."""
+    images, labels = synth.render_letters(40, np.random.default_rng(8))
+    test = np.concatenate([images[:1], synth.brightness(images[1:2], 0.02), images[30:]])
+    api.ingest(
+        db,
+        "d",
+        "v1",
+        {"train": (images[:30], labels[:30]), "test": (test, ["z", "y", *labels[30:]])},
+    )
+
+
+def test_counts_of_one_are_singular_in_every_format(tmp_path: Path, runner: CliRunner) -> None:
+    """One leaked image read "1 images occur in more than one split"."""
+    db = str(tmp_path / "one.db")
+    _one_of_each(db)
+    report = api.report(db, "d")
+    terminal = runner.invoke(app, ["--db", db, "report", "d"])
+    assert terminal.exit_code == 0, terminal.output
+    screen = " ".join(terminal.stdout.split())
+    markdown, html = (" ".join(page.split()) for page in (to_markdown(report), to_html(report)))
+    for text in (screen, html):
+        assert "1 image occurs in more than one split" in text
+        assert "1 image carries more than one label" in text
+    assert "1 dataset, 1 version, 2 splits" in markdown
+    for text in (screen, markdown, html):
+        assert not re.search(r"\b1 (images|items|pairs|groups|exact copies)\b", text), text
+
+
+@pytest.mark.parametrize("command", ["overlap", "conflicts", "report"])
+def test_limit_0_lists_nothing_but_counts_everything(
+    tmp_path: Path, runner: CliRunner, command: str
+) -> None:
+    """With --limit 0 a list's header row over no rows said nothing: its title and the note
+    of how many are not listed stand in for it."""
+    db = str(tmp_path / "one.db")
+    _one_of_each(db)
+    result = runner.invoke(app, ["--db", db, command, "d", "--limit", "0"])
+    assert result.exit_code == 0, result.output
+    screen = " ".join(result.stdout.split())
+    assert "Label conflicts: 1 image carries more than one label (2 items)" in screen
+    assert "(1 more conflicting image; --limit shows more)" in screen
+    assert "images have a near copy with another label (2 more conflicting images;" in screen
+    for header in ("distance item label near copy label", "image item label source"):
+        assert header not in screen
+    if command == "report":
+        assert "1 image occurs in more than one split (1 more image;" in screen
+        assert "image items where" not in screen

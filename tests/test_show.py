@@ -64,6 +64,7 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     # Without colour (a pipe, as here) the picture is drawn in characters by gray level;
     # with colour, in half blocks.
     assert "@@" in table.stdout and "▀" not in table.stdout and "Near copies" in table.stdout
+    assert "28x28 uint8, 1 item" in table.stdout  # gray: no "x1", and one item, singular
     coloured = runner.invoke(app, ["--db", db, "show", "d@v1:train:1"], env={"FORCE_COLOR": "1"})
     assert coloured.exit_code == 0 and "▀" in coloured.stdout and "@@" not in coloured.stdout
     # NO_COLOR wins over a colour terminal: characters again.
@@ -171,3 +172,11 @@ def test_a_preview_keeps_its_shape_within_64_pixels_a_side(
     if shape == (2, 5000):
         # Block means: the first cell averages rows 0-1, columns 0-78 of the gray image.
         assert preview.rows[0][0][0] == round(float(pixels[:, :79].mean()))
+
+
+def test_show_names_the_channels_of_a_colour_image(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    api.ingest(db, "c", "v1", {"train": np.random.default_rng(1).random((3, 8, 6, 3))})
+    result = CliRunner().invoke(app, ["--db", db, "show", "c@v1:train:0"])
+    assert result.exit_code == 0, result.output
+    assert "8x6x3 float64, 1 item" in result.stdout
