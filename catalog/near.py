@@ -223,14 +223,15 @@ def resolve_recipes(
     def listed() -> list[str]:
         return list(conn.execute(select(table.c.name).order_by(table.c.id)).scalars().all())
 
-    # Whether the catalog has recipes is decided once (`lock_recipe_choice`): the first
-    # registration holds the choice exclusively, every other ingest shared, and reads it again
-    # once it holds it (another ingest may have decided it, or taken back a failed first
-    # ingest's recipes, while this one waited).
-    shared = not near or bool(listed())
+    # Which recipes the catalog has is decided under `lock_recipe_choice`: an ingest that adds
+    # recipes holds it exclusively, every other ingest shared, and each reads the recipes again
+    # once it holds it (another ingest may have added some, or taken back a failed first
+    # ingest's, while this one waited). Without the exclusive lock, a recipe added beside a
+    # running ingest would miss that ingest's images.
+    shared = not near or not _additions(listed(), names)
     lock_recipe_choice(conn, shared=shared)
     registered = listed()
-    if near and shared and not registered:  # taken back while this ingest waited: it registers
+    if near and shared and _additions(registered, names):
         lock_recipe_choice(conn, shared=False)
         registered = listed()
     catalog = describe(str(conn.engine.url))
@@ -251,16 +252,7 @@ def resolve_recipes(
                 f"the catalog signs images with recipe '{name}', which this dsaudit does not "
                 "know; use the dsaudit release that made the catalog"
             ) from None
-    added: list[Recipe] = []
-    if names is None:
-        added = [] if chosen else list(DEFAULT_RECIPES)
-    for name in dict.fromkeys(names or ()):
-        try:
-            recipe = get_recipe(name)
-        except ValueError as error:
-            raise UsageError(f"--recipe: {error}") from None
-        if recipe.name not in registered:
-            added.append(recipe)
+    added = _additions(registered, names)
     if added and conn.execute(select(core_table(Image).c.id).limit(1)).first() is not None:
         if not registered:
             raise UsageError(
@@ -277,6 +269,26 @@ def resolve_recipes(
     return (*chosen, *added)
 
 
+def _additions(registered: Sequence[str], names: Sequence[str] | None) -> list[Recipe]:
+    """The recipes a near ingest naming ``names`` would add to a catalog that has
+    ``registered``: the named ones it lacks, or `DEFAULT_RECIPES` for a catalog without any.
+
+    Raises:
+        UsageError: an unknown recipe name.
+    """
+    if names is None:
+        return [] if registered else list(DEFAULT_RECIPES)
+    added = []
+    for name in dict.fromkeys(names):
+        try:
+            recipe = get_recipe(name)
+        except ValueError as error:
+            raise UsageError(f"--recipe: {error}") from None
+        if recipe.name not in registered:
+            added.append(recipe)
+    return added
+
+
 UNREGISTER_WAIT = "10s"
 """How long `unregister_recipes` waits for other ingests (a PostgreSQL interval)."""
 
@@ -288,8 +300,9 @@ def register_recipes(conn: Connection, names: Sequence[str] | None) -> list[int]
         the ids of the recipes this call added to the catalog (none if it had them all).
     """
     table = core_table(RecipeRecord)
+    chosen = resolve_recipes(conn, names)  # holds the choice: no registration is in flight
     before = set(conn.execute(select(table.c.id)).scalars())
-    ids = ensure_recipes(conn, resolve_recipes(conn, names)).values()
+    ids = ensure_recipes(conn, chosen).values()
     return [recipe_id for recipe_id in ids if recipe_id not in before]
 
 
