@@ -7,6 +7,7 @@ rows, and find the near pairs between their two new versions whichever commits f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from catalog.db import (
 )
 from catalog.errors import QueryError, UsageError
 from catalog.near import register_recipes, resolve_recipes, unregister_recipes
-from catalog.recipes import DEFAULT_RECIPES
+from catalog.recipes import DEFAULT_RECIPES, PIXEL, PIXEL_SHIFT
 from tests.conftest import postgres_only
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,3 +478,79 @@ def test_an_ingest_that_waited_while_the_recipes_were_taken_back_registers_them(
             waiter.rollback()
     finally:
         engine.dispose()
+
+
+@postgres_only
+def test_a_recipe_added_beside_a_running_ingest_waits_for_it(db: str) -> None:
+    """An ingest that adds a recipe holds the choice exclusively: a running ingest signs its
+    images under the recipes it read, so a recipe added beside it would miss them. Once it has
+    committed, the recipe is refused, because the catalog holds images never signed under it."""
+    engine = open_catalog(db)
+    try:
+        with engine.begin() as conn:
+            register_recipes(conn, [PIXEL.name])
+        with engine.connect() as running, engine.connect() as adding:
+            running.begin()
+            assert resolve_recipes(running, [PIXEL.name]) == (PIXEL,)
+            adding.begin()
+            adding.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                resolve_recipes(adding, [PIXEL.name, PIXEL_SHIFT.name])
+            adding.rollback()
+            running.exec_driver_sql(_IMAGE)
+            running.commit()
+            with adding.begin(), pytest.raises(UsageError, match="never signed under pixshift"):
+                resolve_recipes(adding, [PIXEL.name, PIXEL_SHIFT.name])
+            with adding.begin():
+                assert _recipes(adding) == [PIXEL.name]
+    finally:
+        engine.dispose()
+
+
+@postgres_only
+def test_two_first_registrations_each_report_only_their_own_recipes(db: str) -> None:
+    """The second of two first ingests finds the first one's recipes once it holds the choice:
+    it registered none, so if it fails it takes none back (the first one's ingest may be
+    about to sign with them)."""
+    engine = open_catalog(db)
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            first.begin()
+            assert len(register_recipes(first, None)) == len(DEFAULT_RECIPES)
+            found: list[list[int]] = []
+
+            def register() -> None:
+                second.begin()
+                found.append(register_recipes(second, None))
+
+            thread = threading.Thread(target=register)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while _waiting(first) < 1:
+                assert time.monotonic() < deadline, "the second registration never waited"
+                time.sleep(0.05)
+            first.commit()
+            thread.join(timeout=30)
+            assert found == [[]]
+            second.commit()
+    finally:
+        engine.dispose()
+
+
+@postgres_only
+def test_sql_json_on_postgres_gives_numbers_and_iso_times(db: str) -> None:
+    """psycopg returns Decimal and datetime, which json cannot write."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    api.ingest(db, "d", "v1", {"train": np.zeros((3, 4, 4), np.uint8)}, near=False)
+    statement = (
+        "SELECT SUM(items) AS total, 1.5::numeric AS half, created_at, 'NaN'::float AS nan "
+        "FROM v_split JOIN version ON TRUE GROUP BY created_at"
+    )
+    result = CliRunner().invoke(app, ["--db", db, "sql", statement, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["total"] == 3 and row["half"] == 1.5 and row["nan"] == "NaN"
+    assert row["created_at"].endswith("+00:00")
