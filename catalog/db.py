@@ -39,11 +39,18 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 
 import migrations
-from catalog.errors import BusyError, InputError, NotFoundError, SchemaError, StorageError
+from catalog.errors import (
+    BusyError,
+    InputError,
+    NotFoundError,
+    SchemaError,
+    StorageError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -64,12 +71,36 @@ RECIPES_LOCK = 0x647361756469_0003
 T = TypeVar("T")
 
 
+POSTGRES_EXAMPLE = "postgresql+psycopg://USER@HOST/DATABASE"
+
+
 def resolve_url(db: str | None = None) -> str:
     """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
     value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
     if "://" in value:
+        try:
+            url = make_url(value)
+            backend = url.get_backend_name()
+        except ArgumentError:
+            raise UsageError(
+                f"{value}: not a database URL; give a file path (SQLite) or a URL such as "
+                f"{POSTGRES_EXAMPLE}"
+            ) from None
+        if backend not in ("sqlite", "postgresql"):
+            hint = f"; write {POSTGRES_EXAMPLE}" if backend == "postgres" else ""
+            raise UsageError(
+                f"{describe(value)}: a catalog is a SQLite file or a PostgreSQL database, and "
+                f"'{backend}' is neither{hint}"
+            )
+        if backend == "sqlite" and url.database not in (None, "", ":memory:"):
+            # sqlite:///cat.db is relative to the working directory: made absolute, as a
+            # path is, so that file URIs (read-only opens) and stored paths work.
+            absolute = str(Path(url.database).expanduser().resolve())
+            return url.set(database=absolute).render_as_string(hide_password=False)
         return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
+    # Built, not formatted: a path holding "%20", "?" or "#" is a file name, not URL syntax.
+    path = str(Path(value).expanduser().resolve())
+    return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 
 
 def describe(url: str) -> str:
@@ -517,12 +548,14 @@ def lock_recipe_choice(conn: Connection, *, shared: bool) -> None:
     """Hold the lock on whether the catalog has recipes until this transaction ends
     (PostgreSQL only; SQLite's writer holds the whole catalog from BEGIN IMMEDIATE).
 
-    Every ingest holds it shared for its whole transaction, and the first registration of
-    recipes exclusively (`catalog.near.resolve_recipes`): otherwise, under READ COMMITTED, an
-    exact-only ingest could read no recipes while a near ingest registers them, and both would
-    commit, leaving images unsigned in a catalog with recipes. Taking back a failed first
-    ingest's recipes holds it exclusively too (`catalog.near.unregister_recipes`), so that no
-    ingest signing with them is still running. Ingests still run side by side.
+    Every ingest holds it shared for its whole transaction, and one that adds recipes (the
+    first registration, or a new ``--recipe``) exclusively (`catalog.near.resolve_recipes`):
+    otherwise, under READ COMMITTED, an ingest could read the recipes while another adds one,
+    and both would commit, leaving images unsigned under a recipe of the catalog. Taking back a
+    failed first ingest's recipes holds it exclusively too (`catalog.near.unregister_recipes`),
+    so that no ingest signing with them is still running. Ingests that add nothing run side by
+    side; the exclusive holders are short, or wait for the running ingests and are then
+    refused.
     """
     if conn.dialect.name == "postgresql":
         function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"

@@ -43,6 +43,7 @@ from typing import TypeVar
 import numpy as np
 
 from catalog import synth
+from catalog.errors import InputError
 from catalog.ingest import IngestResult
 from catalog.model import DiffReport, OverlapReport
 from catalog.recipes import DEFAULT_RECIPES, PIXEL_SHIFT
@@ -655,16 +656,23 @@ def write_npz(demo: Demo, directory: Path) -> dict[str, Path]:
         ``{"v1": path, "v2": path}``.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for tag, splits in demo.versions.items():
-        arrays = {}
-        for split, (images, labels) in splits.items():
-            arrays[f"{split}_dataset"] = images
-            arrays[f"{split}_labels"] = labels
-        path = directory / f"notmnist_{tag}.npz"
-        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
-        paths[tag] = path
+    path = directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for tag, splits in demo.versions.items():
+            arrays = {}
+            for split, (images, labels) in splits.items():
+                arrays[f"{split}_dataset"] = images
+                arrays[f"{split}_labels"] = labels
+            path = directory / f"notmnist_{tag}.npz"
+            np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+            paths[tag] = path
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot write the demo's files there ({exc.strerror or exc}); "
+            "give a directory that can be created or written"
+        ) from None
     return paths
 
 

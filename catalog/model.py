@@ -367,8 +367,9 @@ class SplitChange:
     kept: int
     added: int
     removed: int
-    replaced_by_near_copy: int
-    """Removed images with a near copy among the added ones (under the diff's recipe)."""
+    replaced_by_near_copy: int | None
+    """Removed images with a near copy among the added ones (under the diff's recipe); None
+    when no near copy was looked for (``--exact``, or a catalog without recipes)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,12 @@ def resolve_all(
     return tuple(seen.values())
 
 
+def _utc(moment: datetime) -> datetime:
+    """A stored time in UTC with its offset: SQLite gives it back naive (it was written in
+    UTC), PostgreSQL in the session's time zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
     """Datasets, their versions (oldest first) and splits, with item and image counts."""
     ds, version, split, item = (
@@ -259,7 +266,7 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
             VersionInfo(
                 dataset=names[v.dataset_id],
                 tag=v.tag,
-                created_at=v.created_at,
+                created_at=_utc(v.created_at),
                 parent=v.parent,
                 note=v.note,
                 tool_version=v.tool_version,
@@ -867,7 +874,7 @@ def select_recipes(
         if missing:
             raise NotFoundError(
                 f"recipe '{missing[0]}' is not in the catalog "
-                f"(recipes: {', '.join(known) or 'none yet'})"
+                f"(recipes: {', '.join(known) or 'none'})"
             )
         rows = [known[n] for n in names]
     if threshold is not None:
@@ -1340,7 +1347,7 @@ def version_diff(
     for name in names:
         removed = np.setdiff1d(in_a[name], in_b[name])
         added = np.setdiff1d(in_b[name], in_a[name])
-        replaced = 0
+        replaced: int | None = None if chosen is None else 0  # None: not looked for
         if near.size and removed.size and added.size:
             hit = np.isin(near[:, 0], removed) & np.isin(near[:, 1], added)
             replaced = int(np.unique(near[hit, 0]).size)

@@ -79,7 +79,8 @@ class _Pictures:
             return Markup('<span class="nopic" title="{}">no picture</span>').format(why)
         if self.embedded >= self.report.limits.thumbnails:
             return Markup('<span class="nopic" title="{}">no picture</span>').format(
-                f"{self.report.limits.thumbnails} pictures embedded already (--thumbnails)"
+                f"{counted(self.report.limits.thumbnails, 'picture')} embedded already "
+                "(--thumbnails)"
             )
         self.embedded += 1
         height, width = len(picture.preview.rows), len(picture.preview.rows[0])
@@ -253,7 +254,7 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
     out += [
         "",
         f"<sub>dsaudit {md(report.tool_version)}, {report.created_at.isoformat()}; up to "
-        f"{rows} findings per kind listed, counts complete.</sub>",
+        f"{counted(rows, 'finding')} per kind listed, counts complete.</sub>",
         "",
     ]
     return "\n".join(out)

@@ -109,7 +109,7 @@ def run_sql(db: str | None, statement: str, *, max_rows: int | None = None) -> S
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return _run_postgres(url, statement, max_rows)
-    path = Path(parsed.database or "")
+    path = Path(parsed.database or "").resolve()  # as_uri() takes absolute paths only
     engine = create_engine("sqlite://", creator=lambda: _sqlite_readonly(path))
     try:
         with engine.connect() as conn:

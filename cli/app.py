@@ -7,12 +7,15 @@ Errors: the library raises `CatalogError` with a finished sentence; `_command` t
 from __future__ import annotations
 
 import csv
+import datetime
 import functools
 import json
+import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -191,10 +194,23 @@ ThresholdOption = Annotated[
 ExactOption = Annotated[bool, typer.Option("--exact", help="Exact copies only, no near tiers.")]
 
 
-def _recipes(names: list[str] | None, exact: bool) -> list[str] | None:
-    if exact and names:
+def _exact_alone(exact: bool, recipe: object, threshold: float | None) -> None:
+    """Refuse --exact beside what only near findings use."""
+    if exact and recipe:
         raise UsageError("--exact and --recipe contradict each other; choose one")
-    return [] if exact else names
+    if exact and threshold is not None:
+        raise UsageError(
+            "--exact and --threshold contradict each other (a threshold is a near recipe's); "
+            "choose one"
+        )
+
+
+def _recipes(
+    names: list[str] | None, exact: bool, threshold: float | None = None
+) -> list[str] | None:
+    """The recipes a query uses: none with --exact, each named one once, or all (None)."""
+    _exact_alone(exact, names, threshold)
+    return [] if exact else (None if names is None else list(dict.fromkeys(names)))
 
 
 @_command()
@@ -370,7 +386,11 @@ def overlap(
         dsaudit overlap notmnist@v1 notmnist@v2:test
     """
     report = api.overlap(
-        ctx.obj, refs, limit=limit, recipes=_recipes(recipe, exact), threshold=threshold
+        ctx.obj,
+        refs,
+        limit=limit,
+        recipes=_recipes(recipe, exact, threshold),
+        threshold=threshold,
     )
     if as_json:
         _dump_json(to_json(report, schema=OVERLAP_SCHEMA))
@@ -410,8 +430,7 @@ def dups(
 
         dsaudit dups notmnist --recipe phash256-v2 --threshold 0.05
     """
-    if exact and recipe:
-        raise UsageError("--exact and --recipe contradict each other; choose one")
+    _exact_alone(exact, recipe, threshold)
     report = api.duplicate_groups(
         ctx.obj, refs, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit
     )
@@ -445,8 +464,7 @@ def diff(
 
         dsaudit diff notmnist@v1 notmnist@v2
     """
-    if exact and recipe:
-        raise UsageError("--exact and --recipe contradict each other; choose one")
+    _exact_alone(exact, recipe, threshold)
     report = api.version_diff(
         ctx.obj, a, b, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit
     )
@@ -483,7 +501,11 @@ def conflicts_command(
         dsaudit conflicts notmnist@v1 notmnist@v2 --recipe phash256-v2
     """
     report = api.label_conflicts(
-        ctx.obj, refs, recipes=_recipes(recipe, exact), threshold=threshold, limit=limit
+        ctx.obj,
+        refs,
+        recipes=_recipes(recipe, exact, threshold),
+        threshold=threshold,
+        limit=limit,
     )
     if as_json:
         _dump_json(to_json(report, schema=CONFLICTS_SCHEMA))
@@ -570,13 +592,51 @@ def sql(
         raise UsageError("choose one of --json and --csv")
     result = api.run_sql(ctx.obj, statement, max_rows=max_rows)
     if as_json:
-        _dump_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
+        _dump_json(_sql_objects(result.columns, result.rows))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
         writer.writerows(result.rows)
     else:
         _stdout().print(render.sql_table(result))
+
+
+def _sql_objects(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Rows as JSON objects: one key per column, and only values JSON has.
+
+    Decimals become numbers, dates and times ISO 8601 strings, and infinite or NaN floats the
+    strings "Infinity", "-Infinity" and "NaN" (JSON has no such numbers).
+
+    Raises:
+        UsageError: two columns share a name; one object cannot hold both.
+    """
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise UsageError(
+                f"--json needs distinct column names, and '{name}' names two columns: name "
+                f"them apart with AS (e.g. s.id AS split_id), or use --csv"
+            )
+        seen.add(name)
+    return [{name: _json_value(v) for name, v in zip(columns, row, strict=True)} for row in rows]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return _json_value(float(value))
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):  # PostgreSQL arrays
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):  # json and jsonb
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return str(value)  # intervals, UUIDs...: as the driver prints them
 
 
 @_command()
@@ -758,7 +818,7 @@ def report_command(
     made = api.report(
         ctx.obj,
         ref,
-        against=against or [],
+        against=list(dict.fromkeys(against or [])),  # each older version diffed once
         recipes=_recipes(recipe, exact),
         limit=limit,
         thumbnails=thumbnails,

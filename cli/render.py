@@ -299,7 +299,8 @@ def dups(report: DupsReport) -> RenderableType:
     if not report.groups_total:
         return Text(f"No duplicate groups ({how}).", style="green")
     table = _table(
-        f"{report.groups_total:,} duplicate groups inside splits ({how}); largest first",
+        f"{counted(report.groups_total, 'duplicate group')} inside splits ({how}); the largest "
+        "first",
         ("split", "left"),
         ("images", "right"),
         ("items", "right"),
@@ -344,8 +345,9 @@ def diff(report: DiffReport) -> RenderableType:
         ("kept", "right"),
         ("added", "right"),
         ("removed", "right"),
-        ("replaced by a near copy", "right"),
     )
+    if report.recipe:  # with no recipe, no near copy was looked for
+        splits.add_column("replaced by a near copy", justify="right")
     for change in report.splits:
         splits.add_row(
             change.split,
@@ -354,7 +356,11 @@ def diff(report: DiffReport) -> RenderableType:
             f"{change.kept:,}",
             f"{change.added:,}",
             f"{change.removed:,}",
-            f"{change.replaced_by_near_copy:,}",
+            *(
+                []
+                if change.replaced_by_near_copy is None
+                else [f"{change.replaced_by_near_copy:,}"]
+            ),
         )
     parts: list[RenderableType] = [splits]
     if report.moves:
@@ -507,7 +513,10 @@ def show(report: ShowReport) -> RenderableType:
 
 def recipes(data: Sequence[RecipeInfo]) -> RenderableType:
     if not data:
-        return Text("No recipes yet: they are registered by the first ingest.")
+        return Text(
+            "No recipes: a new catalog registers them at its first ingest, and one made with "
+            "--exact-only finds exact copies only, for good."
+        )
     parts: list[RenderableType] = []
     for recipe in data:
         table = _table(
@@ -576,7 +585,10 @@ def check_report(report: CheckReport) -> RenderableType:
     for result in report.results:
         for example in result.examples:
             parts.append(Text.assemble((f"{result.name}: ", "bold"), example))
-        parts.extend(_more(result.problems, len(result.examples), f"{result.name} problems"))
+        hidden = result.problems - len(result.examples)
+        if hidden > 0:  # check lists a few of each; `dsaudit check --json` has the same few
+            more = counted(hidden, "more problem")
+            parts.append(Text(f"({more} of {result.name} not listed)", style="dim"))
     if report.ok:
         parts.append(Text("All checks passed.", style="bold green"))
     else:

@@ -110,6 +110,19 @@ def _floats_with(value: float) -> np.ndarray:
     return images
 
 
+def _folder_with_a_name_not_utf8(s: Setup) -> Sequence[str]:
+    """An image folder with a file whose name's bytes are not UTF-8 (Python holds them as lone
+    surrogates, which no database column takes)."""
+    from PIL import Image
+
+    folder = s.path("pets") / "train" / "cat"
+    folder.mkdir(parents=True)
+    Image.fromarray(_images(1)[0]).save(folder / "ok.png")
+    name = b"\xff.png".decode("utf-8", "surrogateescape")
+    Image.fromarray(_images(2)[1]).save(folder / name, format="PNG")
+    return [str(s.path("pets"))]
+
+
 def _pickle(s: Setup) -> Sequence[str]:
     s.path("data.pickle").write_bytes(pickle.dumps({"x_train": _images()}))
     return [str(s.path("data.pickle"))]
@@ -212,6 +225,24 @@ CASES: dict[str, Case] = {
         _npz("short.npz", x_train=_images(), y_train=np.arange(9)),
         "cannot label the 10 images",
         "short.npz",
+    ),
+    "labels too long to store": Case(
+        _npz("long.npz", x_train=_images(3), y_train=np.array(["a", "b", "L" * 201])),
+        "label 2 is 201 characters long",
+        "long.npz",
+    ),
+    "labels that are not text": Case(
+        _npz("sur.npz", x_train=_images(2), y_train=np.array(["a", "\udcff"])),
+        "label 1 is not valid Unicode text",
+        "sur.npz",
+    ),
+    "labels under a name not recognised": Case(
+        _npz("odd.npz", train_data=_images(4), train_target=np.arange(4)),
+        "--split train=train_data:train_target",
+        "odd.npz",
+    ),
+    "image folder with a file name not UTF-8": Case(
+        _folder_with_a_name_not_utf8, "the name is not valid UTF-8", "cat"
     ),
     "zero images": Case(
         _npz("none.npz", x_train=np.zeros((0, 8, 8), np.uint8)), "holds no images", "none.npz"

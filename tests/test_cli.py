@@ -490,3 +490,101 @@ def test_counts_past_any_integer_are_usage_errors(
     )
     result = _run(runner, db, *args)
     assert result.exit_code == 2 and "Invalid value for '--" in result.stderr, result.output
+
+
+def test_sql_json_keeps_every_column_and_only_json_values(
+    runner: CliRunner, sql_catalog: Path
+) -> None:
+    """Two columns of one name overwrote each other in the object; inf is no JSON number."""
+    _assert_user_error(
+        _run(runner, sql_catalog, "sql", "SELECT s.id, v.id FROM split s JOIN version v", "--json"),
+        "'id' names two columns",
+        "AS",
+    )
+    result = _run(
+        runner,
+        sql_catalog,
+        "sql",
+        "SELECT 1e308 * 10 AS up, -1e308 * 10 AS down, 2.5 AS x, tag FROM version",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"up": "Infinity", "down": "-Infinity", "x": 2.5, "tag": "v1"}
+    ]
+
+
+@pytest.mark.parametrize("name", ["run%20one.db", "q?mode=ro.db", "a#b.db"])
+def test_a_catalog_path_is_a_file_name_not_url_syntax(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.arange(5 * 16, dtype=np.uint8).reshape(5, 4, 4))
+    result = _run(runner, name, "ingest", "d", "v1", "--split", "train=x.npy")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "x.npy"])
+    listed = _run(runner, name, "sql", "SELECT COUNT(*) AS n FROM item", "--json")
+    assert json.loads(listed.stdout) == [{"n": 5}]
+    # The same file as a relative sqlite:/// URL (file URIs need absolute paths).
+    relative = _run(runner, f"sqlite:///{name.replace('%', '%25').replace('?', '%3F')}", "ls")
+    assert relative.exit_code == 0, relative.output
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("postgres://me:secret@host/db", "write postgresql+psycopg://"),
+        ("http://host/x", "'http' is neither"),
+        ("://", "not a database URL"),
+    ],
+)
+def test_a_url_dsaudit_cannot_use_is_a_usage_error(
+    runner: CliRunner, url: str, fragment: str
+) -> None:
+    result = _run(runner, url, "ls")
+    _assert_user_error(result, fragment)
+    assert "secret" not in result.stderr
+
+
+def test_demo_into_a_path_that_cannot_be_a_directory(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    result = runner.invoke(app, ["demo", str(tmp_path / "file")])
+    _assert_user_error(result, "cannot write the demo's files there", "file")
+
+
+def test_repeated_options_and_exact_beside_a_threshold(
+    db: str, runner: CliRunner, archive: Path
+) -> None:
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    _run(runner, db, "ingest", "letters", "v2", str(archive))
+    twice = _run(runner, db, "overlap", "letters@v1", "-r", "pixel-v1", "-r", "pixel-v1")
+    assert twice.exit_code == 0 and twice.stdout.count("Near leakage (pixel-v1") == 1
+    report = _run(
+        runner, db, "report", "letters@v2", "--against", "letters@v1", "--against", "letters@v1"
+    )
+    assert report.exit_code in (0, 1) and report.stdout.count("letters@v1 -> letters@v2") == 1
+    for command in (
+        ["overlap", "letters"],
+        ["dups", "letters"],
+        ["conflicts", "letters"],
+        ["diff", "letters@v1", "letters@v2"],
+    ):
+        _assert_user_error(
+            _run(runner, db, *command, "--exact", "--threshold", "0.05"),
+            "--exact and --threshold contradict each other",
+        )
+
+
+def test_times_carry_their_utc_offset(db: str, runner: CliRunner, archive: Path) -> None:
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    data = json.loads(_run(runner, db, "ls", "--json").stdout)
+    created = data["datasets"][0]["versions"][0]["created_at"]
+    assert created.endswith("+00:00"), created
+
+
+def test_recipes_of_an_exact_only_catalog(runner: CliRunner, tmp_path: Path) -> None:
+    db = str(tmp_path / "exact.db")
+    api.ingest(db, "d", "v1", {"train": np.zeros((2, 4, 4), np.uint8)}, near=False)
+    result = _run(runner, db, "recipes")
+    assert result.exit_code == 0 and "--exact-only finds exact copies only" in result.stdout
+    assert "yet" not in result.stdout

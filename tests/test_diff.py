@@ -43,6 +43,11 @@ def test_an_image_replaced_by_a_near_copy_is_named(db: str, tmp_path: Path) -> N
     assert (train.removed, train.added, train.kept) == (1, 1, 59)
     assert train.replaced_by_near_copy == 1
     assert report.relabelled_items == 0 and report.moves == ()
+    # With --exact no near copy is looked for: no count of them, rather than a 0 not measured.
+    exact = api.version_diff(db, "d@v1", "d@v2", exact_only=True)
+    assert exact.splits[0].replaced_by_near_copy is None
+    result = CliRunner().invoke(app, ["--db", db, "diff", "d@v1", "d@v2", "--exact"])
+    assert result.exit_code == 0 and "replaced by a near copy" not in result.stdout
 
 
 def test_diff_command(db: str, tmp_path: Path) -> None:

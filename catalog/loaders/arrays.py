@@ -422,6 +422,10 @@ def _split_name(key: str) -> str | None:
     return None
 
 
+LABEL_LIMIT = 200
+"""Longest label the catalog keeps (``item.label``), in characters."""
+
+
 def _label_key(container: _Container, split: str, images_key: str, n: int) -> str | None:
     """The label twin of a split's image array (``y_train`` for ``x_train``), if any.
 
@@ -444,6 +448,37 @@ def _label_key(container: _Container, split: str, images_key: str, n: int) -> st
 
 def _clean_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     """Labels as a 1-D array of strings; ints, bools and strings are accepted."""
+    return _storable(_as_strings(labels, n, where), where)
+
+
+def _storable(labels: np.ndarray, where: str) -> np.ndarray:
+    """``labels`` (strings), refused where the catalog could not store one as it is: longer
+    than `LABEL_LIMIT`, or holding a lone surrogate (text decoded from bytes that were not
+    UTF-8), which no UTF-8 column takes. Vectorised over the code points."""
+    if labels.size == 0:
+        return labels
+    width = labels.dtype.itemsize // 4
+    codes = np.ascontiguousarray(labels).view(np.uint32).reshape(labels.size, width)
+    if width > LABEL_LIMIT:
+        # A str array pads with NULs, and a label's own trailing NULs are dropped by numpy.
+        length = width - np.argmax(codes[:, ::-1] != 0, axis=1)
+        length[~codes.any(axis=1)] = 0
+        long = np.flatnonzero(length > LABEL_LIMIT)
+        if long.size:
+            raise InputError(
+                f"{where}: label {long[0]} is {int(length[long[0]]):,} characters long; the "
+                f"catalog keeps labels of up to {LABEL_LIMIT}"
+            )
+    bad = np.flatnonzero(((codes >= 0xD800) & (codes <= 0xDFFF)).any(axis=1))
+    if bad.size:
+        raise InputError(
+            f"{where}: label {bad[0]} is not valid Unicode text (a lone surrogate, as from "
+            "bytes that were not UTF-8)"
+        )
+    return labels
+
+
+def _as_strings(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != n:
@@ -572,11 +607,16 @@ def _recognise(container: _Container, source: SourceFile) -> list[SplitInput]:
             f"{container.path}: cannot tell which split array(s) {', '.join(unknown)} belong to; "
             f"arrays: {container.listing()}; say it with --split NAME=ARRAY[:LABELS]"
         )
+    label_keys = {
+        key: _label_key(container, name, key, container.shapes[key][0][0])
+        for key, name in named.items()
+        if name is not None
+    }
+    _refuse_unused_labels(container, named, label_keys)
     result = []
     for key, name in named.items():
         assert name is not None
-        shape, _dtype = container.shapes[key]
-        label_key = _label_key(container, name, key, shape[0])
+        label_key = label_keys[key]
         labels = container.labels(label_key) if label_key else None
         result.append(
             _make_split(
@@ -589,6 +629,37 @@ def _recognise(container: _Container, source: SourceFile) -> list[SplitInput]:
             )
         )
     return result
+
+
+def _refuse_unused_labels(
+    container: _Container, named: dict[str, str | None], label_keys: dict[str, str | None]
+) -> None:
+    """Refuse a split left unlabelled beside an array that could be its labels.
+
+    Labels are recognised by name (``y_train`` for ``x_train``, `_LABEL_PATTERNS`). An array of
+    one value per image under another name (``train_target``) would otherwise be left out
+    without a word, and label conflicts in that split could never be found.
+
+    Raises:
+        InputError: naming the split, the unused array and the ``--split`` that settles it.
+    """
+    used = set(named) | {key for key in label_keys.values() if key}
+    for key, label_key in label_keys.items():
+        if label_key is not None:
+            continue
+        n = container.shapes[key][0][0]
+        unused = [
+            other
+            for other, (shape, _dtype) in container.shapes.items()
+            if other not in used and shape in ((n,), (n, 1))
+        ]
+        if unused:
+            name = named[key]
+            raise InputError(
+                f"{container.path}: no labels array is named for '{key}' (split {name}), and "
+                f"{', '.join(repr(u) for u in unused)} holds one value per image; say which: "
+                f"--split {name}={key}:{unused[0]}, or --split {name}={key} for no labels"
+            )
 
 
 def _explicit(

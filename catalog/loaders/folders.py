@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.errors import InputError
-from catalog.loaders.arrays import SourceFile
+from catalog.loaders.arrays import LABEL_LIMIT, SourceFile
 from catalog.loaders.chunk import Chunk, SkippedFile
 from catalog.pixels import MAX_SIDE, value_range
 
@@ -68,8 +68,6 @@ MIN_FILES_FOR_POOL = 1000
 between processes would cost more than the ~0.2 s of decoding they could share."""
 PARENT_CHECK_S = 0.5
 """How often a decoding worker checks that the ingest that started it is still running."""
-LABEL_LIMIT = 200
-"""Longest label the catalog keeps (``item.label``)."""
 
 _LAYOUT = "an image folder is ROOT/<split>/<class>/*.png (or ROOT/<split>/*.png, unlabelled)"
 
@@ -217,6 +215,22 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _utf8(directory: Path, name: str) -> str:
+    """``name`` (of a file or folder in ``directory``), refused unless it is UTF-8 text.
+
+    Python decodes other bytes to lone surrogates, which no database column or report takes:
+    the ingest would fail at its first insert, after reading every file.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(directory / name).decode("utf-8", "backslashreplace")
+        raise InputError(
+            f"{shown}: the name is not valid UTF-8; rename it (the catalog keeps names as text)"
+        ) from None
+    return name
+
+
 def _listing(directory: Path) -> tuple[list[str], list[str]]:
     """(image file names, folder names) directly inside ``directory``, sorted, hidden left out."""
     files, folders = [], []
@@ -228,9 +242,9 @@ def _listing(directory: Path) -> tuple[list[str], list[str]]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            folders.append(entry.name)
+            folders.append(_utf8(directory, entry.name))
         elif _is_image(entry.name) and entry.is_file():
-            files.append(entry.name)
+            files.append(_utf8(directory, entry.name))
     return files, folders
 
 
@@ -241,7 +255,7 @@ def _images_under(directory: Path) -> list[str]:
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         base = Path(parent).relative_to(directory).as_posix()
         prefix = "" if base == "." else f"{base}/"
-        found.extend(prefix + name for name in names if _is_image(name))
+        found.extend(_utf8(directory, prefix + name) for name in names if _is_image(name))
     return sorted(found)
 
 
