@@ -175,9 +175,12 @@ def split_summary(report: OverlapReport) -> RenderableType:
 def _matrix(
     title: str, splits: Sequence[SplitInfo], pair: Callable[[str, str], PairOverlap]
 ) -> Table:
-    matrix = _table(title, ("", "left"), *[(s.ref, "right") for s in splits])
+    names, common = _short_names([s.ref for s in splits])
+    if common:
+        title = f"{title}, in {common}"
+    matrix = _table(title, ("", "left"), *[(name, "right") for name in names])
     matrix.columns[0].no_wrap = True
-    for a in splits:
+    for a, name in zip(splits, names, strict=True):
         cells = []
         for b in splits:
             if a.split_id == b.split_id:
@@ -186,8 +189,24 @@ def _matrix(
             found = pair(a.ref, b.ref)
             style = "bold red" if found.items else "green"
             cells.append(Text(f"{found.items:,} ({percent(found.rate)})", style=style))
-        matrix.add_row(a.ref, *cells)
+        matrix.add_row(name, *cells)
     return matrix
+
+
+def _short_names(refs: Sequence[str]) -> tuple[list[str], str]:
+    """Split refs without the part they all share, and that part: ``test`` in notmnist@v1, or
+    ``v1:test`` in notmnist; whole refs when datasets differ. Full refs made a matrix's
+    headers unreadable at 80 columns (``notmnist@v…``)."""
+    parts = [ref.partition("@") for ref in refs]
+    versions = [rest.rpartition(":") for _dataset, _at, rest in parts]
+    datasets = {dataset for dataset, _at, _rest in parts}
+    if len(datasets) != 1 or any(not at for _d, at, _r in parts):
+        return list(refs), ""
+    (dataset,) = datasets
+    tags = {tag for tag, _colon, _split in versions}
+    if len(tags) == 1:
+        return [split for _tag, _colon, split in versions], f"{dataset}@{next(iter(tags))}"
+    return [f"{tag}:{split}" for tag, _colon, split in versions], dataset
 
 
 def leakage_matrix(report: OverlapReport) -> RenderableType:

@@ -588,3 +588,20 @@ def test_recipes_of_an_exact_only_catalog(runner: CliRunner, tmp_path: Path) -> 
     result = _run(runner, db, "recipes")
     assert result.exit_code == 0 and "--exact-only finds exact copies only" in result.stdout
     assert "yet" not in result.stdout
+
+
+def test_matrix_headers_leave_out_what_every_split_shares(
+    db: str, runner: CliRunner, archive: Path
+) -> None:
+    """Whole refs as headers were cut to 'letters@v…' at 80 columns."""
+    _run(runner, db, "ingest", "letters", "v1", str(archive))
+    _run(runner, db, "ingest", "letters", "v2", str(archive))
+    one = _run(runner, db, "overlap", "letters@v1")
+    assert one.exit_code == 0, one.output
+    assert "in letters@v1" in " ".join(one.stdout.split())
+    assert "letters@v1:" not in one.stdout.split("Exact leakage")[1].split("Near")[0]
+    two = runner.invoke(
+        app, ["--db", db, "overlap", "letters@v1", "letters@v2:test"], env={"COLUMNS": "80"}
+    )
+    matrix = two.stdout.split("Exact leakage")[1].split("Near")[0]
+    assert "v1:test" in matrix and "v2:test" in matrix and "…" not in matrix
