@@ -26,7 +26,7 @@ from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
 from catalog.db import describe, open_catalog, reading, refresh_statistics, write_retrying
-from catalog.errors import UsageError
+from catalog.errors import UsageError, require_utf8
 from catalog.ingest import IngestResult, ProgressCallback, check_names
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import (
@@ -128,7 +128,12 @@ def plan(
     Raises:
         UsageError: a folder given with other sources or ``splits``; folder options with arrays.
     """
-    paths = [Path(s) for s in sources]
+    # One source or one spec alone is one, not a sequence of characters.
+    paths = [Path(s) for s in ([sources] if isinstance(sources, str | Path) else sources)]
+    if isinstance(splits, str):
+        splits = [splits]
+    for named in [*paths, *([] if labels is None else [labels])]:
+        require_utf8(named)
     folders = [p for p in paths if p.is_dir()]
     if folders:
         if len(paths) > 1 or splits:
@@ -147,6 +152,10 @@ def plan(
     if labels is not None or skip_bad:
         raise UsageError("--labels and --skip-bad apply to image folders only, not to arrays")
     specs = [parse_split_spec(s) if isinstance(s, str) else s for s in splits]
+    for spec in specs:
+        require_utf8(spec.images)
+        if spec.labels is not None:
+            require_utf8(spec.labels)
     return list(plan_arrays(paths, specs, allow_pickle=allow_pickle))
 
 
@@ -178,10 +187,16 @@ def ingest(
     """
     if isinstance(splits, str | Path):
         planned = plan([splits], labels=labels, skip_bad=skip_bad)
+    elif labels is not None or skip_bad:
+        raise UsageError(
+            "labels and skip_bad apply to an image folder given by path; give them to plan() "
+            "for planned splits"
+        )
     elif isinstance(splits, Mapping):
         planned = list(from_memory(splits))
     else:
         planned = list(splits)
+    recipes = _names_or_none(recipes)
     if recipes is not None and not near:
         raise UsageError("recipes were named for an exact-only ingest; drop one of the two")
     check_names(dataset, version, planned)
@@ -216,6 +231,22 @@ def ingest(
         return result
 
 
+def _names(value: str | Sequence[str]) -> list[str]:
+    """Refs, recipes or gates: one given alone (a str) is one, not a sequence of characters."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _names_or_none(value: str | Sequence[str] | None) -> list[str] | None:
+    return None if value is None else _names(value)
+
+
+def _count(name: str, value: int, least: int = 0) -> int:
+    """A count argument (``limit``, ``max_rows``), checked as the command line checks it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UsageError(f"{name} must be a whole number, at least {least}, not {value!r}")
+    return value
+
+
 def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing:
     """Datasets, versions and splits with item and distinct-image counts."""
     with _reading(db) as conn:
@@ -232,7 +263,13 @@ def overlap(
 ) -> OverlapReport:
     """Exact and near overlap of every ordered pair of the refs' splits; see `queries.overlap`."""
     with _reading(db) as conn:
-        return queries.overlap(conn, refs, limit=limit, recipes=recipes, threshold=threshold)
+        return queries.overlap(
+            conn,
+            _names(refs),
+            limit=_count("limit", limit),
+            recipes=_names_or_none(recipes),
+            threshold=threshold,
+        )
 
 
 def duplicate_groups(
@@ -247,7 +284,12 @@ def duplicate_groups(
     """Duplicate groups inside splits (exact copies and near pairs joined)."""
     with _reading(db) as conn:
         return queries.duplicate_groups(
-            conn, refs, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
+            conn,
+            _names(refs),
+            recipe=recipe,
+            threshold=threshold,
+            exact_only=exact_only,
+            limit=_count("limit", limit),
         )
 
 
@@ -264,7 +306,13 @@ def version_diff(
     """What changed from ref ``a`` to ref ``b``; see `queries.version_diff`."""
     with _reading(db) as conn:
         return queries.version_diff(
-            conn, a, b, recipe=recipe, threshold=threshold, exact_only=exact_only, limit=limit
+            conn,
+            a,
+            b,
+            recipe=recipe,
+            threshold=threshold,
+            exact_only=exact_only,
+            limit=_count("limit", limit),
         )
 
 
@@ -279,14 +327,18 @@ def label_conflicts(
     """Images (and near copies) carrying different labels; see `queries.label_conflicts`."""
     with _reading(db) as conn:
         return queries.label_conflicts(
-            conn, refs, recipes=recipes, threshold=threshold, limit=limit
+            conn,
+            _names(refs),
+            recipes=_names_or_none(recipes),
+            threshold=threshold,
+            limit=_count("limit", limit),
         )
 
 
 def show_image(db: str | Engine | None, target: str, *, limit: int = 10) -> ShowReport:
     """One image: its items with provenance, its near copies, a preview from its source."""
     with _reading(db) as conn:
-        return queries.show_image(conn, target, limit=limit)
+        return queries.show_image(conn, target, limit=_count("limit", limit))
 
 
 def list_recipes(db: str | Engine | None) -> tuple[RecipeInfo, ...]:
@@ -327,12 +379,12 @@ def report(
         made = assemble(
             conn,
             ref,
-            against=against,
-            recipes=recipes,
-            limit=limit,
-            thumbnails=thumbnails,
+            against=_names(against),
+            recipes=_names_or_none(recipes),
+            limit=_count("limit", limit),
+            thumbnails=_count("thumbnails", thumbnails),
             max_leakage=max_leakage,
-            fail_on=fail_on,
+            fail_on=[fail_on] if isinstance(fail_on, str) else fail_on,
         )
     return collect_pictures(made) if pictures else made
 
@@ -358,7 +410,8 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
 def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
     """One statement on a read-only connection (enforced by the connection, not by parsing)."""
     url = db.url.render_as_string(hide_password=False) if isinstance(db, Engine) else db
-    return _run_sql(url, statement, max_rows=max_rows)
+    rows = None if max_rows is None else _count("max_rows", max_rows, least=1)
+    return _run_sql(url, statement, max_rows=rows)
 
 
 def run_demo(

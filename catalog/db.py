@@ -40,7 +40,13 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 import migrations
 from catalog.errors import (
@@ -50,6 +56,7 @@ from catalog.errors import (
     SchemaError,
     StorageError,
     UsageError,
+    require_utf8,
 )
 
 if TYPE_CHECKING:
@@ -78,20 +85,25 @@ def resolve_url(db: str | None = None) -> str:
     """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
     value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
     if "://" in value:
+        unusable = UsageError(
+            f"{value.partition('://')[0]}://...: not a database URL dsaudit can use; give a file "
+            f"path (SQLite) or a URL such as {POSTGRES_EXAMPLE}"
+        )  # the rest of the URL is not shown: it may hold a password
         try:
             url = make_url(value)
             backend = url.get_backend_name()
-        except ArgumentError:
-            raise UsageError(
-                f"{value}: not a database URL; give a file path (SQLite) or a URL such as "
-                f"{POSTGRES_EXAMPLE}"
-            ) from None
+        except (ArgumentError, ValueError):  # unparsable, or a port that is not a number
+            raise unusable from None
         if backend not in ("sqlite", "postgresql"):
             hint = f"; write {POSTGRES_EXAMPLE}" if backend == "postgres" else ""
             raise UsageError(
                 f"{describe(value)}: a catalog is a SQLite file or a PostgreSQL database, and "
                 f"'{backend}' is neither{hint}"
             )
+        try:
+            url.get_dialect()  # an unknown driver ("sqlite+://"); the DBAPI is imported later
+        except NoSuchModuleError:
+            raise unusable from None
         if backend == "sqlite" and url.database not in (None, "", ":memory:"):
             # sqlite:///cat.db is relative to the working directory: made absolute, as a
             # path is, so that file URIs (read-only opens) and stored paths work.
@@ -99,6 +111,7 @@ def resolve_url(db: str | None = None) -> str:
             return url.set(database=absolute).render_as_string(hide_password=False)
         return value
     # Built, not formatted: a path holding "%20", "?" or "#" is a file name, not URL syntax.
+    require_utf8(value)
     path = str(Path(value).expanduser().resolve())
     return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 

@@ -587,10 +587,10 @@ def expected_diff(demo: Demo, a: str = "v1", b: str = "v2") -> VersionDiff:
     for (tag, split), item_ids in ids.items():
         for image, label in zip(item_ids.tolist(), labels[tag, split].tolist(), strict=True):
             labels_of[tag].setdefault(image, set()).add(label)
-    relabelled = sum(
-        int(image in labels_of[a] and labels_of[a][image] != labels_of[b][image])
+    relabelled = sum(  # items of b whose image never carried their label in a
+        int(image in labels_of[a] and label not in labels_of[a][image])
         for split in demo.versions[b]
-        for image in ids[b, split].tolist()
+        for image, label in zip(ids[b, split].tolist(), labels[b, split].tolist(), strict=True)
     )
     return VersionDiff(
         removed=len(every[a] - every[b]),

@@ -8,6 +8,8 @@ anything else that escapes is a bug.
 
 from __future__ import annotations
 
+import os
+
 
 class CatalogError(Exception):
     """Base class of every user-facing error."""
@@ -43,3 +45,22 @@ class StorageError(CatalogError):
 
 class QueryError(CatalogError):
     """A user-written SQL statement failed or tried to write."""
+
+
+def require_utf8(path: str | os.PathLike[str]) -> None:
+    """Refuse a file name whose bytes are not UTF-8.
+
+    Python decodes such bytes to lone surrogates, which no database column, report or terminal
+    takes: an ingest would fail at its first insert, after reading every file.
+
+    Raises:
+        InputError: naming the path, its odd bytes shown as ``\\xff``.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise InputError(
+            f"{shown}: the name is not valid UTF-8; rename it (the catalog keeps names as text)"
+        ) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from catalog.errors import NotFoundError
 from catalog.loaders.chunk import SkippedFile
 from catalog.preview import Preview
 
@@ -152,6 +153,25 @@ class NearConflict:
     b: tuple[ItemRef, ...]
 
 
+class PairNotFound(NotFoundError, KeyError):
+    """`OverlapReport.pair` or `NearTier.pair` of splits the report does not hold (a KeyError
+    too, as a mapping's lookup)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0])
+
+
+def _pair(pairs: tuple[PairOverlap, ...], a: str, b: str) -> PairOverlap:
+    for pair in pairs:
+        if pair.a == a and pair.b == b:
+            return pair
+    names = sorted({p.a for p in pairs})
+    raise PairNotFound(
+        f"no pair ({a}, {b}) in this report: its splits are {', '.join(names) or 'none'} "
+        "(named in full, dataset@version:split; a split has no pair with itself)"
+    )
+
+
 @dataclass(frozen=True)
 class NearTier:
     """Near overlap under one recipe: items of ``a`` with no exact copy in ``b`` but a near copy
@@ -166,10 +186,8 @@ class NearTier:
     """The closest such pairs, at most the query's ``limit``."""
 
     def pair(self, a: str, b: str) -> PairOverlap:
-        for pair in self.pairs:
-            if pair.a == a and pair.b == b:
-                return pair
-        raise KeyError((a, b))
+        """The overlap of split ref ``a`` with ``b``, both as the report names them."""
+        return _pair(self.pairs, a, b)
 
 
 @dataclass(frozen=True)
@@ -184,10 +202,8 @@ class OverlapReport:
     near: tuple[NearTier, ...] = ()
 
     def pair(self, a: str, b: str) -> PairOverlap:
-        for pair in self.pairs:
-            if pair.a == a and pair.b == b:
-                return pair
-        raise KeyError((a, b))
+        """The overlap of split ref ``a`` with ``b``, both as the report names them."""
+        return _pair(self.pairs, a, b)
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,8 @@ def make_preview(pixels: np.ndarray, source: str, max_width: int = 64) -> Previe
             np.diff(np.r_[starts[0], unit.shape[0]]), np.diff(np.r_[starts[1], unit.shape[1]])
         )
         small = sums / counts[:, :, None]
-    if small.shape[2] == 1:
-        small = np.repeat(small, 3, axis=2)
+    if small.shape[2] <= 2:  # gray, or gray and alpha: the gray channel (alpha is not drawn)
+        small = np.repeat(small[:, :, :1], 3, axis=2)
     rgb = np.clip(np.rint(small[:, :, :3] * 255), 0, 255).astype(np.uint8)
     rows = tuple(tuple((int(r), int(g), int(b)) for r, g, b in line) for line in rgb.tolist())
     return Preview(rows=rows, source=source)

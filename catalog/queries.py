@@ -1374,17 +1374,16 @@ def version_diff(
             moves.append(
                 SplitMove(source, to, moved=int((~stayed).sum()), copied=int(stayed.sum()))
             )
-    # Relabelled: images whose (image, label) pairs differ between a and b, among images in both.
+    # Relabelled: items of b whose image is in a but never carried their label there, found on
+    # (image, label) codes. Other items of the same image that kept an old label are not: with
+    # many copies, they would crowd the one that changed out of the list.
     codes = {label: code for code, label in enumerate(sorted(set(la + lb), key=str))}
     labels_of = list(codes)
     width = max(len(codes), 1)
-    code_a = np.array([codes[x] for x in la], np.int64)
-    pa = np.unique(ia * width + code_a) if la else ia
-    pb = np.unique(ib * width + np.array([codes[x] for x in lb], np.int64)) if lb else ib
-    changed = np.union1d(pa[~np.isin(pa, pb)] // width, pb[~np.isin(pb, pa)] // width)
-    changed = np.intersect1d(changed, np.intersect1d(ia, ib))
-    # The first items of b (split and position order) whose image is relabelled.
-    rows_b = np.flatnonzero(np.isin(ib, changed))
+    pa = np.unique(ia * width + np.array([codes[x] for x in la], np.int64)) if la else ia
+    item_b = ib * width + np.array([codes[x] for x in lb], np.int64) if lb else ib
+    # The items of b so relabelled, in split and position order.
+    rows_b = np.flatnonzero(np.isin(ib, ia) & ~np.isin(item_b, pa))
     relabelled_items = int(rows_b.size)
     first = rows_b[:limit]
     by_b = {s.split_id: s for s in splits_b}

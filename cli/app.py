@@ -627,7 +627,11 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return _json_value(float(value))
+        if abs(value.adjusted()) > 300:  # beyond a float's range, and a long int's printing
+            return str(value)
         return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes | memoryview):  # inside arrays (top-level ones are hex already)
+        return bytes(value).hex()
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
     if value is None or isinstance(value, bool | int | float | str):

@@ -152,3 +152,21 @@ def test_the_first_relabelled_items_are_the_first_by_position(db: str) -> None:
     assert report.relabelled_items == 2
     assert [(r.position, r.label) for r in report.relabelled] == [(0, "Z")]
     assert report.labels_before == ((labels[0],),)
+
+
+def test_only_the_copy_that_changed_label_is_relabelled(db: str) -> None:
+    """Five copies of one image, one relabelled: the other four kept their label, and listed
+    first they crowded the one that changed out of a short list."""
+    rng = np.random.default_rng(9)
+    copy, others = (
+        rng.integers(0, 256, (1, 8, 8), np.uint8),
+        rng.integers(0, 256, (3, 8, 8), np.uint8),
+    )
+    images = np.concatenate([np.repeat(copy, 5, axis=0), others])
+    api.ingest(db, "r", "v1", {"train": (images, ["a"] * 5 + ["o"] * 3)}, near=False)
+    more = np.concatenate([images, copy])  # a sixth copy, with the old label
+    api.ingest(db, "r", "v2", {"train": (more, ["a"] * 4 + ["b"] + ["o"] * 3 + ["a"])}, near=False)
+    report = api.version_diff(db, "r@v1", "r@v2", limit=1)
+    assert report.relabelled_items == 1
+    (item,) = report.relabelled
+    assert (item.position, item.label) == (4, "b") and report.labels_before == (("a",),)

@@ -180,3 +180,18 @@ def test_show_names_the_channels_of_a_colour_image(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["--db", db, "show", "c@v1:train:0"])
     assert result.exit_code == 0, result.output
     assert "8x6x3 float64, 1 item" in result.stdout
+
+
+def test_gray_and_alpha_images_are_drawn_from_their_gray_channel(tmp_path: Path) -> None:
+    """C = 2 (gray and alpha) is a supported shape; its preview crashed show and report."""
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 2), dtype=np.uint8)
+    np.save(tmp_path / "la.npy", pixels)
+    db = str(tmp_path / "la.db")
+    api.ingest(db, "la", "v1", api.plan([], ["train=" + str(tmp_path / "la.npy")]))
+    result = CliRunner().invoke(app, ["--db", db, "show", "la@v1:train:0"])
+    assert result.exit_code == 0, result.output
+    assert "8x8x2 uint8" in result.stdout and "(no picture" not in result.stdout
+    from catalog.preview import make_preview
+
+    rows = make_preview(pixels[0], "x").rows
+    assert rows[0][0] == (int(pixels[0, 0, 0, 0]),) * 3

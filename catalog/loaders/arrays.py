@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import pickle
+import re
 import threading
 import zipfile
 import zlib
@@ -52,6 +53,10 @@ a garbled flag that marks the member encrypted."""
 
 _IMAGE_PREFIXES = ("x_", "X_", "images_")
 _IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
+_LABEL_LIKE = re.compile(r"label|target|class|categor|(^|[_\W])y($|[_\W])", re.IGNORECASE)
+"""Array names that say labels (`_refuse_unused_labels`): ``train_target``, ``labels``,
+``y``, ``test_y_values``; not ``ids`` or ``filenames``."""
+
 _LABEL_PATTERNS = (
     "{}_labels",
     "y_{}",
@@ -458,7 +463,8 @@ def _storable(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.size == 0:
         return labels
     width = labels.dtype.itemsize // 4
-    codes = np.ascontiguousarray(labels).view(np.uint32).reshape(labels.size, width)
+    little = np.ascontiguousarray(labels, dtype=labels.dtype.newbyteorder("<"))
+    codes = little.view(np.uint32).reshape(labels.size, width)
     if width > LABEL_LIMIT:
         # A str array pads with NULs, and a label's own trailing NULs are dropped by numpy.
         length = width - np.argmax(codes[:, ::-1] != 0, axis=1)
@@ -475,6 +481,11 @@ def _storable(labels: np.ndarray, where: str) -> np.ndarray:
             f"{where}: label {bad[0]} is not valid Unicode text (a lone surrogate, as from "
             "bytes that were not UTF-8)"
         )
+    # A NUL inside a label (numpy drops trailing ones): PostgreSQL's text refuses it.
+    inner = (codes[:, :-1] == 0) & (codes[:, 1:] != 0)
+    nul = np.flatnonzero(inner.any(axis=1)) if width > 1 else np.empty(0, np.int64)
+    if nul.size:
+        raise InputError(f"{where}: label {nul[0]} holds a NUL character, which no label may")
     return labels
 
 
@@ -497,7 +508,9 @@ def _as_strings(labels: np.ndarray, n: int, where: str) -> np.ndarray:
     if kind == "U":
         return labels
     if kind == "S":
-        return np.char.decode(labels, "utf-8", errors="replace")
+        # Bytes that are not UTF-8 become lone surrogates, which `_storable` refuses: replaced by
+        # U+FFFD, two different labels could read as one and hide a conflict.
+        return np.char.decode(labels, "utf-8", errors="surrogateescape")
     if kind == "O" and all(isinstance(v, str | int | np.integer) for v in labels):
         return labels.astype(str)
     raise InputError(f"{where}: labels must be integers or strings, not {labels.dtype}")
@@ -634,14 +647,16 @@ def _recognise(container: _Container, source: SourceFile) -> list[SplitInput]:
 def _refuse_unused_labels(
     container: _Container, named: dict[str, str | None], label_keys: dict[str, str | None]
 ) -> None:
-    """Refuse a split left unlabelled beside an array that could be its labels.
+    """Refuse a split left unlabelled beside an array named like labels that could be its own.
 
     Labels are recognised by name (``y_train`` for ``x_train``, `_LABEL_PATTERNS`). An array of
-    one value per image under another name (``train_target``) would otherwise be left out
-    without a word, and label conflicts in that split could never be found.
+    one value per image named like labels in another way (``train_target``, ``labels``) would
+    otherwise be left out without a word, and label conflicts in that split could never be
+    found. Other arrays of one value per image (``test_ids``, ``filenames``) are no labels.
 
     Raises:
-        InputError: naming the split, the unused array and the ``--split`` that settles it.
+        InputError: naming the split and the array, with the ``--split`` options for the whole
+            file (they replace recognition, so every split is named).
     """
     used = set(named) | {key for key in label_keys.values() if key}
     for key, label_key in label_keys.items():
@@ -651,14 +666,18 @@ def _refuse_unused_labels(
         unused = [
             other
             for other, (shape, _dtype) in container.shapes.items()
-            if other not in used and shape in ((n,), (n, 1))
+            if other not in used and shape in ((n,), (n, 1)) and _LABEL_LIKE.search(other)
         ]
         if unused:
-            name = named[key]
+            options = " ".join(
+                f"--split {named[k]}={k}"
+                + (f":{v}" if v else (f":{unused[0]}" if k == key else ""))
+                for k, v in label_keys.items()
+            )
             raise InputError(
-                f"{container.path}: no labels array is named for '{key}' (split {name}), and "
-                f"{', '.join(repr(u) for u in unused)} holds one value per image; say which: "
-                f"--split {name}={key}:{unused[0]}, or --split {name}={key} for no labels"
+                f"{container.path}: no labels array is named for '{key}' (split {named[key]}), "
+                f"but {', '.join(repr(u) for u in unused)} looks like one; say so: {options} "
+                f"(or without ':{unused[0]}' for no labels)"
             )
 
 

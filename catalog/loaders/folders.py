@@ -4,8 +4,9 @@ Layout: every folder under ROOT is a split. A split's image files sit either in 
 (the class folder is the label; deeper folders inside a class belong to it) or directly in the
 split folder (unlabelled). ``--labels FILE.csv`` gives labels instead, as ``path,label`` rows
 with paths relative to ROOT. Names starting with ``.`` are ignored, as are files whose suffix is
-not an image's (`IMAGE_SUFFIXES`). Files are taken in the order of their relative paths, which
-is their position in the split.
+not an image's (`IMAGE_SUFFIXES`). Files are taken class folder by class folder (sorted by
+name), each class's files by their sorted paths within it, as torchvision's ``ImageFolder``
+does; that order is their position in the split.
 
 The canonical rule (`canonical_pixels`), applied to every decoded picture before hashing, so one
 picture gets one digest however it was saved:
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.errors import InputError
+from catalog.errors import InputError, require_utf8
 from catalog.loaders.arrays import LABEL_LIMIT, SourceFile
 from catalog.loaders.chunk import Chunk, SkippedFile
 from catalog.pixels import MAX_SIDE, value_range
@@ -221,13 +222,7 @@ def _utf8(directory: Path, name: str) -> str:
     Python decodes other bytes to lone surrogates, which no database column or report takes:
     the ingest would fail at its first insert, after reading every file.
     """
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(directory / name).decode("utf-8", "backslashreplace")
-        raise InputError(
-            f"{shown}: the name is not valid UTF-8; rename it (the catalog keeps names as text)"
-        ) from None
+    require_utf8(directory / name)
     return name
 
 
