@@ -39,6 +39,7 @@ from catalog.loaders.folders import FOLDER_FORMAT
 from catalog.pixels import canonical, digests
 from catalog.preview import read_rows
 from catalog.queries import stored_overlap_problems
+from catalog.words import counted
 
 CHECK_SCHEMA = "dsaudit.check/1"
 DEFAULT_SAMPLE = 200
@@ -389,11 +390,11 @@ def _sample_items(conn: Connection, sample: int, seed: int) -> list[_Sampled]:
 
 
 def check_digests(conn: Connection, sample: int, seed: int) -> CheckResult:
-    description = (
-        f"digests of {sample} sampled items recomputed from their source files (seed {seed}), "
-        "where the files are present and unchanged"
-    )
     picked = _sample_items(conn, sample, seed)
+    description = (
+        f"digests of {counted(len(picked), 'sampled item')} recomputed from their source files "
+        f"(seed {seed}), where the files are present and unchanged"
+    )
     by_source: dict[int, list[_Sampled]] = defaultdict(list)
     for item in picked:
         by_source[item.source_id].append(item)
@@ -404,16 +405,16 @@ def check_digests(conn: Connection, sample: int, seed: int) -> CheckResult:
         first = items[0]
         path = Path(first.path)
         if first.format == "memory":
-            unavailable["arrays given in memory"] += len(items)
+            unavailable["given as arrays in memory"] += len(items)
             continue
         if first.format == FOLDER_FORMAT:
             verified += _check_folder_items(items, problems, unavailable)
             continue
         if not path.is_file():
-            unavailable["source file gone"] += len(items)
+            unavailable["whose source file is gone"] += len(items)
             continue
         if path.stat().st_size != first.size or file_digest(path) != first.sha256:
-            unavailable["source file changed since ingest"] += len(items)
+            unavailable["whose source file changed since ingest"] += len(items)
             continue
         by_key: dict[str, list[_Sampled]] = defaultdict(list)
         for item in items:
@@ -423,7 +424,7 @@ def check_digests(conn: Connection, sample: int, seed: int) -> CheckResult:
             pixels = read_rows(first.path, first.format, key, rows, first.size)
             for item in keyed:
                 if item.row is None or item.row not in pixels:
-                    unavailable["rows that cannot be read back"] += 1
+                    unavailable["whose row cannot be read back"] += 1
                     continue
                 verified += 1
                 digest = digests(canonical(pixels[item.row][None]))[0]
@@ -434,7 +435,8 @@ def check_digests(conn: Connection, sample: int, seed: int) -> CheckResult:
                     )
     if not picked:
         return CheckResult("digests", description, 0, (), checked=0, skipped="no items")
-    reasons = ", ".join(f"{n} {why}" for why, n in unavailable.items())
+    # Counts of sampled items, each with why it could not be read back.
+    reasons = ", ".join(f"{counted(n, 'item')} {why}" for why, n in unavailable.items())
     if verified == 0:
         return CheckResult(
             "digests", description, 0, (), checked=0, skipped=f"nothing re-readable: {reasons}"
@@ -457,10 +459,10 @@ def _check_folder_items(
         try:
             data = file.read_bytes()
         except OSError:
-            unavailable["image files gone"] += 1
+            unavailable["whose image file is gone"] += 1
             continue
         if hashlib.sha256(data).hexdigest() != item.item_sha256:
-            unavailable["image files changed since ingest"] += 1
+            unavailable["whose image file changed since ingest"] += 1
             continue
         try:
             pixels = decode(data)

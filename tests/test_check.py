@@ -5,6 +5,7 @@ real catalog (or by changing a source file), is found by its check and makes the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -260,7 +261,10 @@ def test_a_source_changed_since_ingest_is_not_read_and_says_so(
     assert digests.status == "skipped" and "changed since ingest" in str(digests.skipped)
     _sql(catalog, "UPDATE source SET path = '/nonexistent/data.npz'")
     digests = _results(catalog)["digests"]
-    assert digests.status == "skipped" and "source file gone" in str(digests.skipped)
+    assert digests.status == "skipped" and "whose source file is gone" in str(digests.skipped)
+    # Counts are of sampled items, and never of more items than the catalog holds.
+    assert re.search(r"^nothing re-readable: [\d,]+ items? whose source", str(digests.skipped))
+    assert "200 sampled" not in digests.description
 
 
 def test_the_sample_is_seeded(catalog: Path) -> None:

@@ -619,7 +619,7 @@ def test_check_recomputes_digests_from_the_folders_own_files(
         )
     result = {r.name: r for r in api.check(str(db), sample=1000).results}["digests"]
     assert result.checked == total - 1 and result.problems == 1
-    assert "1 image files changed since ingest" in result.description
+    assert "1 item whose image file changed since ingest" in result.description
     assert "the catalog holds" in result.examples[0]
 
 
