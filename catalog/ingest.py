@@ -28,7 +28,7 @@ from catalog.db import bulk_insert, insert_absent, placeholder
 from catalog.errors import InputError, NotFoundError, VersionExistsError
 from catalog.loaders import Chunk, ImageArray, PlannedSplit, SkippedFile, SplitInput
 from catalog.loaders.arrays import file_digest
-from catalog.loaders.folders import FOLDER_FORMAT
+from catalog.loaders.folders import FOLDER_FORMAT, FolderSplit
 from catalog.near import NearIndexer, NearStats
 from catalog.pixels import (
     canonical,
@@ -135,10 +135,13 @@ def check_names(dataset: str, version: str, splits: Sequence[PlannedSplit]) -> N
     if not splits:
         raise InputError(f"{dataset}@{version}: no splits to ingest")
     for split in splits:
-        _check_name("split", split.name)
+        # An image folder's split is a folder: the message names it. An array's split name
+        # comes from --split or the array's key, which the message shows already.
+        where = f"{split.root / split.name}: " if isinstance(split, FolderSplit) else ""
+        _check_name("split", split.name, where)
 
 
-def _check_name(kind: str, value: str) -> None:
+def _check_name(kind: str, value: str, where: str = "") -> None:
     # Spaces around a name are refused: refs are read with them stripped, so such a name
     # could be stored but never named again.
     if (
@@ -148,8 +151,8 @@ def _check_name(kind: str, value: str) -> None:
         or value != value.strip()
     ):
         raise InputError(
-            f"{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', '/', "
-            "whitespace controls or spaces at either end"
+            f"{where}{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', "
+            "'/', whitespace controls or spaces at either end"
         )
 
 

@@ -123,6 +123,15 @@ def _folder_with_a_name_not_utf8(s: Setup) -> Sequence[str]:
     return [str(s.path("pets"))]
 
 
+def _folder_with_a_bad_split_name(s: Setup) -> Sequence[str]:
+    from PIL import Image
+
+    folder = s.path("named") / "tr@in" / "cat"
+    folder.mkdir(parents=True)
+    Image.fromarray(_images(1)[0]).save(folder / "a.png")
+    return [str(s.path("named"))]
+
+
 def _pickle(s: Setup) -> Sequence[str]:
     s.path("data.pickle").write_bytes(pickle.dumps({"x_train": _images()}))
     return [str(s.path("data.pickle"))]
@@ -243,6 +252,9 @@ CASES: dict[str, Case] = {
     ),
     "image folder with a file name not UTF-8": Case(
         _folder_with_a_name_not_utf8, "the name is not valid UTF-8", "cat"
+    ),
+    "image folder with a split name that cannot be a ref": Case(
+        _folder_with_a_bad_split_name, "named/tr@in: split name 'tr@in'", "tr@in"
     ),
     "zero images": Case(
         _npz("none.npz", x_train=np.zeros((0, 8, 8), np.uint8)), "holds no images", "none.npz"
