@@ -423,9 +423,17 @@ def collect_pictures(report: AuditReport) -> AuditReport:
     # items there show. Places cited with two images (a file rewritten in place between two
     # versions) match neither: they get a placeholder.
     digest_of: dict[str, bytes] = {}
+    # Arrays given in memory have no file to read: their placeholders do not count against the
+    # cap, which is on pictures read back.
+    in_memory = {
+        path for path, found in sources.items() if any(s.format == "memory" for s in found)
+    }
+    unreadable: dict[str, ItemRef] = {}
     for item, digest in picture_items(report):
         key = picture_key(item)
-        if len(chosen) < report.limits.thumbnails:
+        if item.source_path in in_memory:
+            unreadable.setdefault(key, item)
+        elif len(chosen) < report.limits.thumbnails:
             chosen.setdefault(key, item)
         if digest is not None:
             image = bytes.fromhex(digest)
@@ -449,7 +457,9 @@ def collect_pictures(report: AuditReport) -> AuditReport:
             if found:
                 pixels.update({(path, key, row): array for row, array in found.items()})
                 break
-    pictures = []
+    pictures = [
+        Picture(name, None, None, _missing(item, sources)) for name, item in unreadable.items()
+    ]
     for name, item in chosen.items():
         array = pixels.get((item.source_path, item.source_key, item.source_row))
         if array is None:

@@ -489,3 +489,18 @@ def test_limit_0_lists_nothing_but_counts_everything(
     if command == "report":
         assert "1 image occurs in more than one split (1 more image;" in screen
         assert "image items where" not in screen
+
+
+def test_arrays_in_memory_do_not_use_up_the_thumbnail_cap(tmp_path: Path) -> None:
+    """Their placeholders counted against --thumbnails: files listed after them said "over
+    the --thumbnails cap" though nothing had been read."""
+    from catalog.loaders import from_memory
+
+    images, labels = synth.render_letters(30, np.random.default_rng(6))
+    db = str(tmp_path / "mixed.db")
+    np.savez(tmp_path / "f.npz", x_test=images[:5])  # copies of train's first five
+    splits = [*from_memory({"train": (images[:20], labels[:20])}), *api.plan([tmp_path / "f.npz"])]
+    api.ingest(db, "d", "v1", splits)
+    both = api.report(db, "d", thumbnails=1, pictures=True)
+    memory = [p for p in both.pictures if "arrays in memory" in p.note]
+    assert len(memory) == 5  # each exact leak's picture is of its train item, from memory
