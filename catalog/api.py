@@ -13,6 +13,7 @@ frozen dataclasses of `catalog.model`, usable after the call returns.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -242,9 +243,13 @@ def _names_or_none(value: str | Sequence[str] | None) -> list[str] | None:
 
 def _count(name: str, value: int, least: int = 0) -> int:
     """A count argument (``limit``, ``max_rows``), checked as the command line checks it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    try:
+        number = operator.index(value)  # ints and numpy's integers, not 2.5 or "3"
+    except TypeError:
+        number = None
+    if isinstance(value, bool) or number is None or number < least:
         raise UsageError(f"{name} must be a whole number, at least {least}, not {value!r}")
-    return value
+    return number
 
 
 def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing:
@@ -393,8 +398,7 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     """Verify the catalog: integrity, foreign keys, orphans, pair order, recipe fingerprints,
     band keys, and the digests of ``sample`` items (seeded) recomputed from their source files.
     ``report.ok`` is False when anything is wrong; see `catalog.check`."""
-    if sample < 0:
-        raise UsageError(f"--sample {sample}: must be 0 or more")
+    sample, seed = _count("sample", sample), _count("seed", seed)
     made: CheckReport | None = None
     with _engine(db, create=False) as engine:
         try:

@@ -84,6 +84,7 @@ POSTGRES_EXAMPLE = "postgresql+psycopg://USER@HOST/DATABASE"
 def resolve_url(db: str | None = None) -> str:
     """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
     value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
+    require_utf8(value)
     if "://" in value:
         unusable = UsageError(
             f"{value.partition('://')[0]}://...: not a database URL dsaudit can use; give a file "
@@ -111,7 +112,6 @@ def resolve_url(db: str | None = None) -> str:
             return url.set(database=absolute).render_as_string(hide_password=False)
         return value
     # Built, not formatted: a path holding "%20", "?" or "#" is a file name, not URL syntax.
-    require_utf8(value)
     path = str(Path(value).expanduser().resolve())
     return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 

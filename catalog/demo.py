@@ -205,8 +205,8 @@ class VersionDiff:
             B:S nor A:T, for some S != T.
         leaked: images that entered a split of B from another split of A and also stayed there:
             in A:S, B:S and B:T but not in A:T, for some S != T.
-        relabelled_items: items of B whose image is in A under a different label set (the labels
-            of the image in A, all splits, differ from its labels in B).
+        relabelled_items: items of B whose image is in A, where (in any split) it never carried
+            the item's label.
     """
 
     removed: int

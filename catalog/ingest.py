@@ -147,12 +147,15 @@ def _check_name(kind: str, value: str, where: str = "") -> None:
     if (
         not value
         or len(value) > _NAME_LIMIT
-        or any(c in value for c in "@:/\n\t")
+        or any(c in value for c in "@:/\n\t\0")
         or value != value.strip()
+        or not value.isprintable()
+        or any("\ud800" <= c <= "\udfff" for c in value)  # bytes that were not UTF-8
     ):
         raise InputError(
-            f"{where}{kind} name {value!r} must be 1-{_NAME_LIMIT} characters without '@', ':', "
-            "'/', whitespace controls or spaces at either end"
+            f"{where}{kind} name {ascii(value) if not value.isprintable() else repr(value)} must "
+            f"be 1-{_NAME_LIMIT} printable characters of text without '@', ':', '/' or spaces "
+            "at either end"
         )
 
 

@@ -409,7 +409,7 @@ class DiffReport:
     splits: tuple[SplitChange, ...]
     moves: tuple[SplitMove, ...]
     relabelled_items: int
-    """Items of ``b`` whose image is in ``a`` with another set of labels."""
+    """Items of ``b`` whose image is in ``a`` but never carried their label there."""
     relabelled: tuple[ItemRef, ...]
     """The first of them (``limit``), with provenance and their label in ``b``."""
     images_added: int

@@ -1310,8 +1310,8 @@ def version_diff(
 
     Per split: images kept, added, removed, and removed images replaced by a near copy. Between
     splits: images that moved (left one split for another) or were copied (entered another
-    split while staying: a leak the new version introduced). Items whose image carries another
-    set of labels than in ``a``.
+    split while staying: a leak the new version introduced). Items of ``b`` whose label their
+    image never carried in ``a`` (relabelled).
     """
     splits_a, splits_b = resolve(conn, a), resolve(conn, b)
     sa, ia, la, _pa = _split_items(conn, splits_a)

@@ -627,6 +627,8 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return _json_value(float(value))
+        if value.is_zero():
+            return 0
         if abs(value.adjusted()) > 300:  # beyond a float's range, and a long int's printing
             return str(value)
         return int(value) if value == value.to_integral_value() else float(value)

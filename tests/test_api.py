@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from catalog import api
-from catalog.errors import NotFoundError, UsageError
+from catalog.errors import InputError, NotFoundError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,11 @@ def test_counts_are_checked_as_on_the_command_line(catalog: str) -> None:
         with pytest.raises(UsageError, match="must be a whole number"):
             call()
     assert api.run_sql(catalog, "SELECT position FROM item", max_rows=3).truncated
+    # numpy's integers are whole numbers too (notebooks pass them).
+    assert api.overlap(catalog, ["d"], limit=np.int64(1)) == api.overlap(catalog, ["d"], limit=1)
+    for bad in ({"sample": 2.5}, {"seed": -1}):
+        with pytest.raises(UsageError, match="must be a whole number"):
+            api.check(catalog, **bad)  # type: ignore[arg-type]
 
 
 def test_a_pair_the_report_does_not_hold_is_named(catalog: str) -> None:
@@ -61,3 +66,19 @@ def test_folder_options_for_arrays_are_refused_not_dropped(catalog: str, tmp_pat
     with pytest.raises(UsageError, match="image folder"):
         api.ingest(catalog, "d", "v9", {"train": x}, labels=tmp_path / "labels.csv")
     assert [v.tag for v in api.list_catalog(catalog).datasets[0].versions] == ["v1"]
+
+
+def test_arrays_whose_names_say_they_are_not_labels_are_left_alone(tmp_path: Path) -> None:
+    """Test ids beside an unlabelled test split are no labels; the file ingests as it did."""
+    x = np.random.default_rng(5).integers(0, 256, (6, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "k.npz", x_train=x[:4], y_train=[0, 1, 0, 1], x_test=x[4:], test_ids=[7, 8])
+    planned = api.plan(tmp_path / "k.npz")
+    assert {(s.name, s.labels is not None) for s in planned} == {("train", True), ("test", False)}
+
+
+def test_names_that_are_not_text_are_refused(tmp_path: Path) -> None:
+    x = {"train": np.zeros((2, 4, 4), np.uint8)}
+    for dataset in ("d\udcff", "d\x00", "d\x1b[31m"):
+        with pytest.raises(InputError, match="printable characters of text"):
+            api.ingest(str(tmp_path / "c.db"), dataset, "v1", x)
+    assert not (tmp_path / "c.db").exists()

@@ -132,6 +132,16 @@ def _folder_with_a_bad_split_name(s: Setup) -> Sequence[str]:
     return [str(s.path("named"))]
 
 
+def _labels_csv_with_a_nul(s: Setup) -> Sequence[str]:
+    from PIL import Image
+
+    folder = s.path("flat") / "train"
+    folder.mkdir(parents=True)
+    Image.fromarray(_images(1)[0]).save(folder / "a.png")
+    s.path("nul.csv").write_text("train/a.png,x\0y\n")
+    return [str(s.path("flat")), "--labels", str(s.path("nul.csv"))]
+
+
 def _pickle(s: Setup) -> Sequence[str]:
     s.path("data.pickle").write_bytes(pickle.dumps({"x_train": _images()}))
     return [str(s.path("data.pickle"))]
@@ -252,6 +262,24 @@ CASES: dict[str, Case] = {
     ),
     "image folder with a file name not UTF-8": Case(
         _folder_with_a_name_not_utf8, "the name is not valid UTF-8", "cat"
+    ),
+    "labels under a short name": Case(
+        _npz("lbl.npz", x_train=_images(4), train_lbl=np.arange(4)),
+        "'train_lbl' could be",
+        "lbl.npz",
+    ),
+    "a file no --split uses": Case(
+        lambda s: [
+            *_npz("used.npz", x_train=_images(4))(s),
+            *_npz("unused.npz", x_test=_images(2))(s),
+            "--split",
+            "train=x_train",
+        ],
+        "named, but no --split takes an array from it",
+        "unused.npz",
+    ),
+    "labels CSV with a NUL in a label": Case(
+        _labels_csv_with_a_nul, "line 1: the label holds a NUL character", "nul.csv"
     ),
     "image folder with a split name that cannot be a ref": Case(
         _folder_with_a_bad_split_name, "named/tr@in: split name 'tr@in'", "tr@in"

@@ -53,9 +53,13 @@ a garbled flag that marks the member encrypted."""
 
 _IMAGE_PREFIXES = ("x_", "X_", "images_")
 _IMAGE_SUFFIXES = ("_images", "_imgs", "_dataset", "_data", "_x", "_X", "_features")
-_LABEL_LIKE = re.compile(r"label|target|class|categor|(^|[_\W])y($|[_\W])", re.IGNORECASE)
-"""Array names that say labels (`_refuse_unused_labels`): ``train_target``, ``labels``,
-``y``, ``test_y_values``; not ``ids`` or ``filenames``."""
+_NOT_LABELS = re.compile(
+    r"(^|[_\W\d])(ids?|uids?|idx|index|indices|keys?|file(name)?s?|paths?|urls?|masks?|"
+    r"weights?|sizes?|width|height|shape|time(stamp)?s?|dates?)($|[_\W\d])",
+    re.IGNORECASE,
+)
+"""Array names that say they are not labels (`_refuse_unused_labels`): ``test_ids``,
+``filenames``, ``sample_weight``; every other array of one value per image may be labels."""
 
 _LABEL_PATTERNS = (
     "{}_labels",
@@ -585,6 +589,18 @@ def plan_arrays(
         result = [
             _explicit(spec, containers, source_files, npy_files, allow_pickle) for spec in splits
         ]
+        used = {Path(split.source.path).resolve() for split in result} | {
+            Path(split.labels_source.path).resolve()
+            for split in result
+            if split.labels_source is not None
+        }
+        for path in [*source_files, *npy_files]:
+            if Path(path).resolve() not in used:
+                raise InputError(
+                    f"{path}: named, but no --split takes an array from it; --split replaces "
+                    "recognising splits by name, so name every split of every file (or leave "
+                    "the file out)"
+                )
     else:
         if npy_files and not containers:
             raise InputError(
@@ -647,16 +663,18 @@ def _recognise(container: _Container, source: SourceFile) -> list[SplitInput]:
 def _refuse_unused_labels(
     container: _Container, named: dict[str, str | None], label_keys: dict[str, str | None]
 ) -> None:
-    """Refuse a split left unlabelled beside an array named like labels that could be its own.
+    """Refuse a split left unlabelled beside an array that could be its labels.
 
     Labels are recognised by name (``y_train`` for ``x_train``, `_LABEL_PATTERNS`). An array of
-    one value per image named like labels in another way (``train_target``, ``labels``) would
+    one value per image under another name (``train_target``, ``train_lbl``, ``gt``) would
     otherwise be left out without a word, and label conflicts in that split could never be
-    found. Other arrays of one value per image (``test_ids``, ``filenames``) are no labels.
+    found. Arrays whose names say they are something else (`_NOT_LABELS`: ``test_ids``,
+    ``filenames``) are not labels.
 
     Raises:
-        InputError: naming the split and the array, with the ``--split`` options for the whole
-            file (they replace recognition, so every split is named).
+        InputError: naming the split and the array, with the ``--split`` options for this
+            file's splits (``--split`` replaces recognition: `plan_arrays` then refuses a file
+            no ``--split`` uses).
     """
     used = set(named) | {key for key in label_keys.values() if key}
     for key, label_key in label_keys.items():
@@ -666,7 +684,7 @@ def _refuse_unused_labels(
         unused = [
             other
             for other, (shape, _dtype) in container.shapes.items()
-            if other not in used and shape in ((n,), (n, 1)) and _LABEL_LIKE.search(other)
+            if other not in used and shape in ((n,), (n, 1)) and not _NOT_LABELS.search(other)
         ]
         if unused:
             options = " ".join(
@@ -676,7 +694,7 @@ def _refuse_unused_labels(
             )
             raise InputError(
                 f"{container.path}: no labels array is named for '{key}' (split {named[key]}), "
-                f"but {', '.join(repr(u) for u in unused)} looks like one; say so: {options} "
+                f"but {', '.join(repr(u) for u in unused)} could be; say which: {options} "
                 f"(or without ':{unused[0]}' for no labels)"
             )
 

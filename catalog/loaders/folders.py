@@ -5,8 +5,8 @@ Layout: every folder under ROOT is a split. A split's image files sit either in 
 split folder (unlabelled). ``--labels FILE.csv`` gives labels instead, as ``path,label`` rows
 with paths relative to ROOT. Names starting with ``.`` are ignored, as are files whose suffix is
 not an image's (`IMAGE_SUFFIXES`). Files are taken class folder by class folder (sorted by
-name), each class's files by their sorted paths within it, as torchvision's ``ImageFolder``
-does; that order is their position in the split.
+name), each class's files by their sorted paths within it (``cat/a.png``, ``cat/sub/b.png``,
+``cat/z.png``); that order is their position in the split.
 
 The canonical rule (`canonical_pixels`), applied to every decoded picture before hashing, so one
 picture gets one digest however it was saved:
@@ -476,6 +476,8 @@ def read_labels(path: Path) -> dict[str, tuple[str, int]]:
                     raise InputError(f"{where}: both a path and a label are needed")
                 if len(label) > LABEL_LIMIT:
                     raise InputError(f"{where}: label longer than {LABEL_LIMIT} characters")
+                if "\0" in label:
+                    raise InputError(f"{where}: the label holds a NUL character")
                 if relative in found:
                     raise InputError(
                         f"{where}: {relative} is labelled again (first on line "
