@@ -205,8 +205,8 @@ class VersionDiff:
             B:S nor A:T, for some S != T.
         leaked: images that entered a split of B from another split of A and also stayed there:
             in A:S, B:S and B:T but not in A:T, for some S != T.
-        relabelled_items: items of B whose image is in A, where (in any split) it never carried
-            the item's label.
+        relabelled_items: labelled items of B whose image carried labels in A (in any split),
+            never the item's.
     """
 
     removed: int
@@ -587,8 +587,9 @@ def expected_diff(demo: Demo, a: str = "v1", b: str = "v2") -> VersionDiff:
     for (tag, split), item_ids in ids.items():
         for image, label in zip(item_ids.tolist(), labels[tag, split].tolist(), strict=True):
             labels_of[tag].setdefault(image, set()).add(label)
-    relabelled = sum(  # items of b whose image never carried their label in a
-        int(image in labels_of[a] and label not in labels_of[a][image])
+    carried = {image: found - {None} for image, found in labels_of[a].items()}
+    relabelled = sum(  # labelled items of b whose image carried other labels in a, never theirs
+        int(label is not None and bool(carried.get(image)) and label not in carried[image])
         for split in demo.versions[b]
         for image, label in zip(ids[b, split].tolist(), labels[b, split].tolist(), strict=True)
     )

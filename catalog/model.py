@@ -409,7 +409,7 @@ class DiffReport:
     splits: tuple[SplitChange, ...]
     moves: tuple[SplitMove, ...]
     relabelled_items: int
-    """Items of ``b`` whose image is in ``a`` but never carried their label there."""
+    """Labelled items of ``b`` whose image carried labels in ``a``, never theirs."""
     relabelled: tuple[ItemRef, ...]
     """The first of them (``limit``), with provenance and their label in ``b``."""
     images_added: int

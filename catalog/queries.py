@@ -1310,8 +1310,8 @@ def version_diff(
 
     Per split: images kept, added, removed, and removed images replaced by a near copy. Between
     splits: images that moved (left one split for another) or were copied (entered another
-    split while staying: a leak the new version introduced). Items of ``b`` whose label their
-    image never carried in ``a`` (relabelled).
+    split while staying: a leak the new version introduced). Labelled items of ``b`` whose image
+    carried labels in ``a``, never theirs (relabelled).
     """
     splits_a, splits_b = resolve(conn, a), resolve(conn, b)
     sa, ia, la, _pa = _split_items(conn, splits_a)
@@ -1374,16 +1374,19 @@ def version_diff(
             moves.append(
                 SplitMove(source, to, moved=int((~stayed).sum()), copied=int(stayed.sum()))
             )
-    # Relabelled: items of b whose image is in a but never carried their label there, found on
+    # Relabelled: labelled items of b whose image carried labels in a, never theirs, found on
     # (image, label) codes. Other items of the same image that kept an old label are not: with
-    # many copies, they would crowd the one that changed out of the list.
+    # many copies, they would crowd the one that changed out of the list. Unlabelled items are
+    # not, either way (as in label conflicts): a copy into an unlabelled split is a move.
     codes = {label: code for code, label in enumerate(sorted(set(la + lb), key=str))}
     labels_of = list(codes)
     width = max(len(codes), 1)
-    pa = np.unique(ia * width + np.array([codes[x] for x in la], np.int64)) if la else ia
+    labelled_a = np.array([x is not None for x in la], bool)
+    pa = np.unique((ia * width + np.array([codes[x] for x in la], np.int64))[labelled_a])
     item_b = ib * width + np.array([codes[x] for x in lb], np.int64) if lb else ib
+    labelled_b = np.array([x is not None for x in lb], bool) if lb else np.zeros(0, bool)
     # The items of b so relabelled, in split and position order.
-    rows_b = np.flatnonzero(np.isin(ib, ia) & ~np.isin(item_b, pa))
+    rows_b = np.flatnonzero(labelled_b & np.isin(ib, pa // width) & ~np.isin(item_b, pa))
     relabelled_items = int(rows_b.size)
     first = rows_b[:limit]
     by_b = {s.split_id: s for s in splits_b}
@@ -1394,7 +1397,7 @@ def version_diff(
         for split, position in zip(sb[first].tolist(), positions_b[first].tolist(), strict=True)
     )
     # Each one's image's labels in a, from (image, label) codes: no loop over a's items.
-    held = pa[np.isin(pa // width, ib[first])] if la else np.empty(0, np.int64)
+    held = pa[np.isin(pa // width, ib[first])]
     before: dict[int, list[str]] = {}
     for pair in held.tolist():
         before.setdefault(pair // width, []).append(labels_of[pair % width] or "")

@@ -170,3 +170,18 @@ def test_only_the_copy_that_changed_label_is_relabelled(db: str) -> None:
     assert report.relabelled_items == 1
     (item,) = report.relabelled
     assert (item.position, item.label) == (4, "b") and report.labels_before == (("a",),)
+
+
+def test_unlabelled_items_are_not_relabelled(db: str) -> None:
+    """A copy into an unlabelled split is a move, not a relabelling; nor is labelling an
+    unlabelled image (label conflicts leave unlabelled items out the same way)."""
+    a, b, c = np.random.default_rng(0).integers(0, 256, (3, 8, 8), np.uint8)
+    api.ingest(db, "r", "v1", {"train": (np.stack([a, b]), [0, 1]), "test": c[None]}, near=False)
+    v2 = {"train": (np.stack([a, b, c]), [0, 1, 2]), "test": np.stack([c, a])}
+    api.ingest(db, "r", "v2", v2, near=False)
+    report = api.version_diff(db, "r@v1", "r@v2")
+    assert report.relabelled_items == 0 and report.relabelled == ()
+    assert {(m.source, m.to, m.copied) for m in report.moves} == {
+        ("train", "test", 1),
+        ("test", "train", 1),
+    }
