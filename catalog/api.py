@@ -241,14 +241,21 @@ def _names_or_none(value: str | Sequence[str] | None) -> list[str] | None:
     return None if value is None else _names(value)
 
 
+MAX_COUNT = 1_000_000_000
+"""The largest count an argument may give (``limit``, ``max_rows``, ``sample``, ``thumbnails``,
+the command line's too): SQLite's integers stop at 2**63 - 1, and no listing needs more."""
+
+
 def _count(name: str, value: int, least: int = 0) -> int:
     """A count argument (``limit``, ``max_rows``), checked as the command line checks it."""
     try:
         number = operator.index(value)  # ints and numpy's integers, not 2.5 or "3"
     except TypeError:
         number = None
-    if isinstance(value, bool) or number is None or number < least:
-        raise UsageError(f"{name} must be a whole number, at least {least}, not {value!r}")
+    if isinstance(value, bool) or number is None or not least <= number <= MAX_COUNT:
+        raise UsageError(
+            f"{name} must be a whole number from {least} to {MAX_COUNT:,}, not {value!r}"
+        )
     return number
 
 

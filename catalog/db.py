@@ -84,8 +84,13 @@ POSTGRES_EXAMPLE = "postgresql+psycopg://USER@HOST/DATABASE"
 def resolve_url(db: str | None = None) -> str:
     """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
     value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
-    require_utf8(value)
     if "://" in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # the URL itself is not shown: it may hold a password
+            raise UsageError(
+                f"{value.partition('://')[0]}://...: the URL is not valid UTF-8 text"
+            ) from None
         unusable = UsageError(
             f"{value.partition('://')[0]}://...: not a database URL dsaudit can use; give a file "
             f"path (SQLite) or a URL such as {POSTGRES_EXAMPLE}"
@@ -112,6 +117,7 @@ def resolve_url(db: str | None = None) -> str:
             return url.set(database=absolute).render_as_string(hide_password=False)
         return value
     # Built, not formatted: a path holding "%20", "?" or "#" is a file name, not URL syntax.
+    require_utf8(value)
     path = str(Path(value).expanduser().resolve())
     return URL.create("sqlite", database=path).render_as_string(hide_password=False)
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,21 +142,28 @@ def check_names(dataset: str, version: str, splits: Sequence[PlannedSplit]) -> N
         _check_name("split", split.name, where)
 
 
+_NOT_IN_NAMES = {"Cc", "Cs", "Zl", "Zp"}
+"""Unicode categories a name may not hold: controls (NUL, newline, tab, ESC), lone surrogates
+(bytes that were not UTF-8), line and paragraph separators. Joiners (used in Persian, Indic
+scripts and emoji), other spaces and letters of any script are fine."""
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidirectional overrides and isolates, which make a name print as another."""
+
+
 def _check_name(kind: str, value: str, where: str = "") -> None:
     # Spaces around a name are refused: refs are read with them stripped, so such a name
     # could be stored but never named again.
     if (
         not value
         or len(value) > _NAME_LIMIT
-        or any(c in value for c in "@:/\n\t\0")
+        or any(c in value for c in "@:/")
         or value != value.strip()
-        or not value.isprintable()
-        or any("\ud800" <= c <= "\udfff" for c in value)  # bytes that were not UTF-8
+        or any(unicodedata.category(c) in _NOT_IN_NAMES or c in _BIDI_CONTROLS for c in value)
     ):
         raise InputError(
-            f"{where}{kind} name {ascii(value) if not value.isprintable() else repr(value)} must "
-            f"be 1-{_NAME_LIMIT} printable characters of text without '@', ':', '/' or spaces "
-            "at either end"
+            f"{where}{kind} name {repr(value) if value.isprintable() else ascii(value)} must be "
+            f"1-{_NAME_LIMIT} characters of text "
+            "without '@', ':', '/', control characters, or spaces at either end"
         )
 
 

@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.text import Text
 
 from catalog import __version__, api
+from catalog.api import MAX_COUNT
 from catalog.check import CHECK_SCHEMA, DEFAULT_SAMPLE
 from catalog.db import catalog_file
 from catalog.errors import CatalogError, UsageError
@@ -66,9 +67,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_COUNT = 1_000_000_000
-"""The largest --limit, --max-rows, --sample or --thumbnails: past it, a usage error (SQLite's
-integers stop at 2**63 - 1, and no listing needs more)."""
 
 
 def _stdout() -> Console:

@@ -39,6 +39,7 @@ def test_counts_are_checked_as_on_the_command_line(catalog: str) -> None:
         lambda: api.duplicate_groups(catalog, ["d"], limit=2.5),  # type: ignore[arg-type]
         lambda: api.report(catalog, "d", thumbnails=-1),
         lambda: api.run_sql(catalog, "SELECT 1", max_rows=0),
+        lambda: api.run_sql(catalog, "SELECT 1", max_rows=2**70),
     ):
         with pytest.raises(UsageError, match="must be a whole number"):
             call()
@@ -74,11 +75,18 @@ def test_arrays_whose_names_say_they_are_not_labels_are_left_alone(tmp_path: Pat
     np.savez(tmp_path / "k.npz", x_train=x[:4], y_train=[0, 1, 0, 1], x_test=x[4:], test_ids=[7, 8])
     planned = api.plan(tmp_path / "k.npz")
     assert {(s.name, s.labels is not None) for s in planned} == {("train", True), ("test", False)}
+    # A name that says labels wins over one that says ids: class ids are labels.
+    np.savez(tmp_path / "c.npz", x_train=x[:4], train_class_ids=[0, 1, 0, 1])
+    with pytest.raises(InputError, match="'train_class_ids' could be"):
+        api.plan(tmp_path / "c.npz")
 
 
 def test_names_that_are_not_text_are_refused(tmp_path: Path) -> None:
     x = {"train": np.zeros((2, 4, 4), np.uint8)}
-    for dataset in ("d\udcff", "d\x00", "d\x1b[31m"):
-        with pytest.raises(InputError, match="printable characters of text"):
+    for dataset in ("d\udcff", "d\x00", "d\x1b[31m", "d\u202eevil", "a\u2028b"):
+        with pytest.raises(InputError, match="characters of text"):
             api.ingest(str(tmp_path / "c.db"), dataset, "v1", x)
     assert not (tmp_path / "c.db").exists()
+    # Joiners, other spaces and any script are text: Persian, Japanese, emoji sequences.
+    for dataset in ("داده\u200cها", "データ\u3000セット", "👨\u200d👩\u200d👧", "naïve"):
+        api.ingest(str(tmp_path / "c.db"), dataset, "v1", x, near=False)

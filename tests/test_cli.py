@@ -537,6 +537,7 @@ def test_a_catalog_path_is_a_file_name_not_url_syntax(
         ("http://host/x", "'http' is neither"),
         ("://", "not a database URL"),
         ("sqlite:///bad\udcff.db", "not valid UTF-8"),
+        ("postgresql+psycopg://me:secret@host/d\udcffb", "the URL is not valid UTF-8"),
     ],
 )
 def test_a_url_dsaudit_cannot_use_is_a_usage_error(

@@ -60,6 +60,8 @@ _NOT_LABELS = re.compile(
 )
 """Array names that say they are not labels (`_refuse_unused_labels`): ``test_ids``,
 ``filenames``, ``sample_weight``; every other array of one value per image may be labels."""
+_LABEL_LIKE = re.compile(r"label|lbl|target|class|categor|(^|[_\W])y($|[_\W])", re.IGNORECASE)
+"""Array names that say labels, whatever else they say (``train_class_ids``, ``label_idx``)."""
 
 _LABEL_PATTERNS = (
     "{}_labels",
@@ -684,7 +686,9 @@ def _refuse_unused_labels(
         unused = [
             other
             for other, (shape, _dtype) in container.shapes.items()
-            if other not in used and shape in ((n,), (n, 1)) and not _NOT_LABELS.search(other)
+            if other not in used
+            and shape in ((n,), (n, 1))
+            and (_LABEL_LIKE.search(other) or not _NOT_LABELS.search(other))
         ]
         if unused:
             options = " ".join(
