@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -411,6 +412,17 @@ _IMAGE = (
 )
 
 
+def _waiting_on(holder: Connection, work: Callable[[], object]) -> threading.Thread:
+    """``work`` started in a thread, once it waits for a lock (``holder``'s, to be released)."""
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while _waiting(holder) < 1:
+        assert time.monotonic() < deadline, "the work never waited for the lock"
+        time.sleep(0.05)
+    return thread
+
+
 def _recipes(conn: Connection) -> list[str]:
     return list(conn.exec_driver_sql("SELECT name FROM recipe ORDER BY id").scalars())
 
@@ -461,12 +473,7 @@ def test_an_ingest_that_waited_while_the_recipes_were_taken_back_registers_them(
             unregister_recipes(undo, ids)  # not committed: the waiter still sees the recipes
             waiter.begin()
             chosen: list[object] = []
-            thread = threading.Thread(target=lambda: chosen.append(resolve_recipes(waiter)))
-            thread.start()
-            deadline = time.monotonic() + 30
-            while _waiting(undo) < 1:
-                assert time.monotonic() < deadline, "the ingest never waited for the choice"
-                time.sleep(0.05)
+            thread = _waiting_on(undo, lambda: chosen.append(resolve_recipes(waiter)))
             undo.commit()
             thread.join(timeout=30)
             assert chosen == [DEFAULT_RECIPES]
@@ -523,12 +530,7 @@ def test_two_first_registrations_each_report_only_their_own_recipes(db: str) -> 
                 second.begin()
                 found.append(register_recipes(second, None))
 
-            thread = threading.Thread(target=register)
-            thread.start()
-            deadline = time.monotonic() + 30
-            while _waiting(first) < 1:
-                assert time.monotonic() < deadline, "the second registration never waited"
-                time.sleep(0.05)
+            thread = _waiting_on(first, register)
             first.commit()
             thread.join(timeout=30)
             assert found == [[]]
