@@ -246,16 +246,14 @@ MAX_COUNT = 1_000_000_000
 the command line's too): SQLite's integers stop at 2**63 - 1, and no listing needs more."""
 
 
-def _count(name: str, value: int, least: int = 0) -> int:
+def _count(name: str, value: int, least: int = 0, most: int = MAX_COUNT) -> int:
     """A count argument (``limit``, ``max_rows``), checked as the command line checks it."""
     try:
         number = operator.index(value)  # ints and numpy's integers, not 2.5 or "3"
     except TypeError:
         number = None
-    if isinstance(value, bool) or number is None or not least <= number <= MAX_COUNT:
-        raise UsageError(
-            f"{name} must be a whole number from {least} to {MAX_COUNT:,}, not {value!r}"
-        )
+    if isinstance(value, bool) or number is None or not least <= number <= most:
+        raise UsageError(f"{name} must be a whole number from {least} to {most:,}, not {value!r}")
     return number
 
 
@@ -405,7 +403,7 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     """Verify the catalog: integrity, foreign keys, orphans, pair order, recipe fingerprints,
     band keys, and the digests of ``sample`` items (seeded) recomputed from their source files.
     ``report.ok`` is False when anything is wrong; see `catalog.check`."""
-    sample, seed = _count("sample", sample), _count("seed", seed)
+    sample, seed = _count("sample", sample), _count("seed", seed, most=2**63 - 1)
     made: CheckReport | None = None
     with _engine(db, create=False) as engine:
         try:

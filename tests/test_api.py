@@ -46,7 +46,8 @@ def test_counts_are_checked_as_on_the_command_line(catalog: str) -> None:
     assert api.run_sql(catalog, "SELECT position FROM item", max_rows=3).truncated
     # numpy's integers are whole numbers too (notebooks pass them).
     assert api.overlap(catalog, ["d"], limit=np.int64(1)) == api.overlap(catalog, ["d"], limit=1)
-    for bad in ({"sample": 2.5}, {"seed": -1}):
+    assert api.check(catalog, sample=1, seed=2**40).ok  # the command line's seeds go to 2**63 - 1
+    for bad in ({"sample": 2.5}, {"seed": -1}, {"seed": 2**63}):
         with pytest.raises(UsageError, match="must be a whole number"):
             api.check(catalog, **bad)  # type: ignore[arg-type]
 
