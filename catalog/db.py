@@ -309,7 +309,7 @@ def _reason(exc: DatabaseError) -> str:
     return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
 
 
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 """The newest revision in ``migrations/versions`` (a test checks it against Alembic's head)."""
 
 

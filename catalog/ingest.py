@@ -45,6 +45,8 @@ from catalog.schema import (
     Dataset,
     Image,
     Item,
+    NearIngest,
+    RecipeRecord,
     Source,
     Split,
     Version,
@@ -376,6 +378,7 @@ def ingest(
     folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
     for source_id in sorted(folders):
         _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
+    _record_near(conn, version_id, near)
     # The audit everyone runs next, kept with the version (seconds at a million images).
     report(AUDIT_TASK, 0, 1)
     store_overlap(conn, version_id)
@@ -389,6 +392,36 @@ def ingest(
         near=near,
         seconds=time.perf_counter() - started,
         skipped_files=tuple(skipped),
+    )
+
+
+def _record_near(conn: Connection, version_id: int, near: Sequence[NearStats]) -> None:
+    """Keep what the near stage did under each recipe (`NearIngest`), before the overlap
+    report is stored: reports read ``capped_buckets`` to say when near counts are lower
+    bounds."""
+    if not near:
+        return
+    recipe = core_table(RecipeRecord)
+    ids = {
+        name: recipe_id
+        for name, recipe_id in conn.execute(
+            select(recipe.c.name, recipe.c.id).where(recipe.c.name.in_([n.recipe for n in near]))
+        )
+    }
+    conn.execute(
+        insert(core_table(NearIngest)),
+        [
+            {
+                "version_id": version_id,
+                "recipe_id": ids[n.recipe],
+                "images": n.images,
+                "candidates": n.candidates,
+                "pairs": n.pairs,
+                "largest_bucket": n.largest_bucket,
+                "capped_buckets": n.capped_buckets,
+            }
+            for n in near
+        ],
     )
 
 

@@ -184,6 +184,9 @@ class NearTier:
     """Images whose near copies (among the audited splits) carry another label."""
     conflicts: tuple[NearConflict, ...] = ()
     """The closest such pairs, at most the query's ``limit``."""
+    capped_buckets: int = 0
+    """Buckets over the blow-up guard's cap in the ingests that may have stored these splits'
+    pairs (`catalog.queries.capped_buckets`): when not 0, the counts above are lower bounds."""
 
     def pair(self, a: str, b: str) -> PairOverlap:
         """The overlap of split ref ``a`` with ``b``, both as the report names them."""
@@ -240,6 +243,11 @@ class RecipeInfo:
     """The probabilities are a worst-case lower bound (measured detection is higher)."""
     params: str
     """The full parameters, canonical JSON."""
+    capped_buckets: int = 0
+    """Buckets over the blow-up guard's cap, summed over the catalog's ingests (schema revision
+    0008 on; earlier ingests kept no count)."""
+    largest_bucket: int = 0
+    """The largest bucket any of those ingests met."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +286,8 @@ class NearLeaks:
     pairs_total: int
     pairs: tuple[NearPair, ...]
     """The closest pairs first, at most the query's ``limit``."""
+    capped_buckets: int = 0
+    """As `NearTier.capped_buckets`: when not 0, ``pairs_total`` is a lower bound."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ near-identical images) would propose millions of pairs. Inside one bucket, membe
 image-id order; the first `BUCKET_CAP` form all their pairs, and every later member is paired
 only with the first `BUCKET_LINK`. Candidates per bucket are then at most
 ``BUCKET_CAP²/2 + BUCKET_LINK·size``: linear in the bucket, and a cluster of copies stays
-connected, so duplicate groups (connected components) are still whole.
+connected, so duplicate groups (connected components) are still whole. Pairs are then a lower
+bound: the ingest keeps how many buckets went over the cap (`NearStats`, stored in
+``near_ingest``), and reports say when their near counts may be cut
+(`catalog.queries.capped_buckets`).
 """
 
 from __future__ import annotations

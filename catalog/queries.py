@@ -60,6 +60,7 @@ from catalog.schema import (
     Dataset,
     Image,
     Item,
+    NearIngest,
     RecipeRecord,
     Source,
     Split,
@@ -545,6 +546,7 @@ def overlap(
     if recipes is None and threshold is None and 0 <= limit <= STORED_LIMIT:
         stored = _stored_overlap(conn, splits)
         if stored is not None:
+            stored = _capped_now(conn, stored)
             return replace(
                 stored,
                 conflicts=stored.conflicts[:limit],
@@ -656,6 +658,7 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
             continue
         compared += 1
         computed = _overlap(conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None)
+        report = _capped_now(conn, report)
         differ = [
             field.name
             for field in dataclasses.fields(OverlapReport)
@@ -956,6 +959,46 @@ def _closest(a: np.ndarray, b: np.ndarray, distance: np.ndarray, limit: int) -> 
     return np.lexsort((b, a, distance))[: max(limit, 0)]
 
 
+def capped_buckets(conn: Connection, splits: Sequence[SplitInfo]) -> dict[int, int]:
+    """Per recipe id, the buckets over the blow-up guard's cap (`catalog.near.BUCKET_CAP`) in
+    the ingests that may have stored pairs between these splits' images (0 if none did).
+
+    A pair is stored by the ingest that brought in the later of its two images, and every
+    image of a split came in with its version or an earlier one, so these are the ingests of
+    the splits' latest version and of every version before it (by id: the order versions
+    were made in), in any dataset. That may count a bucket no audited image was in: the note
+    it gives says near counts *may* be lower bounds. Versions ingested before schema revision
+    0008 kept no count.
+    """
+    if not splits:
+        return {}
+    split, near = core_table(Split), core_table(NearIngest)
+    latest = (
+        select(func.max(split.c.version_id))
+        .where(split.c.id.in_([s.split_id for s in splits]))
+        .scalar_subquery()
+    )
+    rows = conn.execute(
+        select(near.c.recipe_id, func.sum(near.c.capped_buckets))
+        .where(near.c.version_id <= latest)
+        .group_by(near.c.recipe_id)
+    )
+    return {int(recipe_id): int(total or 0) for recipe_id, total in rows}
+
+
+def _capped_now(conn: Connection, report: OverlapReport) -> OverlapReport:
+    """A stored overlap report with its tiers' `capped_buckets` read afresh, so that one
+    stored before its catalog lost those counts (a downgrade below schema revision 0008 and
+    back) says what a computed one says."""
+    table = core_table(RecipeRecord)
+    names = dict(conn.execute(select(table.c.id, table.c.name)).all())
+    capped = {names[i]: n for i, n in capped_buckets(conn, report.splits).items() if i in names}
+    return replace(
+        report,
+        near=tuple(replace(t, capped_buckets=capped.get(t.recipe, 0)) for t in report.near),
+    )
+
+
 def _near_tier(
     conn: Connection,
     audit: _Audit,
@@ -1003,6 +1046,7 @@ def _near_tier(
             NearConflict(distance=d, a=tuple(items[i][1]), b=tuple(items[j][1]))
             for i, j, d in zip(ids_a, ids_b, distances, strict=True)
         ),
+        capped_buckets=capped_buckets(conn, audit.splits).get(recipe_id, 0),
     )
 
 
@@ -1034,6 +1078,7 @@ def cross_split_copies(
     first = audit.images[shared[: max(limit, 0)]].tolist()
     exact = _members(conn, first, by_id) if first else []
     near = []
+    capped = capped_buckets(conn, audit.splits)
     for recipe_id, name, threshold in select_recipes(conn, recipes, None):
         a, b, rank = _near_pairs(conn, audit, recipe_id, threshold)
         across = np.flatnonzero(audit.across(a, b))
@@ -1054,6 +1099,7 @@ def cross_split_copies(
                     )
                     for i, j, d in zip(ids_a, ids_b, distances, strict=True)
                 ),
+                capped_buckets=capped.get(recipe_id, 0),
             )
         )
     return LeaksReport(exact_images=int(shared.size), exact=tuple(exact), near=tuple(near))
@@ -1099,6 +1145,15 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
     paired: dict[int, int] = dict(
         conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM pair GROUP BY recipe_id").all()
     )
+    near = core_table(NearIngest)
+    guard = {
+        int(recipe_id): (int(capped or 0), int(largest or 0))
+        for recipe_id, capped, largest in conn.execute(
+            select(
+                near.c.recipe_id, func.sum(near.c.capped_buckets), func.max(near.c.largest_bucket)
+            ).group_by(near.c.recipe_id)
+        )
+    }
     out = []
     for row in rows:
         try:
@@ -1130,6 +1185,8 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
                 candidate_probability=probability,
                 probability_is_bound=bound,
                 params=row.params,
+                capped_buckets=guard.get(row.id, (0, 0))[0],
+                largest_bucket=guard.get(row.id, (0, 0))[1],
             )
         )
     return tuple(out)

@@ -25,7 +25,7 @@ from catalog.report import (
     leak_rate,
     percent,
 )
-from catalog.words import counted
+from catalog.words import capped_note, counted
 
 MARKDOWN_ROWS = 5
 """Findings listed per section in Markdown (a comment should stay short; counts are complete)."""
@@ -43,6 +43,7 @@ def _environment() -> Environment:
         keep_trailing_newline=True,
     )
     environment.filters["counted"] = counted  # {{ n|counted("image") }}: "1 image", "2 images"
+    environment.globals["capped_note"] = capped_note
     return environment
 
 
@@ -242,6 +243,11 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
         ("low-information items", report.low_info.items),
     ]
     out += _table(["finding", "count"], [[name, f"{n:,}"] for name, n in counts], right=1)
+    out += [
+        f"\n> {md(capped_note(t.recipe, t.capped_buckets))}"
+        for t in report.overlap.near
+        if t.capped_buckets
+    ]
     _examples(out, report, rows)
     for diff in report.diffs:
         out += ["", f"### What changed from {md(diff.a)} to {md(diff.b)}", ""]

@@ -193,6 +193,30 @@ class StoredReport(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+class NearIngest(Base):
+    """What one ingest's near-duplicate stage did under one recipe (`catalog.near.NearStats`).
+
+    Kept for ``capped_buckets``: where the blow-up guard (`catalog.near.BUCKET_CAP`) limited a
+    bucket's candidates, the pairs it stored are a lower bound, and so are the near counts of
+    every report whose splits' pairs that ingest may have stored (`catalog.queries`). Versions
+    ingested before schema revision 0008, and exact-only ingests, have no rows.
+    """
+
+    __tablename__ = "near_ingest"
+
+    version_id: Mapped[int] = mapped_column(BigId, ForeignKey("version.id"), primary_key=True)
+    recipe_id: Mapped[int] = mapped_column(BigId, ForeignKey("recipe.id"), primary_key=True)
+    images: Mapped[int] = mapped_column(BigInteger)
+    """New images signed."""
+    candidates: Mapped[int] = mapped_column(BigInteger)
+    """Pairs the band join proposed (counted in each band that proposes them)."""
+    pairs: Mapped[int] = mapped_column(BigInteger)
+    """Pairs stored (distance <= the recipe's radius)."""
+    largest_bucket: Mapped[int] = mapped_column(BigInteger)
+    capped_buckets: Mapped[int] = mapped_column(BigInteger)
+    """Buckets over `catalog.near.BUCKET_CAP`, whose candidates the guard limited."""
+
+
 class RecipeRecord(Base):
     """A near-duplicate recipe as stored: its parameters and the fingerprint that identifies them.
 

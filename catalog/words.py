@@ -11,3 +11,13 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     ``counted(n, "image carries", "images carry")``.
     """
     return f"{n:,} {one if n == 1 else (many if many is not None else one + 's')}"
+
+
+def capped_note(recipe: str, buckets: int) -> str:
+    """The warning beside a near tier whose ingests capped buckets (`catalog.near.BUCKET_CAP`,
+    `catalog.queries.capped_buckets`), in every report format."""
+    return (
+        f"{recipe}: {counted(buckets, 'bucket')} (images sharing a band key) went over the "
+        "blow-up guard's cap when the pairs of these splits' images were stored, so near counts "
+        "may be lower bounds; dsaudit dups joins whole groups"
+    )

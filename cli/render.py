@@ -35,7 +35,7 @@ from catalog.report import (
 )
 from catalog.report_render import images_in
 from catalog.sql import SqlResult
-from catalog.words import counted
+from catalog.words import capped_note, counted
 
 if TYPE_CHECKING:
     from catalog.check import CheckReport
@@ -226,9 +226,15 @@ def near_matrix(
         report.splits,
         tier.pair,
     )
-    if not tier.conflict_images or not with_conflicts:
-        return table
-    return Group(table, near_conflicts(tier))
+    parts: list[RenderableType] = [table]
+    if tier.conflict_images and with_conflicts:
+        parts.append(near_conflicts(tier))
+    return Group(*parts, *_capped(tier.recipe, tier.capped_buckets))
+
+
+def _capped(recipe: str, buckets: int) -> list[RenderableType]:
+    """The warning that a tier's near counts may be lower bounds, if its ingests capped."""
+    return [Text(capped_note(recipe, buckets), style="yellow")] if buckets else []
 
 
 def near_conflicts(tier: NearTier) -> RenderableType:
@@ -265,7 +271,10 @@ def near_conflicts(tier: NearTier) -> RenderableType:
 def conflicts(report: ConflictsReport) -> RenderableType:
     return Group(
         label_conflicts(report.exact_images, report.exact_items, report.exact),
-        *[near_conflicts(tier) for tier in report.near],
+        *[
+            Group(near_conflicts(tier), *_capped(tier.recipe, tier.capped_buckets))
+            for tier in report.near
+        ],
     )
 
 
@@ -554,6 +563,11 @@ def recipes(data: Sequence[RecipeInfo]) -> RenderableType:
                 note = "radius (pairs beyond are not stored)"
             table.add_row(f"{distance:.3f}", f"{probability:.4f}", note)
         table.caption = f"fingerprint {recipe.fingerprint[:16]}"
+        if recipe.capped_buckets:
+            table.caption += (
+                f"; its ingests met {counted(recipe.capped_buckets, 'bucket')} over the blow-up "
+                f"guard's cap (largest {recipe.largest_bucket:,} images)"
+            )
         if recipe.probability_is_bound:
             table.caption += (
                 "; P is a worst-case lower bound (all of the difference in the coarse structure "
@@ -730,7 +744,7 @@ def cross_split_copies(report: AuditReport) -> RenderableType:
             )
         )
         parts.extend(_more(leaks.exact_images, len(leaks.exact), "images"))
-    for tier in leaks.near:
+    for tier in leaks.near:  # a capped tier's note is under its near matrix, just above
         if not tier.pairs_total:
             parts.append(Text(f"No near pair across splits under {tier.recipe}.", style="green"))
             continue

@@ -1,0 +1,155 @@
+"""The blow-up guard's warning: an ingest keeps how many buckets went over the cap
+(`near_ingest`), and every report whose near counts those ingests may have cut says so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, select
+from typer.testing import CliRunner
+
+from catalog import api
+from catalog.db import resolve_url
+from catalog.schema import NearIngest, core_table
+from cli.app import app
+
+NOTE = "went over the blow-up guard"
+
+
+def _copies(path: Path, rng: np.random.Generator, *, clustered: bool) -> Path:
+    """train: 100 near copies of one picture (within 2 grey levels) and 40 others; test: one
+    more copy and 20 others. ``clustered`` False: no copies, all distinct random pictures."""
+    base = rng.integers(30, 226, (28, 28)).astype(np.int16)
+    copies = np.clip(base + rng.integers(-2, 3, (101, 28, 28)), 0, 255).astype(np.uint8)
+    if not clustered:
+        copies = rng.integers(0, 256, (101, 28, 28), dtype=np.uint8)
+    other = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    train, test = (
+        np.concatenate([copies[:100], other[:40]]),
+        np.concatenate([copies[100:], other[40:]]),
+    )
+    np.savez(
+        path,
+        train_images=train,
+        train_labels=np.zeros(len(train), np.int64),
+        test_images=test,
+        test_labels=np.ones(len(test), np.int64),
+    )
+    return path
+
+
+def _run(runner: CliRunner, db: str, *args: str):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, ["--db", db, *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _words(text: str) -> str:
+    """Terminal output with its line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def capped(db: str, runner: CliRunner, tmp_path: Path, rng: np.random.Generator) -> str:
+    """A catalog holding ``plain@v1`` (nothing capped), then ``blobs@v1`` (101 near copies of
+    one picture: every band of both default recipes holds a bucket over the cap)."""
+    _run(
+        runner, db, "ingest", "plain", "v1", str(_copies(tmp_path / "p.npz", rng, clustered=False))
+    )
+    _run(runner, db, "ingest", "blobs", "v1", str(_copies(tmp_path / "b.npz", rng, clustered=True)))
+    return db
+
+
+def test_the_ingest_keeps_what_it_printed(db: str, runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
+    path = _copies(tmp_path / "b.npz", rng, clustered=True)
+    printed = json.loads(_run(runner, db, "ingest", "blobs", "v1", str(path), "--json").stdout)
+    engine = create_engine(resolve_url(db))
+    try:
+        with engine.connect() as conn:
+            table = core_table(NearIngest)
+            kept = conn.execute(select(table).order_by(table.c.recipe_id)).mappings().all()
+    finally:
+        engine.dispose()
+    assert [
+        (r["images"], r["candidates"], r["pairs"], r["largest_bucket"], r["capped_buckets"])
+        for r in kept
+    ] == [
+        (n["images"], n["candidates"], n["pairs"], n["largest_bucket"], n["capped_buckets"])
+        for n in printed["near"]
+    ]
+    # Every band of both recipes holds the 101 copies: one bucket over the cap per band.
+    assert all(n["capped_buckets"] >= 16 and n["largest_bucket"] >= 101 for n in printed["near"])
+
+
+def test_reports_on_capped_splits_say_their_near_counts_may_be_lower_bounds(
+    capped: str, runner: CliRunner, tmp_path: Path
+) -> None:
+    data = json.loads(_run(runner, capped, "overlap", "blobs", "--json").stdout)
+    assert all(t["capped_buckets"] >= 16 for t in data["near"])
+    # What the warning is about: 100 train items have a near copy in test, and the guard let
+    # the band join find far fewer of them.
+    leaked = [t["pairs"][0]["items"] for t in data["near"]]
+    assert all(0 < n < 100 for n in leaked), leaked
+    assert _words(_run(runner, capped, "overlap", "blobs").stdout).count(NOTE) == 2
+    assert _words(_run(runner, capped, "conflicts", "blobs").stdout).count(NOTE) == 2
+    # The report, in each format, and the gate that reads the near matrices.
+    md, page, js = tmp_path / "r.md", tmp_path / "r.html", tmp_path / "r.json"
+    args = ("--markdown", str(md), "--html", str(page), "--json", str(js))
+    out = _run(runner, capped, "report", "blobs", "--max-leakage", "0.9", *args).stdout
+    assert _words(out).count(NOTE) == 2
+    assert md.read_text().count(NOTE) == 2 and page.read_text().count(NOTE) == 2
+    report = json.loads(js.read_text())
+    assert all(t["capped_buckets"] >= 16 for t in report["leaks"]["near"])
+    (gate,) = report["gates"]
+    assert "a lower bound" in gate["message"], gate
+    recipes = {r["name"]: r for r in report["recipes"]}
+    assert all(r["capped_buckets"] >= 16 and r["largest_bucket"] >= 101 for r in recipes.values())
+    listed = _words(_run(runner, capped, "recipes").stdout)
+    assert "over the blow-up guard's cap (largest" in listed
+
+
+def test_splits_no_capping_ingest_could_touch_carry_no_warning(
+    capped: str, runner: CliRunner
+) -> None:
+    """plain@v1 came in before the capped ingest, so none of its pairs went through it."""
+    data = json.loads(_run(runner, capped, "overlap", "plain", "--json").stdout)
+    assert [t["capped_buckets"] for t in data["near"]] == [0, 0]
+    assert "blow-up" not in _run(runner, capped, "overlap", "plain").stdout
+    report = api.overlap(capped, ["plain"], limit=5)  # computed, not the stored report
+    assert [t.capped_buckets for t in report.near] == [0, 0]
+    # Auditing both counts the capped ingest.
+    both = api.overlap(capped, ["plain", "blobs"])
+    assert all(t.capped_buckets >= 16 for t in both.near)
+
+
+def test_stored_and_computed_reports_agree_and_check_passes(capped: str, runner: CliRunner) -> None:
+    stored = api.overlap(capped, ["blobs"])
+    computed = api.overlap(capped, ["blobs"], limit=21)  # past the stored limit: computed
+    assert [t.capped_buckets for t in stored.near] == [t.capped_buckets for t in computed.near]
+    result = runner.invoke(app, ["--db", capped, "check", "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(capped: str) -> None:
+    """The counts cannot be rebuilt (the guard also counted probe keys, never stored): the
+    stored overlap report then says what a computed one says, and `check` stays clean."""
+    from alembic import command
+
+    from catalog.db import _alembic_config, open_catalog
+
+    engine = open_catalog(capped)
+    config = _alembic_config()
+    try:
+        for target in ("0007", "head"):
+            with engine.begin() as conn:
+                config.attributes["connection"] = conn
+                (command.downgrade if target == "0007" else command.upgrade)(config, target)
+    finally:
+        engine.dispose()
+    stored, computed = api.overlap(capped, ["blobs"]), api.overlap(capped, ["blobs"], limit=21)
+    assert [t.capped_buckets for t in stored.near] == [t.capped_buckets for t in computed.near]
+    assert [t.capped_buckets for t in stored.near] == [0, 0]
+    assert api.check(capped).ok
