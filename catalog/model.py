@@ -427,6 +427,9 @@ class DiffReport:
     labels_before: tuple[tuple[str, ...], ...] = ()
     """For each of ``relabelled``: the labels its image carries in ``a``, sorted (an
     unlabelled item's as "")."""
+    capped_buckets: int = 0
+    """As `NearTier.capped_buckets`, under ``recipe``: when not 0, ``replaced_by_near_copy``
+    may be a lower bound."""
 
 
 @dataclass(frozen=True)

@@ -1472,6 +1472,9 @@ def version_diff(
         images_added=int(np.setdiff1d(every_b, every_a).size),
         images_removed=int(np.setdiff1d(every_a, every_b).size),
         labels_before=labels_before,
+        capped_buckets=capped_buckets(conn, [*splits_a, *splits_b]).get(chosen[0], 0)
+        if chosen
+        else 0,
     )
 
 

@@ -391,6 +391,8 @@ def diff(report: DiffReport) -> RenderableType:
             ),
         )
     parts: list[RenderableType] = [splits]
+    if report.recipe:
+        parts.extend(_capped(report.recipe, report.capped_buckets))
     if report.moves:
         moves = _table(
             "Between splits: images of FROM (before) that are in TO (after)",

@@ -153,3 +153,15 @@ def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(capped: str)
     assert [t.capped_buckets for t in stored.near] == [t.capped_buckets for t in computed.near]
     assert [t.capped_buckets for t in stored.near] == [0, 0]
     assert api.check(capped).ok
+
+
+def test_diff_near_replacements_carry_the_warning_unless_exact(
+    capped: str, runner: CliRunner, tmp_path: Path
+) -> None:
+    _run(runner, capped, "ingest", "blobs", "v2", str(tmp_path / "p.npz"))
+    data = json.loads(_run(runner, capped, "diff", "blobs@v1", "blobs@v2", "--json").stdout)
+    assert data["capped_buckets"] >= 16
+    assert NOTE in _words(_run(runner, capped, "diff", "blobs@v1", "blobs@v2").stdout)
+    exact = _run(runner, capped, "diff", "blobs@v1", "blobs@v2", "--exact", "--json").stdout
+    assert json.loads(exact)["capped_buckets"] == 0
+    assert "blow-up" not in _run(runner, capped, "diff", "blobs@v1", "blobs@v2", "--exact").stdout
