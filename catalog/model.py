@@ -184,9 +184,10 @@ class NearTier:
     """Images whose near copies (among the audited splits) carry another label."""
     conflicts: tuple[NearConflict, ...] = ()
     """The closest such pairs, at most the query's ``limit``."""
-    capped_buckets: int = 0
+    capped_buckets: int | None = 0
     """Buckets over the blow-up guard's cap in the ingests that may have stored these splits'
-    pairs (`catalog.queries.capped_buckets`): when not 0, the counts above are lower bounds."""
+    pairs (`catalog.queries.capped_buckets`): when not 0, the counts above may be lower bounds;
+    None when some of those ingests predate schema revision 0008 and kept no count."""
 
     def pair(self, a: str, b: str) -> PairOverlap:
         """The overlap of split ref ``a`` with ``b``, both as the report names them."""
@@ -243,9 +244,9 @@ class RecipeInfo:
     """The probabilities are a worst-case lower bound (measured detection is higher)."""
     params: str
     """The full parameters, canonical JSON."""
-    capped_buckets: int = 0
-    """Buckets over the blow-up guard's cap, summed over the catalog's ingests (schema revision
-    0008 on; earlier ingests kept no count)."""
+    capped_buckets: int | None = 0
+    """Buckets over the blow-up guard's cap, summed over the catalog's ingests; None when some
+    of them predate schema revision 0008 and kept no count."""
     largest_bucket: int = 0
     """The largest bucket any of those ingests met."""
 
@@ -286,8 +287,8 @@ class NearLeaks:
     pairs_total: int
     pairs: tuple[NearPair, ...]
     """The closest pairs first, at most the query's ``limit``."""
-    capped_buckets: int = 0
-    """As `NearTier.capped_buckets`: when not 0, ``pairs_total`` is a lower bound."""
+    capped_buckets: int | None = 0
+    """As `NearTier.capped_buckets`: when not 0, ``pairs_total`` may be a lower bound."""
 
 
 @dataclass(frozen=True)
@@ -427,7 +428,7 @@ class DiffReport:
     labels_before: tuple[tuple[str, ...], ...] = ()
     """For each of ``relabelled``: the labels its image carries in ``a``, sorted (an
     unlabelled item's as "")."""
-    capped_buckets: int = 0
+    capped_buckets: int | None = 0
     """As `NearTier.capped_buckets`, under ``recipe``: when not 0, ``replaced_by_near_copy``
     may be a lower bound."""
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, func, insert, select, text
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, text, true
 
 from catalog import vectors
 from catalog.db import fetch_integers, fetch_rows, placeholder
@@ -959,31 +959,45 @@ def _closest(a: np.ndarray, b: np.ndarray, distance: np.ndarray, limit: int) -> 
     return np.lexsort((b, a, distance))[: max(limit, 0)]
 
 
-def capped_buckets(conn: Connection, splits: Sequence[SplitInfo]) -> dict[int, int]:
+def capped_buckets(conn: Connection, splits: Sequence[SplitInfo]) -> dict[int, int | None]:
     """Per recipe id, the buckets over the blow-up guard's cap (`catalog.near.BUCKET_CAP`) in
-    the ingests that may have stored pairs between these splits' images (0 if none did).
+    the ingests that may have stored pairs between these splits' images; None when some of
+    those ingests predate schema revision 0008 and kept no count.
 
     A pair is stored by the ingest that brought in the later of its two images, and every
     image of a split came in with its version or an earlier one, so these are the ingests of
     the splits' latest version and of every version before it (by id: the order versions
     were made in), in any dataset. That may count a bucket no audited image was in: the note
-    it gives says near counts *may* be lower bounds. Versions ingested before schema revision
-    0008 kept no count.
+    it gives says near counts *may* be lower bounds.
     """
     if not splits:
         return {}
-    split, near = core_table(Split), core_table(NearIngest)
-    latest = (
-        select(func.max(split.c.version_id))
-        .where(split.c.id.in_([s.split_id for s in splits]))
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        select(near.c.recipe_id, func.sum(near.c.capped_buckets))
-        .where(near.c.version_id <= latest)
-        .group_by(near.c.recipe_id)
-    )
-    return {int(recipe_id): int(total or 0) for recipe_id, total in rows}
+    split, version = core_table(Split), core_table(Version)
+    latest = conn.execute(
+        select(func.max(split.c.version_id)).where(split.c.id.in_([s.split_id for s in splits]))
+    ).scalar_one()
+    return _guard_counts(conn, version.c.id <= latest)
+
+
+def _guard_counts(conn: Connection, versions: ColumnElement[bool]) -> dict[int, int | None]:
+    """Per recipe id, buckets over the cap summed over the ingests of the versions that match
+    the condition ``versions`` (on ``version.id``); None if one of them has no count."""
+    version, near, recipe = core_table(Version), core_table(NearIngest), core_table(RecipeRecord)
+    made = conn.execute(select(func.count()).select_from(version).where(versions)).scalar_one()
+    kept = {
+        int(recipe_id): (int(ingests), int(total or 0))
+        for recipe_id, ingests, total in conn.execute(
+            select(near.c.recipe_id, func.count(), func.sum(near.c.capped_buckets))
+            .join(version, version.c.id == near.c.version_id)
+            .where(versions)
+            .group_by(near.c.recipe_id)
+        )
+    }
+    counts: dict[int, int | None] = {}
+    for recipe_id in conn.execute(select(recipe.c.id)).scalars():
+        ingests, total = kept.get(recipe_id, (0, 0))
+        counts[recipe_id] = total if ingests == made else None
+    return counts
 
 
 def _capped_now(conn: Connection, report: OverlapReport) -> OverlapReport:
@@ -1146,14 +1160,13 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
         conn.exec_driver_sql("SELECT recipe_id, COUNT(*) FROM pair GROUP BY recipe_id").all()
     )
     near = core_table(NearIngest)
-    guard = {
-        int(recipe_id): (int(capped or 0), int(largest or 0))
-        for recipe_id, capped, largest in conn.execute(
-            select(
-                near.c.recipe_id, func.sum(near.c.capped_buckets), func.max(near.c.largest_bucket)
-            ).group_by(near.c.recipe_id)
+    largest: dict[int, int] = {
+        int(recipe_id): int(most or 0)
+        for recipe_id, most in conn.execute(
+            select(near.c.recipe_id, func.max(near.c.largest_bucket)).group_by(near.c.recipe_id)
         )
     }
+    capped = _guard_counts(conn, true())
     out = []
     for row in rows:
         try:
@@ -1185,8 +1198,8 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
                 candidate_probability=probability,
                 probability_is_bound=bound,
                 params=row.params,
-                capped_buckets=guard.get(row.id, (0, 0))[0],
-                largest_bucket=guard.get(row.id, (0, 0))[1],
+                capped_buckets=capped.get(row.id, 0),
+                largest_bucket=largest.get(row.id, 0),
             )
         )
     return tuple(out)

@@ -274,7 +274,7 @@ def leak_rate(report: AuditReport, pair: PairOverlap) -> tuple[float, str]:
     for tier in report.overlap.near:
         near = tier.pair(pair.a, pair.b)
         if near.rate > worst:
-            bound = ", a lower bound" if tier.capped_buckets else ""
+            bound = ", may be a lower bound" if tier.capped_buckets != 0 else ""
             worst, how = near.rate, f" + near {percent(near.rate)} under {tier.recipe}{bound}"
     return pair.rate + worst, f"exact {percent(pair.rate)}{how}"
 

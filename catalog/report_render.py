@@ -246,7 +246,7 @@ def to_markdown(report: AuditReport, rows: int = MARKDOWN_ROWS) -> str:
     out += [
         f"\n> {md(capped_note(t.recipe, t.capped_buckets))}"
         for t in report.overlap.near
-        if t.capped_buckets
+        if t.capped_buckets != 0
     ]
     _examples(out, report, rows)
     for diff in report.diffs:

@@ -13,9 +13,16 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f"{n:,} {one if n == 1 else (many if many is not None else one + 's')}"
 
 
-def capped_note(recipe: str, buckets: int) -> str:
+def capped_note(recipe: str, buckets: int | None) -> str:
     """The warning beside a near tier whose ingests capped buckets (`catalog.near.BUCKET_CAP`,
-    `catalog.queries.capped_buckets`), in every report format."""
+    `catalog.queries.capped_buckets`; None: some of them kept no count), in every report
+    format."""
+    if buckets is None:
+        return (
+            f"{recipe}: some of the ingests that stored these splits' pairs predate schema "
+            "revision 0008 and kept no count of the buckets over the blow-up guard's cap, so "
+            "near counts may be lower bounds; dsaudit dups joins whole groups"
+        )
     return (
         f"{recipe}: {counted(buckets, 'bucket')} (images sharing a band key) went over the "
         "blow-up guard's cap when the pairs of these splits' images were stored, so near counts "

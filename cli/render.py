@@ -232,9 +232,10 @@ def near_matrix(
     return Group(*parts, *_capped(tier.recipe, tier.capped_buckets))
 
 
-def _capped(recipe: str, buckets: int) -> list[RenderableType]:
-    """The warning that a tier's near counts may be lower bounds, if its ingests capped."""
-    return [Text(capped_note(recipe, buckets), style="yellow")] if buckets else []
+def _capped(recipe: str, buckets: int | None) -> list[RenderableType]:
+    """The warning that a tier's near counts may be lower bounds, if its ingests capped (or
+    some kept no count: None)."""
+    return [] if buckets == 0 else [Text(capped_note(recipe, buckets), style="yellow")]
 
 
 def near_conflicts(tier: NearTier) -> RenderableType:
@@ -565,7 +566,12 @@ def recipes(data: Sequence[RecipeInfo]) -> RenderableType:
                 note = "radius (pairs beyond are not stored)"
             table.add_row(f"{distance:.3f}", f"{probability:.4f}", note)
         table.caption = f"fingerprint {recipe.fingerprint[:16]}"
-        if recipe.capped_buckets:
+        if recipe.capped_buckets is None:
+            table.caption += (
+                "; versions ingested before schema revision 0008 kept no count of the buckets "
+                "over the blow-up guard's cap"
+            )
+        elif recipe.capped_buckets:
             table.caption += (
                 f"; its ingests met {counted(recipe.capped_buckets, 'bucket')} over the blow-up "
                 f"guard's cap (largest {recipe.largest_bucket:,} images)"
