@@ -212,6 +212,7 @@ def _assemble(
     failing: list[FailOn],
 ) -> AuditReport:
     overlap = queries.overlap(conn, [ref], limit=limit, recipes=recipes)
+    _gates_apply(overlap, ref, max_leakage, failing)
     leaks = queries.cross_split_copies(conn, [ref], recipes=recipes, limit=limit)
     used = [tier.recipe for tier in overlap.near]
     duplicates = queries.duplicate_groups(
@@ -266,6 +267,27 @@ def _assemble(
     return replace(partial, gates=gates(partial, max_leakage, failing))
 
 
+def _gates_apply(
+    overlap: OverlapReport, ref: str, max_leakage: float | None, failing: Sequence[FailOn]
+) -> None:
+    """Raises UsageError for a gate that could not trip on this report, whatever the data: one
+    that compares splits when ``ref`` is one split, ``near`` without near tiers. A CI gate
+    that passes because it measured nothing would hide the leak it is there to catch."""
+    across = [f"--fail-on {kind.value}" for kind in (FailOn.EXACT, FailOn.NEAR) if kind in failing]
+    across = (["--max-leakage"] if max_leakage is not None else []) + across
+    if across and len(overlap.splits) < 2:
+        raise UsageError(
+            f"{ref}: {' and '.join(across)} compare splits, and this is "
+            f"{'one split' if overlap.splits else 'no split'}: audit the whole version "
+            "(DATASET@VERSION) or dataset"
+        )
+    if FailOn.NEAR in failing and not overlap.near:
+        raise UsageError(
+            f"{ref}: --fail-on near needs near-duplicate recipes, and this report uses none "
+            "(--exact, or a catalog made with --exact-only): drop --exact or the gate"
+        )
+
+
 def leak_rate(report: AuditReport, pair: PairOverlap) -> tuple[float, str]:
     """The share of ``pair.a`` with an exact or (under the worst recipe) near copy in
     ``pair.b``, and how it splits up. Near tiers count only items without an exact copy, so
@@ -306,24 +328,21 @@ def gates(
             rate, how = leak_rate(report, pair)
             if worst is None or rate > worst[0]:
                 worst = (rate, how, pair)
-        if worst is None:
-            results.append(
-                GateResult("max-leakage", max_leakage, 0.0, False, "only one split: no leakage")
-            )
-        else:
-            rate, how, pair = worst
-            tripped = rate > max_leakage
-            results.append(
-                GateResult(
-                    "max-leakage",
-                    max_leakage,
-                    rate,
-                    tripped,
-                    f"{pair.a} has {percent(rate)} of its items in {pair.b} ({how}), "
-                    + ("above" if tripped else "within")
-                    + f" --max-leakage {percent(max_leakage)}",
-                ),
-            )
+        if worst is None:  # `_gates_apply` refuses a gate over one split
+            raise UsageError("--max-leakage compares splits, and this report has one")
+        rate, how, pair = worst
+        tripped = rate > max_leakage
+        results.append(
+            GateResult(
+                "max-leakage",
+                max_leakage,
+                rate,
+                tripped,
+                f"{pair.a} has {percent(rate)} of its items in {pair.b} ({how}), "
+                + ("above" if tripped else "within")
+                + f" --max-leakage {percent(max_leakage)}",
+            ),
+        )
     for kind in dict.fromkeys(fail_on):
         count, what = _findings(report, kind)
         results.append(GateResult(kind.value, 0, count, count > 0, what))
@@ -351,9 +370,7 @@ def _findings(report: AuditReport, kind: FailOn) -> tuple[int, str]:
         pairs = [(t.recipe, p) for t in overlap.near for p in t.pairs]
         items = sum(p.items for _r, p in pairs)
         if not items:
-            return 0, "no item has a near copy in another split" + (
-                "" if overlap.near else " (no near recipe was used)"
-            )
+            return 0, "no item has a near copy in another split"
         recipe, worst = max(pairs, key=lambda rp: rp[1].items)
         return items, (
             f"{counted(worst.items, 'item')} of {worst.a} "

@@ -259,7 +259,9 @@ def test_terminal_report_draws_the_findings(demo_run: DemoRun, runner: CliRunner
         (["--fail-on", "near"], 1, "Gate tripped: near:"),
         (["--fail-on", "conflicts"], 1, "Gate tripped: conflicts: 5 images carry"),
         (["--fail-on", "low-info"], 1, "Gate tripped: low-info: 8 low-information items"),
-        (["--exact", "--fail-on", "near"], 0, ""),
+        # Gates that could not trip whatever the data: refused, not passed.
+        (["--exact", "--fail-on", "near"], 2, "--fail-on near needs near-duplicate recipes"),
+        (["--exact", "--fail-on", "exact"], 1, "Gate tripped: exact:"),
         (["--max-leakage", "5"], 2, "--max-leakage 5 is not a rate"),
         (["--max-leakage", "-0.1"], 2, "is not a rate"),
         (["--fail-on", "typos"], 2, "Invalid value for '--fail-on'"),
@@ -280,6 +282,29 @@ def test_gate_exit_codes(
         assert message in result.stderr
     if code == 2:
         # Refused before anything is printed or written.
+        assert "Traceback" not in result.output and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--max-leakage", "0.5"], 2, "--max-leakage compare splits, and this is one split"),
+        (["--fail-on", "exact"], 2, "--fail-on exact compare splits"),
+        (["--fail-on", "near", "--max-leakage", "0"], 2, "--max-leakage and --fail-on near"),
+        (["--fail-on", "conflicts"], 1, "Gate tripped: conflicts: 3 images carry"),
+        (["--fail-on", "low-info"], 1, "Gate tripped: low-info: 8 low-information items"),
+    ],
+)
+def test_gates_across_splits_refuse_one_split(
+    demo_run: DemoRun, runner: CliRunner, args: list[str], code: int, message: str
+) -> None:
+    """On one split, a leakage gate measures nothing and would always pass; label and
+    low-information gates still mean something there."""
+    result = runner.invoke(app, ["--db", _db(demo_run), "report", f"{V1}:train", *args])
+    assert result.exit_code == code, result.output
+    if message:
+        assert message in result.stderr
+    if code == 2:
         assert "Traceback" not in result.output and result.stdout == ""
 
 
