@@ -192,6 +192,30 @@ ThresholdOption = Annotated[
 ExactOption = Annotated[bool, typer.Option("--exact", help="Exact copies only, no near tiers.")]
 
 
+OneRecipeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recipe",
+        "-r",
+        help="The recipe whose near pairs count. Default: the catalog's first (pixel-v1 in a "
+        "catalog with the default recipes).",
+        metavar="RECIPE",
+        show_default=False,
+    ),
+]
+
+
+def _one_recipe(command: str, recipes: list[str] | None) -> str | None:
+    """The one recipe of a command that uses one; a repeated -r was silently the last."""
+    named = list(dict.fromkeys(recipes or ()))
+    if len(named) > 1:
+        raise UsageError(
+            f"{command} uses one recipe, and --recipe names {len(named)} ({', '.join(named)}): "
+            "give one, or run it once per recipe"
+        )
+    return named[0] if named else None
+
+
 def _exact_alone(exact: bool, recipe: object, threshold: float | None) -> None:
     """Refuse --exact beside what only near findings use."""
     if exact and recipe:
@@ -400,16 +424,7 @@ def overlap(
 def dups(
     ctx: typer.Context,
     refs: Annotated[list[str], typer.Argument(help="DATASET[@VERSION][:SPLIT], one or more.")],
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            "--recipe",
-            "-r",
-            help="Recipe whose near pairs join images. Default: the catalog's first (pixel-v1 "
-            "in a catalog with the default recipes).",
-            show_default=False,
-        ),
-    ] = None,
+    recipes: OneRecipeOption = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
     limit: Annotated[
@@ -428,6 +443,7 @@ def dups(
 
         dsaudit dups notmnist --recipe phash256-v2 --threshold 0.05
     """
+    recipe = _one_recipe("dups", recipes)
     _exact_alone(exact, recipe, threshold)
     report = api.duplicate_groups(
         ctx.obj, refs, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit
@@ -443,10 +459,7 @@ def diff(
     ctx: typer.Context,
     a: Annotated[str, typer.Argument(help="The older ref, e.g. notmnist@v1.")],
     b: Annotated[str, typer.Argument(help="The newer ref, e.g. notmnist@v2.")],
-    recipe: Annotated[
-        str | None,
-        typer.Option("--recipe", "-r", help="Recipe for near replacements.", show_default=False),
-    ] = None,
+    recipes: OneRecipeOption = None,
     threshold: ThresholdOption = None,
     exact: ExactOption = False,
     limit: Annotated[int, typer.Option(help="Relabelled items listed.", min=0, max=MAX_COUNT)] = 20,
@@ -462,6 +475,7 @@ def diff(
 
         dsaudit diff notmnist@v1 notmnist@v2
     """
+    recipe = _one_recipe("diff", recipes)
     _exact_alone(exact, recipe, threshold)
     report = api.version_diff(
         ctx.obj, a, b, recipe=recipe, threshold=threshold, exact_only=exact, limit=limit

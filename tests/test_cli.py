@@ -575,6 +575,14 @@ def test_repeated_options_and_exact_beside_a_threshold(
             _run(runner, db, *command, "--exact", "--threshold", "0.05"),
             "--exact and --threshold contradict each other",
         )
+    # dups and diff use one recipe: a second -r was silently the one used.
+    for command in (["dups", "letters"], ["diff", "letters@v1", "letters@v2"]):
+        _assert_user_error(
+            _run(runner, db, *command, "-r", "pixel-v1", "-r", "phash256-v2"),
+            f"{command[0]} uses one recipe, and --recipe names 2 (pixel-v1, phash256-v2)",
+        )
+        same = _run(runner, db, *command, "-r", "phash256-v2", "-r", "phash256-v2", "--json")
+        assert same.exit_code == 0 and json.loads(same.stdout)["recipe"] == "phash256-v2"
 
 
 def test_times_carry_their_utc_offset(db: str, runner: CliRunner, archive: Path) -> None:
