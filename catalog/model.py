@@ -455,5 +455,8 @@ class ShowReport:
     low_info: bool
     items: tuple[ItemRef, ...]
     neighbours: tuple[Neighbour, ...]
+    """The closest near copies under each recipe, at most the query's ``limit`` per recipe."""
     preview: Preview | None
     preview_note: str
+    neighbours_total: int = 0
+    """Near copies stored under all recipes (one counted once per recipe that pairs it)."""

@@ -61,6 +61,7 @@ from catalog.schema import (
     Image,
     Item,
     NearIngest,
+    Pair,
     RecipeRecord,
     Source,
     Split,
@@ -1560,7 +1561,15 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
     all_splits = _all_splits(conn)
     holders = _items_of(conn, [image_id], all_splits).get(image_id, ("", []))[1]
     neighbours: list[Neighbour] = []
+    total = 0
     for recipe_id, name, _t in select_recipes(conn, None, None):
+        pair = core_table(Pair)
+        total += sum(
+            conn.execute(
+                select(func.count()).where(pair.c.recipe_id == recipe_id, side == image_id)
+            ).scalar_one()
+            for side in (pair.c.image_a, pair.c.image_b)
+        )
         near = conn.execute(
             text(
                 "SELECT other_id, distance FROM ("
@@ -1615,6 +1624,7 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
         neighbours=tuple(neighbours),
         preview=preview,
         preview_note=note,
+        neighbours_total=total,
     )
 
 

@@ -540,7 +540,8 @@ def show(
     """One image: every item holding it, its near copies, and the picture itself.
 
     The picture is read again from the source file the item came from (when it is still
-    there, unchanged in size) and drawn with half blocks, two pixels per character cell.
+    there, and the row read back still has the catalogued digest) and drawn with half blocks,
+    two pixels per character cell.
 
     Example:
 
@@ -680,10 +681,11 @@ def check(
 
     Checks SQLite's integrity and foreign keys; orphans (images no item holds; signatures, band
     keys and pairs of missing images or recipes); pairs stored out of order; each recipe's
-    fingerprint recomputed from its stored parameters; one band key per LSH band for every
-    signed informative image; the digests of a seeded sample of items read again from their
-    source files, where those are present and unchanged (same sha256); and each version's
-    stored overlap report against the one computed now.
+    fingerprint recomputed from its stored parameters; every informative image signed under
+    every recipe; one band key per LSH band for every signed informative image; the digests
+    of a seeded sample of items read again from their source files, where those are present
+    and unchanged (same sha256); and each version's stored overlap report against the one
+    computed now.
 
     Exit codes: 0 all checks pass, 1 a problem was found, 2 usage error (e.g. no catalog).
 
@@ -883,6 +885,9 @@ def demo(
     second version that moves and copies train images into test. The catalog is made with the
     default recipes and pixshift-v1, which finds the shifted and down-up copies. Prints the
     audit and every planted problem beside what was found; exits 1 if anything was missed.
+
+    The catalog is always DIRECTORY/demo.db: the global --db and DSAUDIT_DB are not used, so
+    a demo never writes into a catalog of yours.
 
     Example:
 

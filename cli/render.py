@@ -537,7 +537,14 @@ def show(report: ShowReport) -> RenderableType:
                 + (f"\n... {len(n.items) - 3} more" if len(n.items) > 3 else ""),
             )
         parts.append(near)
-    else:
+    hidden = report.neighbours_total - len(report.neighbours)
+    if hidden > 0 and report.neighbours:
+        more = counted(hidden, "more near copy", "more near copies")
+        parts.append(Text(f"({more}; --limit shows more)", style="dim"))
+    elif hidden > 0:
+        stored = counted(hidden, "near copy", "near copies")
+        parts.append(Text(f"{stored} stored (--limit lists them)", style="bold"))
+    elif not report.neighbours_total:
         parts.append(Text("No near copies stored.", style="green"))
     return Group(*parts)
 

@@ -80,6 +80,21 @@ def test_show_command(catalog_with_file) -> None:  # type: ignore[no-untyped-def
     assert huge.exit_code == 2 and f"no position {2**70}" in huge.stderr
 
 
+def test_show_counts_the_near_copies_it_does_not_list(catalog_with_file) -> None:  # type: ignore[no-untyped-def]
+    """--limit 0 said "No near copies stored." of an image that has some."""
+    db, _path, _images = catalog_with_file
+    every = api.show_image(db, "d@v1:train:1")
+    assert every.neighbours and every.neighbours_total == len(every.neighbours)
+    none = api.show_image(db, "d@v1:train:1", limit=0)
+    assert none.neighbours == () and none.neighbours_total == every.neighbours_total
+    runner = CliRunner()
+    out = runner.invoke(app, ["--db", db, "show", "d@v1:train:1", "--limit", "0"]).stdout
+    assert "No near copies" not in out
+    assert f"{every.neighbours_total} near cop" in out and "--limit lists them" in out
+    data = json.loads(runner.invoke(app, ["--db", db, "show", "d@v1:train:1", "--json"]).stdout)
+    assert data["neighbours_total"] == every.neighbours_total
+
+
 def test_a_file_named_relative_to_the_ingest_is_found_from_anywhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
