@@ -541,15 +541,17 @@ def _ingest_split(
     items = new_images = skipped_here = file_bytes = 0
     for chunk in chunks:
         if chunk.skipped:
+            # Absolute, as sources are: read from any directory later, and what the result
+            # lists is what `ls` and the reports list.
+            left_out = [SkippedFile(os.path.abspath(f.path), f.reason) for f in chunk.skipped]
             bulk_insert(
                 conn,
                 core_table(SkippedFileRecord),
                 ("version_id", "path", "reason"),
-                # Absolute, as sources are: read from any directory later.
-                [(version_id, os.path.abspath(f.path), f.reason) for f in chunk.skipped],
+                [(version_id, f.path, f.reason) for f in left_out],
             )
-            skipped_here += len(chunk.skipped)
-            skipped.extend(chunk.skipped[: max(0, SKIPPED_SHOWN - len(skipped))])
+            skipped_here += len(left_out)
+            skipped.extend(left_out[: max(0, SKIPPED_SHOWN - len(skipped))])
             report(task, len(chunk.skipped), total)
         if not len(chunk):
             continue

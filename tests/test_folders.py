@@ -653,7 +653,10 @@ def test_skipped_files_are_recorded_by_absolute_path(
     _corrupt_png(unlabelled / "train" / "zz.png", rng)
     monkeypatch.chdir(unlabelled.parent)
     db = tmp_path / "c.db"
-    result = _run(runner, db, "ingest", "d", "v1", unlabelled.name, "--skip-bad")
+    result = _run(runner, db, "ingest", "d", "v1", unlabelled.name, "--skip-bad", "--json")
     assert result.exit_code == 0, result.output
     (version,) = api.list_catalog(str(db), "d").datasets[0].versions
     assert [f.path for f in version.skipped_files] == [str(unlabelled / "train" / "zz.png")]
+    # The ingest's own result lists them as ls does (it printed them as typed).
+    printed = json.loads(result.stdout)["skipped_files"]
+    assert [f["path"] for f in printed] == [str(unlabelled / "train" / "zz.png")]
