@@ -123,8 +123,15 @@ def listing(data: Listing) -> RenderableType:
             ("items", "right"),
             ("images", "right"),
             ("note", "left"),
-            ("read from", "left"),
         )
+        # The files under the table, one line per version: in a column, a version's second
+        # file sat beside its second split, whatever split it held.
+        table.caption = "\n".join(
+            f"{version.tag} read from "
+            + ", ".join(s.path.rsplit("/", 1)[-1] for s in version.sources)
+            for version in dataset.versions
+        )
+        table.caption_justify = "left"
         for version in dataset.versions:
             for index, split in enumerate(version.splits):
                 first = index == 0
@@ -136,7 +143,6 @@ def listing(data: Listing) -> RenderableType:
                     f"{split.items:,}",
                     f"{split.images:,}",
                     (version.note or "") if first else "",
-                    "\n".join(s.path.rsplit("/", 1)[-1] for s in version.sources) if first else "",
                     end_section=index == len(version.splits) - 1,
                 )
         parts.append(table)

@@ -90,6 +90,8 @@ def test_ls_lists_versions_and_counts(
     assert dataset["images"] == 347
     table = _run(runner, db, "ls", "letters").stdout
     assert "letters" in table and "first" in table and "300" in table
+    # Each version's files on a line of their own, not beside one of its splits.
+    assert "v1 read from letters.npz" in table and "v2 read from letters.npz" in table
 
 
 def test_explicit_split_with_npy_files(db: str, runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
