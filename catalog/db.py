@@ -127,7 +127,17 @@ def describe(url: str) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         return parsed.database
-    return parsed.render_as_string(hide_password=True)
+    # libpq takes a password in the query too (``?password=...``): hidden like the user's.
+    hidden = {
+        key: "***" if key.lower() in _SECRET_PARAMETERS else value
+        for key, value in parsed.query.items()
+    }
+    rendered = parsed.set(query=hidden).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***")
+
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+"""libpq connection parameters that hold secrets (`describe` hides them)."""
 
 
 def _sqlite_path(url: str) -> Path | None:

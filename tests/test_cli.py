@@ -550,6 +550,18 @@ def test_a_url_dsaudit_cannot_use_is_a_usage_error(
     assert "secret" not in result.stderr
 
 
+@pytest.mark.parametrize("parameter", ["password", "sslpassword", "PASSWORD"])
+def test_a_password_in_the_query_string_is_never_shown(
+    runner: CliRunner, tmp_path: Path, parameter: str
+) -> None:
+    """libpq reads ``?password=``; the message named the URL with it in clear."""
+    url = f"postgresql+psycopg://me@/db?host={tmp_path}&{parameter}=hunter2&sslmode=disable"
+    result = _run(runner, url, "ls")
+    _assert_user_error(result, "cannot be opened as a catalog")
+    assert "hunter2" not in result.output and f"{parameter}=***" in result.stderr
+    assert "sslmode=disable" in result.stderr  # the rest of the query is shown
+
+
 def test_demo_into_a_path_that_cannot_be_a_directory(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     result = runner.invoke(app, ["demo", str(tmp_path / "file")])
