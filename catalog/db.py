@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -235,7 +236,7 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
     engine = _build_engine(url)
     try:
-        migrate(engine)
+        migrate(engine, create=create)
     except DatabaseError as exc:
         engine.dispose()
         full = storage_error(url, exc)
@@ -319,6 +320,10 @@ def _reason(exc: DatabaseError) -> str:
     return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
 
 
+_DSAUDIT_REVISION = re.compile(r"\d{4}(_\w*)?")
+"""dsaudit's schema revisions are numbered (``0008``); Alembic's default ids are 12 hex
+digits (``1a2b3c4d5e6f``), another program's."""
+
 SCHEMA_HEAD = "0008"
 """The newest revision in ``migrations/versions`` (a test checks it against Alembic's head)."""
 
@@ -331,11 +336,20 @@ def _revisions(engine: Engine) -> set[str]:
         return {row[0] for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version")}
 
 
-def migrate(engine: Engine) -> None:
+def migrate(engine: Engine, *, create: bool = True) -> None:
     """Bring the catalog's schema to this release's head; refuse a schema from the future.
 
     A catalog at the head is told by one query: importing Alembic took 0.2 s of every
     command's start, so it is imported only to create, upgrade or refuse a schema.
+
+    Args:
+        create: when False, a database without a catalog (a new, empty PostgreSQL database,
+            perhaps a typo for the team's) is refused instead of made one: read-only commands
+            never create a catalog (`open_catalog` checks an SQLite file before this).
+
+    Raises:
+        NotFoundError: ``create`` is False and the database holds nothing.
+        SchemaError: another program's database, or a newer dsaudit's catalog.
     """
     if _revisions(engine) == {SCHEMA_HEAD}:
         return
@@ -352,15 +366,27 @@ def migrate(engine: Engine) -> None:
         if current == heads:
             return
         unknown = current - known
-        if unknown:
+        name = describe(str(engine.url))
+        if unknown and all(_DSAUDIT_REVISION.fullmatch(r) for r in unknown):
             raise SchemaError(
-                f"{describe(str(engine.url))}: written by a newer dsaudit (schema revision "
+                f"{name}: written by a newer dsaudit (schema revision "
                 f"{', '.join(sorted(unknown))}); upgrade dsaudit to open it"
             )
-        if not current and inspect(conn).get_table_names():
+        if unknown:  # Alembic's own ids are hex: another program's schema
             raise SchemaError(
-                f"{describe(str(engine.url))}: is a database but not a dsaudit catalog "
+                f"{name}: is a database but not a dsaudit catalog (its schema version "
+                f"{', '.join(sorted(unknown))} is another program's); it was not changed"
+            )
+        schema = inspect(conn)
+        if not current and (schema.get_table_names() or schema.get_view_names()):
+            raise SchemaError(
+                f"{name}: is a database but not a dsaudit catalog "
                 "(it has tables and no dsaudit schema version)"
+            )
+        if not current and not create:
+            raise NotFoundError(
+                f"{name}: no catalog here (an empty database); run `dsaudit ingest` or "
+                "`dsaudit demo` first, or choose another with --db / DSAUDIT_DB"
             )
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":

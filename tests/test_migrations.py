@@ -23,7 +23,7 @@ from catalog.db import SCHEMA_HEAD, _alembic_config, open_catalog, schema_revisi
 from catalog.errors import NotFoundError, SchemaError
 from catalog.recipes import DEFAULT_RECIPES
 from catalog.schema import Base
-from tests.conftest import sqlite_only
+from tests.conftest import postgres_only, sqlite_only
 
 VIEWS = {"v_item", "v_split", "v_exact_overlap"}
 
@@ -278,6 +278,53 @@ def test_missing_catalog_is_not_created_for_reading(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no catalog here"):
         open_catalog(str(path), create=False)
     assert not path.exists()
+
+
+@postgres_only
+def test_an_empty_postgresql_database_is_not_made_a_catalog_for_reading(db: str) -> None:
+    """A read-only command on a new database (perhaps a typo for the team's) made it a
+    catalog; on PostgreSQL only an ingest may."""
+    from sqlalchemy import create_engine
+
+    with pytest.raises(NotFoundError, match="no catalog here \\(an empty database\\)"):
+        open_catalog(db, create=False)
+    raw = create_engine(db)
+    try:
+        with raw.connect() as conn:
+            assert inspect(conn).get_table_names() == []
+    finally:
+        raw.dispose()
+    open_catalog(db).dispose()  # an ingest may make it one
+    open_catalog(db, create=False).dispose()
+
+
+@postgres_only
+def test_another_programs_postgresql_database_is_refused_unchanged(db: str) -> None:
+    """Another program's Alembic version (hex) is not a newer dsaudit; nor are views alone."""
+    from sqlalchemy import create_engine, text
+
+    raw = create_engine(db)
+    try:
+        for statements in (
+            [
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)",
+                "INSERT INTO alembic_version VALUES ('1a2b3c4d5e6f')",
+                "CREATE TABLE users (id INTEGER)",
+            ],
+            ["CREATE VIEW answers AS SELECT 42 AS answer"],
+        ):
+            with raw.begin() as conn:
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version, users"))
+                conn.execute(text("DROP VIEW IF EXISTS answers"))
+                for statement in statements:
+                    conn.execute(text(statement))
+            for create in (True, False):
+                with pytest.raises(SchemaError, match="not a dsaudit catalog"):
+                    open_catalog(db, create=create)
+            with raw.connect() as conn:
+                assert "dataset" not in inspect(conn).get_table_names()
+    finally:
+        raw.dispose()
 
 
 @sqlite_only
