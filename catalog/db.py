@@ -316,7 +316,7 @@ def _unwritable_directory(path: Path | None, reason: str) -> str:
     )
 
 
-def _reason(exc: DatabaseError) -> str:
+def _reason(exc: DBAPIError) -> str:
     return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
 
 
@@ -430,6 +430,30 @@ def writing(engine: Engine) -> Iterator[Connection]:
             if full is not None:
                 raise full from None
             raise
+        except DBAPIError as exc:
+            refused = _not_allowed(str(engine.url), exc)
+            if refused is not None:
+                raise refused from None
+            raise
+
+
+_NOT_ALLOWED = {
+    "25006": "the database takes no writes (a read-only replica or transaction)",
+    "42501": "this role may not write the catalog",
+}
+"""PostgreSQL SQLSTATEs of a write the server refuses whatever the data."""
+
+
+def _not_allowed(url: str, exc: DBAPIError) -> StorageError | None:
+    """The person's version of a write the server refused (read-only, no privilege), else
+    None; the transaction is rolled back, so nothing was written."""
+    why = _NOT_ALLOWED.get(getattr(exc.orig, "sqlstate", None) or "")
+    if why is None:
+        return None
+    return StorageError(
+        f"{describe(url)}: {why} ({_reason(exc)}); nothing was added and the catalog is "
+        "unchanged"
+    )
 
 
 def storage_error(url: str, exc: DatabaseError) -> StorageError | None:

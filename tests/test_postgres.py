@@ -31,7 +31,7 @@ from catalog.db import (
     refresh_statistics,
     write_retrying,
 )
-from catalog.errors import QueryError, UsageError
+from catalog.errors import QueryError, StorageError, UsageError
 from catalog.near import register_recipes, resolve_recipes, unregister_recipes
 from catalog.recipes import DEFAULT_RECIPES, PIXEL, PIXEL_SHIFT
 from tests.conftest import postgres_only
@@ -359,6 +359,44 @@ def test_a_lost_race_is_run_again(db: str) -> None:
     with engine.connect() as conn:  # the first attempt rolled back: one row
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM dataset").scalar_one() == 1
     engine.dispose()
+
+
+@postgres_only
+@pytest.mark.parametrize(
+    ("code", "fragment"),
+    [("25006", "the database takes no writes"), ("42501", "this role may not write the catalog")],
+)
+def test_a_write_the_server_refuses_is_a_one_line_error(db: str, code: str, fragment: str) -> None:
+    """A read-only replica or transaction, or a role without INSERT: a traceback before."""
+    engine = open_catalog(db)
+
+    def work(conn: Connection) -> None:
+        conn.exec_driver_sql("INSERT INTO dataset (name) VALUES ('d')")
+        conn.exec_driver_sql(f"DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '{code}'; END $$")
+
+    with pytest.raises(StorageError, match=f"{fragment}.*nothing was added"):
+        write_retrying(engine, work)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM dataset").scalar_one() == 0
+    engine.dispose()
+
+
+@postgres_only
+def test_an_ingest_into_a_read_only_session_changes_nothing(db: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(64, 128, dtype=np.uint8).reshape(4, 4, 4))
+    read_only = f"{db}{'&' if '?' in db else '?'}options=-c%20default_transaction_read_only%3Don"
+    result = CliRunner().invoke(
+        app, ["--db", read_only, "ingest", "d", "v2", "--split", f"train={path}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "the database takes no writes" in result.stderr and "Traceback" not in result.output
+    assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1"]
 
 
 def test_a_postgres_url_without_the_driver_says_what_to_install(
