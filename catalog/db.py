@@ -420,21 +420,33 @@ def writing(engine: Engine) -> Iterator[Connection]:
         try:
             with conn.begin():
                 yield conn
-        except OperationalError as exc:
-            if "database is locked" in str(exc.orig):
+        except DBAPIError as exc:
+            url = str(engine.url)
+            if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
                 raise BusyError(
-                    f"{describe(str(engine.url))}: catalog busy: another process has been "
+                    f"{describe(url)}: catalog busy: another process has been "
                     f"writing for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
                 ) from None
-            full = storage_error(str(engine.url), exc)
-            if full is not None:
-                raise full from None
-            raise
-        except DBAPIError as exc:
-            refused = _not_allowed(str(engine.url), exc)
+            refused = storage_error(url, exc) or _not_allowed(url, exc) or _timed_out(url, exc)
             if refused is not None:
                 raise refused from None
             raise
+
+
+_TIMED_OUT = {"55P03": "lock_timeout", "57014": "statement_timeout"}
+"""PostgreSQL SQLSTATEs of a wait cut short by a limit the user set (`_timed_out`)."""
+
+
+def _timed_out(url: str, exc: DBAPIError) -> BusyError | None:
+    """The person's version of a wait the user's own ``lock_timeout`` or
+    ``statement_timeout`` cut short (PostgreSQL), else None."""
+    limit = _TIMED_OUT.get(getattr(exc.orig, "sqlstate", None) or "")
+    if limit is None:
+        return None
+    return BusyError(
+        f"{describe(url)}: catalog busy: waited longer than the {limit} set for this session "
+        f"({_reason(exc)}); nothing was changed, try again when it is free"
+    )
 
 
 _NOT_ALLOWED = {
@@ -456,7 +468,7 @@ def _not_allowed(url: str, exc: DBAPIError) -> StorageError | None:
     )
 
 
-def storage_error(url: str, exc: DatabaseError) -> StorageError | None:
+def storage_error(url: str, exc: DBAPIError) -> StorageError | None:
     """The person's version of a write that failed for lack of room, else None.
 
     SQLite says SQLITE_FULL when a write comes up short and SQLITE_IOERR_WRITE when one is
@@ -602,8 +614,14 @@ def reading(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
-        with conn.begin():
-            yield conn
+        try:
+            with conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            busy = _timed_out(str(engine.url), exc)
+            if busy is not None:
+                raise busy from None
+            raise
 
 
 def lock_pair_finding(conn: Connection) -> None:

@@ -399,6 +399,31 @@ def test_an_ingest_into_a_read_only_session_changes_nothing(db: str, tmp_path: P
     assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1"]
 
 
+@postgres_only
+def test_a_lock_timeout_of_ones_own_is_catalog_busy(db: str, tmp_path: Path) -> None:
+    """The README's way to bound a wait on PostgreSQL ends in a one-line error."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(64, 128, dtype=np.uint8).reshape(4, 4, 4))
+    bounded = f"{db}{'&' if '?' in db else '?'}options=-c%20lock_timeout%3D200ms"
+    holder = create_engine(db)
+    try:
+        with holder.connect() as conn, conn.begin():
+            conn.exec_driver_sql("LOCK TABLE item, split IN ACCESS EXCLUSIVE MODE")
+            for command in (["ls"], ["ingest", "d", "v2", "--split", f"train={path}"]):
+                result = CliRunner().invoke(app, ["--db", bounded, *command])
+                assert result.exit_code == 2, result.output
+                assert "catalog busy: waited longer than the lock_timeout" in result.stderr
+                assert "Traceback" not in result.output
+    finally:
+        holder.dispose()
+    assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1"]
+
+
 def test_a_postgres_url_without_the_driver_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
