@@ -228,7 +228,10 @@ def ingest(
                 with suppress(Exception):  # the ingest's own error is the report
                     write_retrying(engine, lambda conn: unregister_recipes(conn, registered))
             raise
-        refresh_statistics(engine)
+        # The version is committed: a Ctrl-C now stops only the statistics (autovacuum
+        # refreshes them later), and the ingest is reported as done.
+        with suppress(KeyboardInterrupt):
+            refresh_statistics(engine)
         return result
 
 
