@@ -463,8 +463,7 @@ def _not_allowed(url: str, exc: DBAPIError) -> StorageError | None:
     if why is None:
         return None
     return StorageError(
-        f"{describe(url)}: {why} ({_reason(exc)}); nothing was added and the catalog is "
-        "unchanged"
+        f"{describe(url)}: {why} ({_reason(exc)}); nothing was added and the catalog is unchanged"
     )
 
 

@@ -355,13 +355,14 @@ def ingest(
     indexer = NearIndexer(conn, recipes) if recipes else None
     sources = _SourceDigests([file.path for file in files if file.digested])
     skipped: list[SkippedFile] = []
+    brought = _Span()
     file_bytes: dict[int, int] = {}
     try:
         done = []
         for split in splits:
             source_id = source_ids[split.source.path]
             ingested, read = _ingest_split(
-                conn, version_id, split, source_id, indexer, report, chunk_bytes, skipped
+                conn, version_id, split, source_id, indexer, report, chunk_bytes, skipped, brought
             )
             done.append(ingested)
             file_bytes[source_id] = file_bytes.get(source_id, 0) + read
@@ -378,7 +379,7 @@ def ingest(
     folders = {source_ids[s.source.path] for s in splits if s.source.format == FOLDER_FORMAT}
     for source_id in sorted(folders):
         _seal_folder(conn, version_id, source_id, file_bytes.get(source_id, 0))
-    _record_near(conn, version_id, near)
+    _record_near(conn, version_id, near, brought)
     # The audit everyone runs next, kept with the version (seconds at a million images).
     report(AUDIT_TASK, 0, 1)
     store_overlap(conn, version_id)
@@ -395,10 +396,26 @@ def ingest(
     )
 
 
-def _record_near(conn: Connection, version_id: int, near: Sequence[NearStats]) -> None:
-    """Keep what the near stage did under each recipe (`NearIngest`), before the overlap
-    report is stored: reports read ``capped_buckets`` to say when near counts are lower
-    bounds."""
+@dataclass
+class _Span:
+    """The lowest and highest id of the images an ingest brought in (None: none yet)."""
+
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, ids: np.ndarray) -> None:
+        if ids.size:
+            low, high = int(ids.min()), int(ids.max())
+            self.first = low if self.first is None else min(self.first, low)
+            self.last = high if self.last is None else max(self.last, high)
+
+
+def _record_near(
+    conn: Connection, version_id: int, near: Sequence[NearStats], brought: _Span
+) -> None:
+    """Keep what the near stage did under each recipe (`NearIngest`), and the range of the
+    images this ingest brought in, before the overlap report is stored: reports read them to
+    say when near counts may be lower bounds."""
     if not near:
         return
     recipe = core_table(RecipeRecord)
@@ -419,6 +436,8 @@ def _record_near(conn: Connection, version_id: int, near: Sequence[NearStats]) -
                 "pairs": n.pairs,
                 "largest_bucket": n.largest_bucket,
                 "capped_buckets": n.capped_buckets,
+                "first_image": brought.first,
+                "last_image": brought.last,
             }
             for n in near
         ],
@@ -521,6 +540,7 @@ def _ingest_split(
     report: ProgressCallback,
     chunk_bytes: int,
     skipped: list[SkippedFile],
+    brought: _Span,
 ) -> tuple[SplitIngested, int]:
     """Ingest one split chunk by chunk.
 
@@ -560,6 +580,7 @@ def _ingest_split(
         new = _resolve_images(conn, canon, chunk_digests, chunk.scale)
         known = [new.known[digest] for digest in chunk_digests]
         new_images += new.image_ids.size
+        brought.add(new.image_ids)
         if indexer is not None:
             # Only images new to the catalog get signatures; low-information ones hash alike
             # under every recipe and stay out of the band join.

@@ -185,9 +185,10 @@ class NearTier:
     conflicts: tuple[NearConflict, ...] = ()
     """The closest such pairs, at most the query's ``limit``."""
     capped_buckets: int | None = 0
-    """Buckets over the blow-up guard's cap in the ingests that may have stored these splits'
-    pairs (`catalog.queries.capped_buckets`): when not 0, the counts above may be lower bounds;
-    None when some of those ingests predate schema revision 0008 and kept no count."""
+    """Buckets over the blow-up guard's cap in the ingests that brought in the audited images,
+    and so stored their pairs (`catalog.queries.capped_buckets`): when not 0, the counts above
+    may be lower bounds; None when some of those images came in before schema revision 0008,
+    which kept no count."""
 
     def pair(self, a: str, b: str) -> PairOverlap:
         """The overlap of split ref ``a`` with ``b``, both as the report names them."""

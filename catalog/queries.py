@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, text, true
+from sqlalchemy import Connection, bindparam, func, insert, select, text
 
 from catalog import vectors
 from catalog.db import fetch_integers, fetch_rows, placeholder
@@ -547,7 +547,6 @@ def overlap(
     if recipes is None and threshold is None and 0 <= limit <= STORED_LIMIT:
         stored = _stored_overlap(conn, splits)
         if stored is not None:
-            stored = _capped_now(conn, stored)
             return replace(
                 stored,
                 conflicts=stored.conflicts[:limit],
@@ -659,7 +658,9 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
             continue
         compared += 1
         computed = _overlap(conn, splits, limit=STORED_LIMIT, recipes=None, threshold=None)
-        report = _capped_now(conn, report)
+        # The guard's counts are left out: on PostgreSQL an ingest that ran beside this one
+        # and committed after it may share its range of image ids, and be counted now.
+        report, computed = _uncapped(report), _uncapped(computed)
         differ = [
             field.name
             for field in dataclasses.fields(OverlapReport)
@@ -671,6 +672,11 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
                 f"({', '.join(differ)})"
             )
     return compared, problems
+
+
+def _uncapped(report: OverlapReport) -> OverlapReport:
+    """``report`` with its tiers' `capped_buckets` set to 0, for comparing the rest."""
+    return replace(report, near=tuple(replace(t, capped_buckets=0) for t in report.near))
 
 
 def _overlap(
@@ -960,58 +966,67 @@ def _closest(a: np.ndarray, b: np.ndarray, distance: np.ndarray, limit: int) -> 
     return np.lexsort((b, a, distance))[: max(limit, 0)]
 
 
-def capped_buckets(conn: Connection, splits: Sequence[SplitInfo]) -> dict[int, int | None]:
+def capped_buckets(conn: Connection, images: np.ndarray) -> dict[int, int | None]:
     """Per recipe id, the buckets over the blow-up guard's cap (`catalog.near.BUCKET_CAP`) in
-    the ingests that may have stored pairs between these splits' images; None when some of
-    those ingests predate schema revision 0008 and kept no count.
+    the ingests that may have stored a pair between two of these images (sorted distinct
+    ids); None when one of the images came in before schema revision 0008, whose ingests kept
+    no count.
 
-    A pair is stored by the ingest that brought in the later of its two images, and every
-    image of a split came in with its version or an earlier one, so these are the ingests of
-    the splits' latest version and of every version before it (by id: the order versions
-    were made in), in any dataset. That may count a bucket no audited image was in: the note
-    it gives says near counts *may* be lower bounds.
+    A pair is stored by the ingest that brought in the later of its two images, so these are
+    the ingests that brought in at least one of the images: those whose range of new image
+    ids (`NearIngest.first_image`, ``last_image``) holds one. On PostgreSQL, ingests side by
+    side interleave their ids, so a range may also hold another ingest's images and count an
+    ingest that stored none of these pairs: the note it gives says near counts *may* be lower
+    bounds. An image in no range came in with an ingest that kept no count.
     """
-    if not splits:
-        return {}
-    split, version = core_table(Split), core_table(Version)
-    latest = conn.execute(
-        select(func.max(split.c.version_id)).where(split.c.id.in_([s.split_id for s in splits]))
-    ).scalar_one()
-    return _guard_counts(conn, version.c.id <= latest)
-
-
-def _guard_counts(conn: Connection, versions: ColumnElement[bool]) -> dict[int, int | None]:
-    """Per recipe id, buckets over the cap summed over the ingests of the versions that match
-    the condition ``versions`` (on ``version.id``); None if one of them has no count."""
-    version, near, recipe = core_table(Version), core_table(NearIngest), core_table(RecipeRecord)
-    made = conn.execute(select(func.count()).select_from(version).where(versions)).scalar_one()
-    kept = {
-        int(recipe_id): (int(ingests), int(total or 0))
-        for recipe_id, ingests, total in conn.execute(
-            select(near.c.recipe_id, func.count(), func.sum(near.c.capped_buckets))
-            .join(version, version.c.id == near.c.version_id)
-            .where(versions)
-            .group_by(near.c.recipe_id)
-        )
-    }
+    near = core_table(NearIngest)
+    rows = conn.execute(
+        select(near.c.recipe_id, near.c.capped_buckets, near.c.first_image, near.c.last_image)
+    ).all()
+    recipe_ids = conn.execute(select(core_table(RecipeRecord).c.id)).scalars().all()
+    ranged = [r for r in rows if r.first_image is not None]
+    first = np.array([r.first_image for r in ranged], np.int64)
+    last = np.array([r.last_image for r in ranged], np.int64)
+    # Which ranges hold one of the images, and is every image in some range?
+    holds = np.searchsorted(images, first, "left") < np.searchsorted(images, last, "right")
+    covered = images.size == 0
+    if first.size and images.size:
+        order = np.argsort(first, kind="stable")
+        reach = np.maximum.accumulate(last[order])  # the furthest range started so far
+        at = np.searchsorted(first[order], images, "right") - 1
+        covered = bool(np.all((at >= 0) & (images <= reach[np.maximum(at, 0)])))
     counts: dict[int, int | None] = {}
-    for recipe_id in conn.execute(select(recipe.c.id)).scalars():
-        ingests, total = kept.get(recipe_id, (0, 0))
-        counts[recipe_id] = total if ingests == made else None
+    for recipe_id in recipe_ids:
+        counts[recipe_id] = (
+            sum(
+                int(r.capped_buckets)
+                for r, h in zip(ranged, holds, strict=True)
+                if h and r.recipe_id == recipe_id
+            )
+            if covered
+            else None
+        )
     return counts
 
 
-def _capped_now(conn: Connection, report: OverlapReport) -> OverlapReport:
-    """A stored overlap report with its tiers' `capped_buckets` read afresh, so that one
-    stored before its catalog lost those counts (a downgrade below schema revision 0008 and
-    back) says what a computed one says."""
-    table = core_table(RecipeRecord)
-    names = dict(conn.execute(select(table.c.id, table.c.name)).all())
-    capped = {names[i]: n for i, n in capped_buckets(conn, report.splits).items() if i in names}
-    return replace(
-        report,
-        near=tuple(replace(t, capped_buckets=capped.get(t.recipe, 0)) for t in report.near),
-    )
+def _catalog_capped(conn: Connection) -> dict[int, int | None]:
+    """Per recipe id, buckets over the cap summed over all of the catalog's ingests; None when
+    a version has no count (ingested before schema revision 0008)."""
+    version, near = core_table(Version), core_table(NearIngest)
+    made = conn.execute(select(func.count()).select_from(version)).scalar_one()
+    kept = {
+        int(recipe_id): (int(ingests), int(total or 0))
+        for recipe_id, ingests, total in conn.execute(
+            select(near.c.recipe_id, func.count(), func.sum(near.c.capped_buckets)).group_by(
+                near.c.recipe_id
+            )
+        )
+    }
+    counts: dict[int, int | None] = {}
+    for recipe_id in conn.execute(select(core_table(RecipeRecord).c.id)).scalars():
+        ingests, total = kept.get(recipe_id, (0, 0))
+        counts[recipe_id] = total if ingests == made else None
+    return counts
 
 
 def _near_tier(
@@ -1061,7 +1076,7 @@ def _near_tier(
             NearConflict(distance=d, a=tuple(items[i][1]), b=tuple(items[j][1]))
             for i, j, d in zip(ids_a, ids_b, distances, strict=True)
         ),
-        capped_buckets=capped_buckets(conn, audit.splits).get(recipe_id, 0),
+        capped_buckets=capped_buckets(conn, audit.images).get(recipe_id, 0),
     )
 
 
@@ -1093,7 +1108,7 @@ def cross_split_copies(
     first = audit.images[shared[: max(limit, 0)]].tolist()
     exact = _members(conn, first, by_id) if first else []
     near = []
-    capped = capped_buckets(conn, audit.splits)
+    capped = capped_buckets(conn, audit.images)
     for recipe_id, name, threshold in select_recipes(conn, recipes, None):
         a, b, rank = _near_pairs(conn, audit, recipe_id, threshold)
         across = np.flatnonzero(audit.across(a, b))
@@ -1167,7 +1182,7 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
             select(near.c.recipe_id, func.max(near.c.largest_bucket)).group_by(near.c.recipe_id)
         )
     }
-    capped = _guard_counts(conn, true())
+    capped = _catalog_capped(conn)
     out = []
     for row in rows:
         try:
@@ -1486,9 +1501,7 @@ def version_diff(
         images_added=int(np.setdiff1d(every_b, every_a).size),
         images_removed=int(np.setdiff1d(every_a, every_b).size),
         labels_before=labels_before,
-        capped_buckets=capped_buckets(conn, [*splits_a, *splits_b]).get(chosen[0], 0)
-        if chosen
-        else 0,
+        capped_buckets=capped_buckets(conn, np.union1d(ia, ib)).get(chosen[0], 0) if chosen else 0,
     )
 
 

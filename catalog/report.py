@@ -276,10 +276,15 @@ def _gates_apply(
     across = [f"--fail-on {kind.value}" for kind in (FailOn.EXACT, FailOn.NEAR) if kind in failing]
     across = (["--max-leakage"] if max_leakage is not None else []) + across
     if across and len(overlap.splits) < 2:
+        named = queries.parse_ref(ref).split is not None
         raise UsageError(
-            f"{ref}: {' and '.join(across)} compare splits, and this is "
-            f"{'one split' if overlap.splits else 'no split'}: audit the whole version "
-            "(DATASET@VERSION) or dataset"
+            f"{ref}: {' and '.join(across)} {'compare' if len(across) > 1 else 'compares'} "
+            "splits, and "
+            + (
+                "this names one: audit its whole version (DATASET@VERSION)"
+                if named
+                else "this has one split: there is nothing for it to leak into"
+            )
         )
     if FailOn.NEAR in failing and not overlap.near:
         raise UsageError(
@@ -296,8 +301,10 @@ def leak_rate(report: AuditReport, pair: PairOverlap) -> tuple[float, str]:
     for tier in report.overlap.near:
         near = tier.pair(pair.a, pair.b)
         if near.rate > worst:
-            bound = ", may be a lower bound" if tier.capped_buckets != 0 else ""
-            worst, how = near.rate, f" + near {percent(near.rate)} under {tier.recipe}{bound}"
+            worst, how = near.rate, f" + near {percent(near.rate)} under {tier.recipe}"
+    # The worst tier is a maximum over tiers: any capped tier may hold more than it counts.
+    if any(tier.capped_buckets != 0 for tier in report.overlap.near):
+        how += ", may be a lower bound"
     return pair.rate + worst, f"exact {percent(pair.rate)}{how}"
 
 

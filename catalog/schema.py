@@ -198,8 +198,10 @@ class NearIngest(Base):
 
     Kept for ``capped_buckets``: where the blow-up guard (`catalog.near.BUCKET_CAP`) limited a
     bucket's candidates, the pairs it stored are a lower bound, and so are the near counts of
-    every report whose splits' pairs that ingest may have stored (`catalog.queries`). Versions
-    ingested before schema revision 0008, and exact-only ingests, have no rows.
+    every report over an image this ingest brought in: a pair is stored by the ingest that
+    brought in the later of its two images. ``first_image`` and ``last_image`` bound the ids
+    of those images (`catalog.queries.capped_buckets`). Versions ingested before schema
+    revision 0008, and exact-only ingests, have no rows.
     """
 
     __tablename__ = "near_ingest"
@@ -215,6 +217,12 @@ class NearIngest(Base):
     largest_bucket: Mapped[int] = mapped_column(BigInteger)
     capped_buckets: Mapped[int] = mapped_column(BigInteger)
     """Buckets over `catalog.near.BUCKET_CAP`, whose candidates the guard limited."""
+    first_image: Mapped[int | None] = mapped_column(BigInteger)
+    """The lowest id of the images this ingest brought in (None: it brought in none)."""
+    last_image: Mapped[int | None] = mapped_column(BigInteger)
+    """The highest such id. Ids grow with each insert, so the images an ingest brought in lie
+    in its range; on PostgreSQL, ingests side by side interleave theirs, and the ranges then
+    hold some of each other's images as well (never fewer than their own)."""
 
 
 class RecipeRecord(Base):

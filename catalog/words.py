@@ -19,9 +19,9 @@ def capped_note(recipe: str, buckets: int | None) -> str:
     format."""
     if buckets is None:
         return (
-            f"{recipe}: some of the ingests that stored these splits' pairs predate schema "
-            "revision 0008 and kept no count of the buckets over the blow-up guard's cap, so "
-            "near counts may be lower bounds; dsaudit dups joins whole groups"
+            f"{recipe}: some of these splits' images came in before dsaudit kept a count of the "
+            "buckets over the blow-up guard's cap (schema revision 0008), so near counts may be "
+            "lower bounds; dsaudit dups joins whole groups"
         )
     return (
         f"{recipe}: {counted(buckets, 'bucket')} (images sharing a band key) went over the "

@@ -15,6 +15,7 @@ from catalog import api
 from catalog.db import resolve_url
 from catalog.schema import NearIngest, core_table
 from cli.app import app
+from tests.conftest import postgres_only
 
 NOTE = "went over the blow-up guard"
 
@@ -112,17 +113,47 @@ def test_reports_on_capped_splits_say_their_near_counts_may_be_lower_bounds(
 
 
 def test_splits_no_capping_ingest_could_touch_carry_no_warning(
-    capped: str, runner: CliRunner
+    capped: str, runner: CliRunner, tmp_path: Path, rng: np.random.Generator
 ) -> None:
-    """plain@v1 came in before the capped ingest, so none of its pairs went through it."""
-    data = json.loads(_run(runner, capped, "overlap", "plain", "--json").stdout)
-    assert [t["capped_buckets"] for t in data["near"]] == [0, 0]
+    """Only the ingests that brought in an audited image can have stored its pairs: plain@v1
+    came in before the capped ingest, after@v1 after it, and neither holds its images."""
+    path = _copies(tmp_path / "a.npz", rng, clustered=False)
+    printed = json.loads(_run(runner, capped, "ingest", "after", "v1", str(path), "--json").stdout)
+    own = {"plain": [0, 0], "after": [n["capped_buckets"] for n in printed["near"]]}
+    for ref, expected in own.items():
+        data = json.loads(_run(runner, capped, "overlap", ref, "--json").stdout)
+        assert [t["capped_buckets"] for t in data["near"]] == expected
+        report = api.overlap(capped, [ref], limit=5)  # computed, not the stored report
+        assert [t.capped_buckets for t in report.near] == expected
     assert "blow-up" not in _run(runner, capped, "overlap", "plain").stdout
-    report = api.overlap(capped, ["plain"], limit=5)  # computed, not the stored report
-    assert [t.capped_buckets for t in report.near] == [0, 0]
-    # Auditing both counts the capped ingest.
+    # Auditing with blobs counts the capped ingest; so does a version that reuses its images.
     both = api.overlap(capped, ["plain", "blobs"])
     assert all(t.capped_buckets >= 16 for t in both.near)
+    _run(runner, capped, "ingest", "reuse", "v1", str(tmp_path / "b.npz"))
+    assert all(t.capped_buckets >= 16 for t in api.overlap(capped, ["reuse"]).near)
+
+
+def test_the_gate_message_is_a_lower_bound_when_any_tier_is_capped(capped: str) -> None:
+    """The leak rate is the largest tier's: a capped tier that counts fewer could hold more."""
+    from dataclasses import replace
+
+    from catalog.report import leak_rate
+
+    report = api.report(capped, "blobs")
+    near = report.overlap.near
+    for capped_tier in range(len(near)):
+        tiers = tuple(
+            replace(t, capped_buckets=17 if n == capped_tier else 0) for n, t in enumerate(near)
+        )
+        alone = replace(report, overlap=replace(report.overlap, near=tiers))
+        pair = alone.overlap.pair("blobs@v1:train", "blobs@v1:test")
+        assert leak_rate(alone, pair)[1].endswith(", may be a lower bound")
+    clean = replace(
+        report,
+        overlap=replace(report.overlap, near=tuple(replace(t, capped_buckets=0) for t in near)),
+    )
+    pair = clean.overlap.pair("blobs@v1:train", "blobs@v1:test")
+    assert "lower bound" not in leak_rate(clean, pair)[1]
 
 
 def test_stored_and_computed_reports_agree_and_check_passes(capped: str, runner: CliRunner) -> None:
@@ -136,8 +167,9 @@ def test_stored_and_computed_reports_agree_and_check_passes(capped: str, runner:
 def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(
     capped: str, tmp_path: Path
 ) -> None:
-    """The counts cannot be rebuilt (the guard also counted probe keys, never stored): the
-    stored overlap report then says what a computed one says, and `check` stays clean."""
+    """Counts cannot be brought back: the downgrade drops them and the stored overlap reports
+    that held them, reports over those images then say the count is unknown, and `check`
+    stays clean."""
     from alembic import command
 
     from catalog.db import _alembic_config, open_catalog
@@ -151,20 +183,56 @@ def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(
                 (command.downgrade if target == "0007" else command.upgrade)(config, target)
     finally:
         engine.dispose()
-    stored, computed = api.overlap(capped, ["blobs"]), api.overlap(capped, ["blobs"], limit=21)
-    assert [t.capped_buckets for t in stored.near] == [t.capped_buckets for t in computed.near]
+    assert list(api.run_sql(capped, "SELECT COUNT(*) FROM stored_report").rows) == [(0,)]
     # Unknown, not 0: the versions' ingests may have capped (these did).
-    assert [t.capped_buckets for t in stored.near] == [None, None]
+    assert [t.capped_buckets for t in api.overlap(capped, ["blobs"]).near] == [None, None]
     assert [r.capped_buckets for r in api.list_recipes(capped)] == [None, None]
     assert api.check(capped).ok
     runner = CliRunner()
     data = json.loads(_run(runner, capped, "overlap", "blobs", "--json").stdout)
     assert [t["capped_buckets"] for t in data["near"]] == [None, None]
     assert _words(_run(runner, capped, "overlap", "plain").stdout).count("kept no count") == 2
-    # A version ingested now keeps its count, but the older ones still make it unknown.
+    # A version ingested now keeps its count: its own images are known, older ones are not.
     path = _copies(tmp_path / "n.npz", np.random.default_rng(1), clustered=False)
-    _run(runner, capped, "ingest", "new", "v1", str(path))
-    assert [t.capped_buckets for t in api.overlap(capped, ["new"]).near] == [None, None]
+    printed = json.loads(_run(runner, capped, "ingest", "new", "v1", str(path), "--json").stdout)
+    own = [n["capped_buckets"] for n in printed["near"]]
+    assert [t.capped_buckets for t in api.overlap(capped, ["new"]).near] == own
+    assert [t.capped_buckets for t in api.overlap(capped, ["new", "plain"]).near] == [None, None]
+
+
+@postgres_only
+def test_an_ingest_beside_counts_when_its_images_are_reused(db: str) -> None:
+    """On PostgreSQL an ingest that started later (a higher version id) can commit first, and
+    one still running then reuses its images: its capped count applies to the reuser's
+    splits (a rule by version id missed it)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(30, 226, (28, 28)).astype(np.int16)
+    copies = np.clip(base + rng.integers(-2, 3, (101, 28, 28)), 0, 255).astype(np.uint8)
+    other = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    api.ingest(db, "base", "v1", {"train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)})
+    beside: list[int] = []
+
+    def run_the_other(_task: str, _advance: int, _total: int) -> None:
+        if not beside:
+            done = api.ingest(db, "b", "v1", {"train": copies[:100], "test": copies[100:]})
+            beside.append(done.version_id)
+
+    first = api.ingest(
+        db,
+        "a",
+        "v1",
+        # Its first split holds none of b's images: b runs (at a's first progress report)
+        # before a adds any, or b would wait for a's transaction, and a for b.
+        {
+            "s1": other[:40],
+            "train": copies[:100],
+            "test": np.concatenate([other[40:], copies[100:]]),
+        },
+        on_progress=run_the_other,
+    )
+    assert beside and beside[0] > first.version_id  # b started later and committed first
+    tiers = api.overlap(db, ["a"]).near
+    assert all(t.capped_buckets is not None and t.capped_buckets >= 16 for t in tiers)
 
 
 def test_diff_near_replacements_carry_the_warning_unless_exact(

@@ -288,8 +288,8 @@ def test_gate_exit_codes(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--max-leakage", "0.5"], 2, "--max-leakage compare splits, and this is one split"),
-        (["--fail-on", "exact"], 2, "--fail-on exact compare splits"),
+        (["--max-leakage", "0.5"], 2, "--max-leakage compares splits, and this names one"),
+        (["--fail-on", "exact"], 2, "--fail-on exact compares splits"),
         (["--fail-on", "near", "--max-leakage", "0"], 2, "--max-leakage and --fail-on near"),
         (["--fail-on", "conflicts"], 1, "Gate tripped: conflicts: 3 images carry"),
         (["--fail-on", "low-info"], 1, "Gate tripped: low-info: 8 low-information items"),

@@ -5,11 +5,13 @@ Revises: 0007
 Create Date: 2026-12-02
 
 ``near_ingest`` keeps, per version and recipe, the images signed, the band join's candidates,
-the pairs stored, the largest bucket and how many buckets went over the blow-up guard's cap
-(`catalog.near.BUCKET_CAP`). Reports use the last to say when their near counts are lower
-bounds. Versions ingested before this revision have no rows: what their ingests capped was
-printed then and not kept, and cannot be told from the stored band keys alone (the guard also
-counts probe keys, which are never stored).
+the pairs stored, the largest bucket, how many buckets went over the blow-up guard's cap
+(`catalog.near.BUCKET_CAP`) and the range of ids of the images the ingest brought in. Reports
+use them to say when their near counts may be lower bounds. Versions ingested before this
+revision have no rows: what their ingests capped was printed then and not kept.
+
+A downgrade drops the table and the stored overlap reports, which hold counts from it that an
+upgrade could not bring back; the older release computes those reports when asked.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def upgrade() -> None:
         sa.Column("pairs", sa.BigInteger(), nullable=False),
         sa.Column("largest_bucket", sa.BigInteger(), nullable=False),
         sa.Column("capped_buckets", sa.BigInteger(), nullable=False),
+        sa.Column("first_image", sa.BigInteger(), nullable=True),
+        sa.Column("last_image", sa.BigInteger(), nullable=True),
         sa.ForeignKeyConstraint(
             ["version_id"], ["version.id"], name=op.f("fk_near_ingest_version_id_version")
         ),
@@ -46,4 +50,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM stored_report WHERE kind = 'overlap'")
     op.drop_table("near_ingest")
