@@ -126,7 +126,7 @@ def resolve(conn: Connection, ref: Ref | str, *, sizes: bool = True) -> tuple[Sp
         select(dataset.c.id).where(dataset.c.name == ref.dataset)
     ).scalar_one_or_none()
     if dataset_id is None:
-        known = conn.execute(select(dataset.c.name).order_by(dataset.c.name)).scalars().all()
+        known = sorted(conn.execute(select(dataset.c.name)).scalars().all())
         raise NotFoundError(
             f"dataset '{ref.dataset}' is not in the catalog"
             + (f" (datasets: {', '.join(known)})" if known else " (the catalog is empty)")
@@ -191,10 +191,12 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
         core_table(Split),
         core_table(Item),
     )
-    query = select(ds.c.id, ds.c.name).order_by(ds.c.name)
+    query = select(ds.c.id, ds.c.name)
     if dataset is not None:
         query = query.where(ds.c.name == dataset)
-    datasets = conn.execute(query).all()
+    # Sorted here, by code point: ORDER BY follows the database's collation, which on a
+    # PostgreSQL server made with en_US puts "b" before "B" where SQLite puts "B" first.
+    datasets = sorted(conn.execute(query).all(), key=lambda row: row.name)
     if dataset is not None and not datasets:
         resolve(conn, Ref(dataset))  # raises the helpful NotFoundError
     parent = version.alias("parent")
@@ -1610,6 +1612,9 @@ def show_image(conn: Connection, target: str, *, limit: int = 10) -> ShowReport:
         )
         .join(core_table(Item), core_table(Item).c.source_id == core_table(Source).c.id)
         .where(core_table(Item).c.image_id == image_id)
+        # The first items in split and position order, tried in that order: the same source
+        # on every engine, as the items are listed.
+        .order_by(core_table(Item).c.split_id, core_table(Item).c.position)
         .limit(20)
     ).all()
     for path, fmt, size, key, source_row, sha256 in sources:

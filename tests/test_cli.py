@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import cli
 from catalog import api
+from catalog.errors import NotFoundError
 from cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,17 @@ def test_ls_lists_versions_and_counts(
     assert "letters" in table and "first" in table and "300" in table
     # Each version's files on a line of their own, not beside one of its splits.
     assert "v1 read from letters.npz" in table and "v2 read from letters.npz" in table
+
+
+def test_datasets_are_listed_in_code_point_order_on_every_engine(db: str) -> None:
+    """Not in the database's collation: a PostgreSQL server made with en_US sorted b before
+    B, and its JSON differed from SQLite's."""
+    for name in ("b", "B", "a", "_x", "é"):
+        api.ingest(db, name, "v1", {"train": np.arange(16, dtype=np.uint8).reshape(1, 4, 4)})
+    names = [d.name for d in api.list_catalog(db).datasets]
+    assert names == ["B", "_x", "a", "b", "é"]
+    with pytest.raises(NotFoundError, match=r"\(datasets: B, _x, a, b, é\)"):
+        api.overlap(db, ["nope"])
 
 
 def test_explicit_split_with_npy_files(db: str, runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
