@@ -64,3 +64,21 @@ def require_utf8(path: str | os.PathLike[str]) -> None:
         raise InputError(
             f"{shown}: the name is not valid UTF-8; rename it (the catalog keeps names as text)"
         ) from None
+
+
+NOT_IN_NAMES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+"""Unicode categories no name or label may hold: controls (NUL, newline, tab, ESC), lone
+surrogates (bytes that were not UTF-8), line and paragraph separators. Joiners (used in
+Persian, Indic scripts and emoji), other spaces and letters of any script are fine."""
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidirectional overrides and isolates, which make a name or label print as another."""
+
+
+def unprintable(text: str) -> str | None:
+    """The first character of ``text`` that no name or label may hold (`NOT_IN_NAMES`,
+    `BIDI_CONTROLS`: an ESC in a label reached the terminal as a colour code), else None."""
+    import unicodedata
+
+    return next(
+        (c for c in text if unicodedata.category(c) in NOT_IN_NAMES or c in BIDI_CONTROLS), None
+    )

@@ -14,7 +14,6 @@ import hashlib
 import os
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from sqlalchemy import Connection, Insert, Select, Table, func, insert, select
 
 from catalog import __version__
 from catalog.db import bulk_insert, insert_absent, placeholder
-from catalog.errors import InputError, NotFoundError, VersionExistsError
+from catalog.errors import InputError, NotFoundError, VersionExistsError, unprintable
 from catalog.loaders import Chunk, ImageArray, PlannedSplit, SkippedFile, SplitInput
 from catalog.loaders.arrays import file_digest
 from catalog.loaders.folders import FOLDER_FORMAT, FolderSplit
@@ -144,14 +143,6 @@ def check_names(dataset: str, version: str, splits: Sequence[PlannedSplit]) -> N
         _check_name("split", split.name, where)
 
 
-_NOT_IN_NAMES = {"Cc", "Cs", "Zl", "Zp"}
-"""Unicode categories a name may not hold: controls (NUL, newline, tab, ESC), lone surrogates
-(bytes that were not UTF-8), line and paragraph separators. Joiners (used in Persian, Indic
-scripts and emoji), other spaces and letters of any script are fine."""
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-"""Bidirectional overrides and isolates, which make a name print as another."""
-
-
 def _check_name(kind: str, value: str, where: str = "") -> None:
     # Spaces around a name are refused: refs are read with them stripped, so such a name
     # could be stored but never named again.
@@ -160,7 +151,7 @@ def _check_name(kind: str, value: str, where: str = "") -> None:
         or len(value) > _NAME_LIMIT
         or any(c in value for c in "@:/")
         or value != value.strip()
-        or any(unicodedata.category(c) in _NOT_IN_NAMES or c in _BIDI_CONTROLS for c in value)
+        or unprintable(value) is not None
     ):
         raise InputError(
             f"{where}{kind} name {repr(value) if value.isprintable() else ascii(value)} must be "

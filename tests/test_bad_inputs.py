@@ -132,14 +132,29 @@ def _folder_with_a_bad_split_name(s: Setup) -> Sequence[str]:
     return [str(s.path("named"))]
 
 
-def _labels_csv_with_a_nul(s: Setup) -> Sequence[str]:
+def _labels_csv_with(name: str, text: str) -> Make:
+    def make(s: Setup) -> Sequence[str]:
+        from PIL import Image
+
+        folder = s.path("flat") / "train"
+        folder.mkdir(parents=True)
+        Image.fromarray(_images(1)[0]).save(folder / "a.png")
+        s.path(name).write_text(text)
+        return [str(s.path("flat")), "--labels", str(s.path(name))]
+
+    return make
+
+
+_labels_csv_with_a_nul = _labels_csv_with("nul.csv", "train/a.png,x\0y\n")
+
+
+def _class_folder_with_an_escape(s: Setup) -> Sequence[str]:
     from PIL import Image
 
-    folder = s.path("flat") / "train"
+    folder = s.path("classes") / "train" / "\x1b[31mcat"
     folder.mkdir(parents=True)
     Image.fromarray(_images(1)[0]).save(folder / "a.png")
-    s.path("nul.csv").write_text("train/a.png,x\0y\n")
-    return [str(s.path("flat")), "--labels", str(s.path("nul.csv"))]
+    return [str(s.path("classes"))]
 
 
 def _pickle(s: Setup) -> Sequence[str]:
@@ -279,7 +294,32 @@ CASES: dict[str, Case] = {
         "unused.npz",
     ),
     "labels CSV with a NUL in a label": Case(
-        _labels_csv_with_a_nul, "line 1: the label holds a NUL character", "nul.csv"
+        _labels_csv_with_a_nul, "line 1: the label holds the control character '\\x00'", "nul.csv"
+    ),
+    "labels CSV with an escape sequence": Case(
+        _labels_csv_with("esc.csv", "train/a.png,\x1b[31mred\n"),
+        "line 1: the label holds the control character '\\x1b'",
+        "esc.csv",
+    ),
+    "class folder whose name holds an escape sequence": Case(
+        _class_folder_with_an_escape,
+        "a class folder's name is its label, and it holds the control character '\\x1b'",
+        "classes",
+    ),
+    "labels with an escape sequence": Case(
+        _npz("esc.npz", x_train=_images(3), y_train=np.array(["a", "b", "\x1b[31mred"])),
+        "label 2 holds the control character '\\x1b'",
+        "esc.npz",
+    ),
+    "labels with a bidi override": Case(
+        _npz("rtl.npz", x_train=_images(2), y_train=np.array(["\u202etac", "dog"])),
+        "label 0 holds the control character '\\u202e'",
+        "rtl.npz",
+    ),
+    "labels with a line break": Case(
+        _npz("nl.npz", x_train=_images(2), y_train=np.array(["cat", "do\rg"])),
+        "label 1 holds the control character '\\r'",
+        "nl.npz",
     ),
     "image folder with a split name that cannot be a ref": Case(
         _folder_with_a_bad_split_name, "named/tr@in: split name 'tr@in'", "tr@in"

@@ -28,7 +28,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from catalog.errors import InputError
+from catalog.errors import BIDI_CONTROLS, InputError
 from catalog.pixels import check_images
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -492,7 +492,26 @@ def _storable(labels: np.ndarray, where: str) -> np.ndarray:
     nul = np.flatnonzero(inner.any(axis=1)) if width > 1 else np.empty(0, np.int64)
     if nul.size:
         raise InputError(f"{where}: label {nul[0]} holds a NUL character, which no label may")
+    # Controls, line separators and bidi overrides, as names refuse them (`unprintable`):
+    # category Cc is U+0001-001F and U+007F-009F (NUL is padding here, refused above).
+    control = ((codes >= 1) & (codes < 0x20)) | ((codes >= 0x7F) & (codes < 0xA0))
+    control |= np.isin(codes, _REFUSED_POINTS)
+    odd = np.flatnonzero(control.any(axis=1))
+    if odd.size:
+        row = odd[0]
+        char = chr(int(codes[row][control[row]][0]))
+        raise InputError(
+            f"{where}: label {row} holds the control character {ascii(char)}, which no label "
+            "may (it would print as something else)"
+        )
     return labels
+
+
+_REFUSED_POINTS = np.array(
+    sorted({0x2028, 0x2029} | {ord(c) for c in BIDI_CONTROLS}), dtype=np.uint32
+)
+"""Code points `unprintable` refuses outside the control ranges: line and paragraph
+separators (Zl, Zp) and bidirectional controls."""
 
 
 def _as_strings(labels: np.ndarray, n: int, where: str) -> np.ndarray:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.errors import InputError, require_utf8
+from catalog.errors import InputError, require_utf8, unprintable
 from catalog.loaders.arrays import LABEL_LIMIT, SourceFile
 from catalog.loaders.chunk import Chunk, SkippedFile
 from catalog.pixels import MAX_SIDE, value_range
@@ -476,8 +476,12 @@ def read_labels(path: Path) -> dict[str, tuple[str, int]]:
                     raise InputError(f"{where}: both a path and a label are needed")
                 if len(label) > LABEL_LIMIT:
                     raise InputError(f"{where}: label longer than {LABEL_LIMIT} characters")
-                if "\0" in label:
-                    raise InputError(f"{where}: the label holds a NUL character")
+                odd = unprintable(label)
+                if odd is not None:
+                    raise InputError(
+                        f"{where}: the label holds the control character {ascii(odd)}, which "
+                        "no label may"
+                    )
                 if relative in found:
                     raise InputError(
                         f"{where}: {relative} is labelled again (first on line "
@@ -515,6 +519,12 @@ def _split_files(root: Path, split: str) -> tuple[list[str], list[str | None]]:
             raise InputError(
                 f"{directory / name}: a class folder's name is its label, at most "
                 f"{LABEL_LIMIT} characters; rename it or give --labels"
+            )
+        odd = unprintable(name)
+        if odd is not None:
+            raise InputError(
+                f"{directory / ascii(name)[1:-1]}: a class folder's name is its label, and it "
+                f"holds the control character {ascii(odd)}; rename it or give --labels"
             )
         relatives += [f"{split}/{name}/{f}" for f in found]
         labels += [name] * len(found)
