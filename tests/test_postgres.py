@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -488,6 +489,32 @@ def _waiting_on(holder: Connection, work: Callable[[], object]) -> threading.Thr
 
 def _recipes(conn: Connection) -> list[str]:
     return list(conn.exec_driver_sql("SELECT name FROM recipe ORDER BY id").scalars())
+
+
+@postgres_only
+def test_sigterm_takes_back_a_first_ingests_recipes(db: str, tmp_path: Path, letters) -> None:  # type: ignore[no-untyped-def]
+    """``docker stop`` or a cancelled CI job: Python's default for SIGTERM ended the process
+    on the spot, and the recipes it had registered stayed, with no images."""
+    images, _labels = letters
+    archive = _archive(tmp_path / "l.npz", images[:1000], images[1000:1100])
+    engine = open_catalog(db)
+    with engine.connect() as conn, conn.begin():
+        # Held until the ingest waits for it at its band join, recipes registered by then.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PAIR_LOCK})")
+        process = _start(db, "l", "v1", archive)
+        deadline = time.monotonic() + 120
+        while _waiting(conn) < 1:
+            assert process.poll() is None, _output(process)
+            assert time.monotonic() < deadline, "the ingest never reached its band join"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    assert code == 128 + signal.SIGTERM, _output(process)
+    assert "Traceback" not in _output(process)
+    with engine.connect() as conn:
+        assert _recipes(conn) == []
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM dataset").scalar_one() == 0
+    engine.dispose()
 
 
 @postgres_only
