@@ -228,9 +228,9 @@ def ingest(
                 with suppress(Exception):  # the ingest's own error is the report
                     write_retrying(engine, lambda conn: unregister_recipes(conn, registered))
             raise
-        # The version is committed: a Ctrl-C now stops only the statistics (autovacuum
-        # refreshes them later), and the ingest is reported as done.
-        with suppress(KeyboardInterrupt):
+        # The version is committed: a Ctrl-C or SIGTERM (`cli._terminated`) now stops only the
+        # statistics (autovacuum refreshes them later), and the ingest is reported as done.
+        with suppress(KeyboardInterrupt, SystemExit):
             refresh_statistics(engine)
         return result
 

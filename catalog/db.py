@@ -239,7 +239,7 @@ def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
         migrate(engine, create=create)
     except DatabaseError as exc:
         engine.dispose()
-        full = storage_error(url, exc)
+        full = storage_error(url, exc) or _timed_out(url, exc) or _not_allowed(url, exc)
         if full is not None:
             raise full from None
         raise SchemaError(

@@ -71,6 +71,9 @@ from catalog.schema import (
 )
 from catalog.schema import SkippedFile as SkippedFileRecord
 
+_BYTE_ORDER = {"sqlite": "BINARY", "postgresql": "C"}
+"""Each engine's collation that sorts text by code point (UTF-8 byte order)."""
+
 _REF = re.compile(r"^(?P<dataset>[^@:]+)(?:@(?P<version>[^@:]+))?(?::(?P<split>[^@:]+))?$")
 
 
@@ -258,7 +261,8 @@ def list_catalog(conn: Connection, dataset: str | None = None) -> Listing:
             for r in conn.execute(
                 select(skipped_table.c.path, skipped_table.c.reason)
                 .where(skipped_table.c.version_id == version_id)
-                .order_by(skipped_table.c.path)
+                # By code point on every engine, not by a PostgreSQL server's collation.
+                .order_by(skipped_table.c.path.collate(_BYTE_ORDER[conn.dialect.name]))
                 .limit(SKIPPED_LISTED)
             )
         )
@@ -513,9 +517,13 @@ def _pair_tables(audit: _Audit, items: np.ndarray, images: np.ndarray) -> tuple[
 
 STORED_OVERLAP = "overlap"
 """`StoredReport.kind` of a version's overlap report."""
-STORED_OVERLAP_FORMAT = 1
-"""`StoredReport.format` of the overlap reports this release stores and reads: bump it whenever
-`overlap` computes or holds anything differently, and older stored reports are ignored."""
+STORED_OVERLAP_FORMAT = 2
+"""`StoredReport.format` of the overlap reports this release stores: bump it whenever `overlap`
+computes or holds anything differently, and older stored reports are ignored (unless listed
+in `_READABLE_FORMATS`)."""
+_READABLE_FORMATS = (1, STORED_OVERLAP_FORMAT)
+"""Formats this release reads. Format 1 (before schema revision 0008) holds no capped-bucket
+counts, and its ingest kept none: its tiers are read as unknown (`_unknown_capping`)."""
 STORED_LIMIT = 20
 """Label conflicts a stored overlap report lists in detail per tier: the default ``--limit``
 of ``dsaudit overlap`` and ``dsaudit report``; a larger limit is computed as asked."""
@@ -600,15 +608,22 @@ def _stored_overlap(conn: Connection, splits: Sequence[SplitInfo]) -> OverlapRep
     )
     if len(versions) != 1:
         return None
-    body = conn.execute(
-        select(stored.c.body).where(
+    found = conn.execute(
+        select(stored.c.body, stored.c.format).where(
             stored.c.version_id == versions[0],
             stored.c.kind == STORED_OVERLAP,
-            stored.c.format == STORED_OVERLAP_FORMAT,
+            stored.c.format.in_(_READABLE_FORMATS),
         )
-    ).scalar_one_or_none()
-    report = _decoded(body) if body is not None else None
+    ).one_or_none()
+    report = _decoded(found.body, found.format) if found is not None else None
     return report if report is not None and _answers(conn, report, ids) else None
+
+
+def _unknown_capping(report: OverlapReport) -> OverlapReport:
+    """A format-1 report: stored by an ingest before schema revision 0008, whose images came
+    in with no count of the guard's capped buckets, so each tier's count is unknown (as the
+    report computed now says); decoded, its missing counts would read 0."""
+    return replace(report, near=tuple(replace(t, capped_buckets=None) for t in report.near))
 
 
 def _answers(conn: Connection, report: OverlapReport, split_ids: Sequence[int]) -> bool:
@@ -626,13 +641,14 @@ _UNREADABLE = (ValueError, KeyError, TypeError)
 """What decoding a damaged stored report raises (bad JSON; missing or unexpected fields)."""
 
 
-def _decoded(body: str) -> OverlapReport | None:
-    """A stored overlap report, or None if it is damaged (`dsaudit check` names it): the
-    report is then computed, as for a version that has none."""
+def _decoded(body: str, fmt: int) -> OverlapReport | None:
+    """A stored overlap report of a `_READABLE_FORMATS` format, or None if it is damaged
+    (`dsaudit check` names it): the report is then computed, as for a version that has none."""
     try:
-        return from_json(OverlapReport, json.loads(body))
+        report = from_json(OverlapReport, json.loads(body))
     except _UNREADABLE:
         return None
+    return _unknown_capping(report) if fmt == 1 else report
 
 
 def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
@@ -645,7 +661,7 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
         select(dataset.c.name, version.c.tag, stored.c.body)
         .join(version, version.c.id == stored.c.version_id)
         .join(dataset, dataset.c.id == version.c.dataset_id)
-        .where(stored.c.kind == STORED_OVERLAP, stored.c.format == STORED_OVERLAP_FORMAT)
+        .where(stored.c.kind == STORED_OVERLAP, stored.c.format.in_(_READABLE_FORMATS))
         .order_by(stored.c.version_id)
     ).all()
     compared, problems = 0, []

@@ -250,3 +250,30 @@ def test_diff_near_replacements_carry_the_warning_unless_exact(
     exact = _run(runner, capped, "diff", "blobs@v1", "blobs@v2", "--exact", "--json").stdout
     assert json.loads(exact)["capped_buckets"] == 0
     assert "blow-up" not in _run(runner, capped, "diff", "blobs@v1", "blobs@v2", "--exact").stdout
+
+
+def test_a_report_stored_before_0008_says_its_count_is_unknown(capped: str) -> None:
+    """Stored overlap reports of format 1 hold no counts, and decoded they read 0: the
+    warning vanished on exactly the catalogs whose ingests kept no count (review)."""
+    from sqlalchemy import text
+
+    engine = create_engine(resolve_url(capped))
+    try:
+        with engine.begin() as conn:
+            for version_id, body in conn.execute(
+                text("SELECT version_id, body FROM stored_report")
+            ):
+                data = json.loads(body)
+                for tier in data["near"]:
+                    del tier["capped_buckets"]
+                conn.execute(
+                    text("UPDATE stored_report SET format = 1, body = :b WHERE version_id = :v"),
+                    {"b": json.dumps(data), "v": version_id},
+                )
+    finally:
+        engine.dispose()
+    for ref in ("plain", "blobs"):
+        assert [t.capped_buckets for t in api.overlap(capped, [ref]).near] == [None, None]
+    gate = api.report(capped, "blobs", max_leakage=0.99).gates[0]
+    assert "may be a lower bound" in gate.message
+    assert api.check(capped).ok

@@ -413,13 +413,16 @@ def test_a_lock_timeout_of_ones_own_is_catalog_busy(db: str, tmp_path: Path) -> 
     bounded = f"{db}{'&' if '?' in db else '?'}options=-c%20lock_timeout%3D200ms"
     holder = create_engine(db)
     try:
-        with holder.connect() as conn, conn.begin():
-            conn.exec_driver_sql("LOCK TABLE item, split IN ACCESS EXCLUSIVE MODE")
-            for command in (["ls"], ["ingest", "d", "v2", "--split", f"train={path}"]):
-                result = CliRunner().invoke(app, ["--db", bounded, *command])
-                assert result.exit_code == 2, result.output
-                assert "catalog busy: waited longer than the lock_timeout" in result.stderr
-                assert "Traceback" not in result.output
+        # The data, then the schema's version (read first, on opening: as while another
+        # process upgrades the schema).
+        for tables in ("item, split", "alembic_version"):
+            with holder.connect() as conn, conn.begin():
+                conn.exec_driver_sql(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+                for command in (["ls"], ["ingest", "d", "v2", "--split", f"train={path}"]):
+                    result = CliRunner().invoke(app, ["--db", bounded, *command])
+                    assert result.exit_code == 2, result.output
+                    assert "catalog busy: waited longer than the lock_timeout" in result.stderr
+                    assert "Traceback" not in result.output
     finally:
         holder.dispose()
     assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1"]
