@@ -382,19 +382,25 @@ def test_a_write_the_server_refuses_is_a_one_line_error(db: str, code: str, frag
     engine.dispose()
 
 
+def _second_version(db: str, tmp_path: Path, option: str) -> tuple[str, list[str]]:
+    """A catalog holding d@v1, the URL of a session with ``option`` set (``name=value``),
+    and the arguments of a command that would ingest d@v2."""
+    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(64, 128, dtype=np.uint8).reshape(4, 4, 4))
+    name, value = option.split("=")
+    url = f"{db}{'&' if '?' in db else '?'}options=-c%20{name}%3D{value}"
+    return url, ["ingest", "d", "v2", "--split", f"train={path}"]
+
+
 @postgres_only
 def test_an_ingest_into_a_read_only_session_changes_nothing(db: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from cli.app import app
 
-    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
-    path = tmp_path / "x.npy"
-    np.save(path, np.arange(64, 128, dtype=np.uint8).reshape(4, 4, 4))
-    read_only = f"{db}{'&' if '?' in db else '?'}options=-c%20default_transaction_read_only%3Don"
-    result = CliRunner().invoke(
-        app, ["--db", read_only, "ingest", "d", "v2", "--split", f"train={path}"]
-    )
+    read_only, ingest = _second_version(db, tmp_path, "default_transaction_read_only=on")
+    result = CliRunner().invoke(app, ["--db", read_only, *ingest])
     assert result.exit_code == 2, result.output
     assert "the database takes no writes" in result.stderr and "Traceback" not in result.output
     assert [v.tag for v in api.list_catalog(db).datasets[0].versions] == ["v1"]
@@ -407,10 +413,7 @@ def test_a_lock_timeout_of_ones_own_is_catalog_busy(db: str, tmp_path: Path) -> 
 
     from cli.app import app
 
-    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
-    path = tmp_path / "x.npy"
-    np.save(path, np.arange(64, 128, dtype=np.uint8).reshape(4, 4, 4))
-    bounded = f"{db}{'&' if '?' in db else '?'}options=-c%20lock_timeout%3D200ms"
+    bounded, ingest = _second_version(db, tmp_path, "lock_timeout=200ms")
     holder = create_engine(db)
     try:
         # The data, then the schema's version (read first, on opening: as while another
@@ -418,7 +421,7 @@ def test_a_lock_timeout_of_ones_own_is_catalog_busy(db: str, tmp_path: Path) -> 
         for tables in ("item, split", "alembic_version"):
             with holder.connect() as conn, conn.begin():
                 conn.exec_driver_sql(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
-                for command in (["ls"], ["ingest", "d", "v2", "--split", f"train={path}"]):
+                for command in (["ls"], ingest):
                     result = CliRunner().invoke(app, ["--db", bounded, *command])
                     assert result.exit_code == 2, result.output
                     assert "catalog busy: waited longer than the lock_timeout" in result.stderr
