@@ -154,6 +154,11 @@ DAMAGE = {
         "recipes",
         "column radius is 0.5",
     ),
+    "signature cut short": (
+        [f"UPDATE signature SET value = x'00' WHERE recipe_id = 2 AND image_id = {SIGNED}"],
+        "signatures",
+        "signature under phash256-v2 is 1 byte, not 32",
+    ),
     "informative image never signed": (
         [f"DELETE FROM signature WHERE recipe_id = 2 AND image_id = {SIGNED}"],
         "signatures",
