@@ -14,10 +14,11 @@ frozen dataclasses of `catalog.model`, usable after the call returns.
 from __future__ import annotations
 
 import operator
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -26,7 +27,14 @@ from sqlalchemy.exc import DatabaseError
 from catalog import queries
 from catalog.check import DEFAULT_SAMPLE, CheckReport, CheckResult
 from catalog.check import check as _check
-from catalog.db import describe, open_catalog, reading, refresh_statistics, write_retrying
+from catalog.db import (
+    describe,
+    open_catalog,
+    reading,
+    refresh_statistics,
+    resolve_url,
+    write_retrying,
+)
 from catalog.errors import UsageError, require_utf8
 from catalog.ingest import IngestResult, ProgressCallback, check_names
 from catalog.ingest import ingest as _ingest
@@ -83,10 +91,13 @@ if TYPE_CHECKING:
     from catalog.demo import DemoRun
 
 ArraySplits = Mapping[str, np.ndarray | tuple[np.ndarray, np.ndarray | None]]
+Catalog: TypeAlias = str | os.PathLike[str] | Engine | None
+"""Where the catalog is: a path (a `pathlib.Path` too) or URL, an open engine, or None for
+``$DSAUDIT_DB`` or ``./dsaudit.db`` (`catalog.db.resolve_url`)."""
 
 
 @contextmanager
-def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
+def _engine(db: Catalog, *, create: bool) -> Iterator[Engine]:
     if isinstance(db, Engine):
         yield db
         return
@@ -98,7 +109,7 @@ def _engine(db: str | Engine | None, *, create: bool) -> Iterator[Engine]:
 
 
 @contextmanager
-def _reading(db: str | Engine | None) -> Iterator[Connection]:
+def _reading(db: Catalog) -> Iterator[Connection]:
     with _engine(db, create=False) as engine, reading(engine) as conn:
         # One read transaction: every query of a report sees the same snapshot.
         yield conn
@@ -161,7 +172,7 @@ def plan(
 
 
 def ingest(
-    db: str | Engine | None,
+    db: Catalog,
     dataset: str,
     version: str,
     splits: Sequence[PlannedSplit] | ArraySplits | str | Path,
@@ -260,14 +271,14 @@ def _count(name: str, value: int, least: int = 0, most: int = MAX_COUNT) -> int:
     return number
 
 
-def list_catalog(db: str | Engine | None, dataset: str | None = None) -> Listing:
+def list_catalog(db: Catalog, dataset: str | None = None) -> Listing:
     """Datasets, versions and splits with item and distinct-image counts."""
     with _reading(db) as conn:
         return queries.list_catalog(conn, dataset)
 
 
 def overlap(
-    db: str | Engine | None,
+    db: Catalog,
     refs: Sequence[str],
     *,
     limit: int = 20,
@@ -286,7 +297,7 @@ def overlap(
 
 
 def duplicate_groups(
-    db: str | Engine | None,
+    db: Catalog,
     refs: Sequence[str],
     *,
     recipe: str | None = None,
@@ -307,7 +318,7 @@ def duplicate_groups(
 
 
 def version_diff(
-    db: str | Engine | None,
+    db: Catalog,
     a: str,
     b: str,
     *,
@@ -330,7 +341,7 @@ def version_diff(
 
 
 def label_conflicts(
-    db: str | Engine | None,
+    db: Catalog,
     refs: Sequence[str],
     *,
     recipes: Sequence[str] | None = None,
@@ -348,20 +359,20 @@ def label_conflicts(
         )
 
 
-def show_image(db: str | Engine | None, target: str, *, limit: int = 10) -> ShowReport:
+def show_image(db: Catalog, target: str, *, limit: int = 10) -> ShowReport:
     """One image: its items with provenance, its near copies, a preview from its source."""
     with _reading(db) as conn:
         return queries.show_image(conn, target, limit=_count("limit", limit))
 
 
-def list_recipes(db: str | Engine | None) -> tuple[RecipeInfo, ...]:
+def list_recipes(db: Catalog) -> tuple[RecipeInfo, ...]:
     """The catalog's near-duplicate recipes, with what their thresholds mean."""
     with _reading(db) as conn:
         return queries.list_recipes(conn)
 
 
 def report(
-    db: str | Engine | None,
+    db: Catalog,
     ref: str,
     *,
     against: Sequence[str] = (),
@@ -402,7 +413,7 @@ def report(
     return collect_pictures(made) if pictures else made
 
 
-def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> CheckReport:
+def check(db: Catalog, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> CheckReport:
     """Verify the catalog: integrity, foreign keys, orphans, pair order, recipe fingerprints,
     band keys, and the digests of ``sample`` items (seeded) recomputed from their source files.
     ``report.ok`` is False when anything is wrong; see `catalog.check`."""
@@ -419,9 +430,11 @@ def check(db: str | Engine | None, *, sample: int = DEFAULT_SAMPLE, seed: int = 
     return made
 
 
-def run_sql(db: str | Engine | None, statement: str, *, max_rows: int | None = None) -> SqlResult:
+def run_sql(db: Catalog, statement: str, *, max_rows: int | None = None) -> SqlResult:
     """One statement on a read-only connection (enforced by the connection, not by parsing)."""
-    url = db.url.render_as_string(hide_password=False) if isinstance(db, Engine) else db
+    url = (
+        db.url.render_as_string(hide_password=False) if isinstance(db, Engine) else resolve_url(db)
+    )
     rows = None if max_rows is None else _count("max_rows", max_rows, least=1)
     return _run_sql(url, statement, max_rows=rows)
 

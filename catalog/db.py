@@ -82,9 +82,10 @@ T = TypeVar("T")
 POSTGRES_EXAMPLE = "postgresql+psycopg://USER@HOST/DATABASE"
 
 
-def resolve_url(db: str | None = None) -> str:
+def resolve_url(db: str | os.PathLike[str] | None = None) -> str:
     """The catalog URL: ``db``, else ``$DSAUDIT_DB``, else ``./dsaudit.db``; a path means SQLite."""
-    value = db or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
+    value = os.fspath(db) if db is not None else ""
+    value = value or os.environ.get(ENV_VAR) or DEFAULT_CATALOG
     if "://" in value:
         try:
             value.encode("utf-8")
@@ -210,7 +211,7 @@ def _build_engine(url: str) -> Engine:
         ) from None
 
 
-def open_catalog(db: str | None = None, *, create: bool = True) -> Engine:
+def open_catalog(db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Engine:
     """Open (and create or upgrade) the catalog named by ``db`` (a URL or a path).
 
     Args:
@@ -292,7 +293,7 @@ def _refuse_foreign(path: Path, *, create: bool) -> None:
         )
 
 
-def catalog_file(db: str | None = None) -> Path | None:
+def catalog_file(db: str | os.PathLike[str] | None = None) -> Path | None:
     """The SQLite file of the catalog named by ``db`` (`resolve_url`); None for another engine."""
     return _sqlite_path(resolve_url(db))
 

@@ -91,3 +91,12 @@ def test_names_that_are_not_text_are_refused(tmp_path: Path) -> None:
     # Joiners, other spaces and any script are text: Persian, Japanese, emoji sequences.
     for dataset in ("داده\u200cها", "データ\u3000セット", "👨\u200d👩\u200d👧", "naïve"):
         api.ingest(str(tmp_path / "c.db"), dataset, "v1", x, near=False)
+
+
+def test_a_pathlib_path_names_the_catalog(tmp_path: Path) -> None:
+    """`api.plan` and folder ingests took a Path; the catalog argument raised TypeError."""
+    db = tmp_path / "c.db"
+    api.ingest(db, "d", "v1", {"train": np.arange(64, dtype=np.uint8).reshape(4, 4, 4)})
+    assert api.overlap(db, ["d"]).splits[0].items == 4
+    assert list(api.run_sql(db, "SELECT COUNT(*) FROM item").rows) == [(4,)]
+    assert api.check(db).ok and [d.name for d in api.list_catalog(db).datasets] == ["d"]
