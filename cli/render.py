@@ -643,7 +643,17 @@ def check_report(report: CheckReport) -> RenderableType:
         if hidden > 0:  # check lists a few of each; `dsaudit check --json` has the same few
             more = counted(hidden, "more problem")
             parts.append(Text(f"({more} of {result.name} not listed)", style="dim"))
-    if report.ok:
+    unverified = [r.name for r in report.results if r.name == "digests" and r.skipped]
+    if report.ok and unverified:
+        # Skipped because the sources are gone or changed: nothing wrong found, and the
+        # pixels behind the digests not verified either.
+        parts.append(
+            Text(
+                "All checks that ran passed; the digests were not verified (see above).",
+                style="bold yellow",
+            )
+        )
+    elif report.ok:
         parts.append(Text("All checks passed.", style="bold green"))
     else:
         plural = "s" if report.problems != 1 else ""
