@@ -154,6 +154,16 @@ DAMAGE = {
         "recipes",
         "column radius is 0.5",
     ),
+    "item whose row is not in its unchanged file": (
+        ["UPDATE item SET source_row = 99999 WHERE position = 0"],
+        "digests",
+        "row 99999 is not in the file, which is unchanged since ingest",
+    ),
+    "item whose array is not in its unchanged file": (
+        ["UPDATE item SET source_key = 'nope' WHERE position = 0"],
+        "digests",
+        "nope row 0 is not in the file",
+    ),
     "signature cut short": (
         [f"UPDATE signature SET value = x'00' WHERE recipe_id = 2 AND image_id = {SIGNED}"],
         "signatures",
