@@ -11,6 +11,7 @@ loads nothing. At most ``limits.thumbnails`` pictures are embedded, each at most
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import PurePath
 
@@ -166,8 +167,12 @@ def _more(total: int, shown: int, what: str) -> list[str]:
 
 
 def code(text: object) -> str:
-    """Untrusted text as a Markdown code span (shown literally, HTML included)."""
-    return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
+    """Untrusted text as a Markdown code span (shown literally, HTML and backticks included:
+    CommonMark closes a span only at a run of backticks as long as the one that opened it)."""
+    value = " ".join(str(text).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def _items(member: GroupMember, most: int = 3) -> str:

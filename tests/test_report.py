@@ -427,6 +427,17 @@ def test_untrusted_text_is_escaped(tmp_path: Path) -> None:
     assert "`d\"<b>'x.npz:x_train[0]`" in text
 
 
+@pytest.mark.parametrize(
+    ("value", "span"),
+    [("plain", "`plain`"), ("te`st", "``te`st``"), ("`x``", "``` `x`` ```"), ("a  b", "`a b`")],
+)
+def test_code_spans_keep_backticks(value: str, span: str) -> None:
+    """Backticks in a name were shown as quotes, so the name read wrong (QA)."""
+    from catalog.report_render import code
+
+    assert code(value) == span
+
+
 def test_pictures_of_a_missing_source_are_placeholders(tmp_path: Path) -> None:
     db, path = _hostile_catalog(tmp_path)
     path.unlink()
