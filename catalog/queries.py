@@ -669,7 +669,13 @@ def stored_overlap_problems(conn: Connection) -> tuple[int, list[str]]:
         try:
             report = from_json(OverlapReport, json.loads(body))
         except _UNREADABLE as error:
-            problems.append(f"{name}@{tag}: the stored overlap report cannot be read ({error})")
+            kind = (
+                "not JSON" if isinstance(error, json.JSONDecodeError) else "not an overlap report"
+            )
+            problems.append(
+                f"{name}@{tag}: the stored overlap report cannot be read ({kind}); `overlap` "
+                "computes the report instead, as for a version that has none"
+            )
             continue
         splits = resolve(conn, Ref(name, tag), sizes=False)
         if not _answers(conn, report, [s.split_id for s in splits]):
