@@ -106,6 +106,18 @@ def test_datasets_are_listed_in_code_point_order_on_every_engine(db: str) -> Non
         api.overlap(db, ["nope"])
 
 
+def test_a_npy_source_named_by_its_array_name_is_pointed_to_its_path(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x_train.npy", np.zeros((3, 8, 8), np.uint8))
+    np.save(tmp_path / "y_train.npy", np.arange(3))
+    files = [str(tmp_path / "x_train.npy"), str(tmp_path / "y_train.npy")]
+    result = _run(
+        runner, tmp_path / "c.db", "ingest", "m", "v1", *files, "--split", "train=x_train:y_train"
+    )
+    _assert_user_error(result, f"a .npy source is named by its path: {tmp_path / 'x_train.npy'}")
+
+
 def test_explicit_split_with_npy_files(db: str, runner: CliRunner, tmp_path: Path, rng) -> None:  # type: ignore[no-untyped-def]
     images = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)

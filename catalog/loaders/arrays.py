@@ -759,9 +759,12 @@ def _explicit(
     path = Path(spec.images)
     if not path.exists():
         known = "; ".join(f"{c.path}: {c.listing()}" for c in containers)
+        # A .npy source is named by its file: x_train.npy, not the x_train of an archive.
+        files = [str(p) for p in npy_files if p.stem == spec.images]
         raise InputError(
             f"--split {spec.name}: '{spec.images}' is neither an array in the sources nor a file"
             + (f" (arrays: {known})" if known else "")
+            + (f"; a .npy source is named by its path: {files[0]}" if files else "")
         )
     fmt = _sniff(path)
     if fmt != "npy":
