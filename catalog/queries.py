@@ -758,10 +758,7 @@ def _overlap(
         conflict_images=conflict_images,
         conflict_items=conflict_items,
         conflicts=conflicts,
-        near=tuple(
-            _near_tier(conn, audit, recipe_id, name, t, limit)
-            for recipe_id, name, t in select_recipes(conn, recipes, threshold)
-        ),
+        near=_near_tiers(conn, audit, recipes, threshold, limit, matrix=True),
     )
 
 
@@ -852,10 +849,7 @@ def label_conflicts(
         exact_images=images,
         exact_items=items,
         exact=exact,
-        near=tuple(
-            _near_tier(conn, audit, recipe_id, name, t, limit, matrix=False)
-            for recipe_id, name, t in select_recipes(conn, recipes, threshold)
-        ),
+        near=_near_tiers(conn, audit, recipes, threshold, limit, matrix=False),
     )
 
 
@@ -1053,6 +1047,23 @@ def _catalog_capped(conn: Connection) -> dict[int, int | None]:
     return counts
 
 
+def _near_tiers(
+    conn: Connection,
+    audit: _Audit,
+    recipes: Sequence[str] | None,
+    threshold: float | None,
+    limit: int,
+    *,
+    matrix: bool,
+) -> tuple[NearTier, ...]:
+    """One `_near_tier` per recipe chosen (`select_recipes`), the guard's counts read once."""
+    capped = capped_buckets(conn, audit.images)
+    return tuple(
+        _near_tier(conn, audit, recipe_id, name, t, limit, capped.get(recipe_id, 0), matrix=matrix)
+        for recipe_id, name, t in select_recipes(conn, recipes, threshold)
+    )
+
+
 def _near_tier(
     conn: Connection,
     audit: _Audit,
@@ -1060,6 +1071,7 @@ def _near_tier(
     name: str,
     threshold: float,
     limit: int,
+    capped: int | None,
     *,
     matrix: bool = True,
 ) -> NearTier:
@@ -1100,7 +1112,7 @@ def _near_tier(
             NearConflict(distance=d, a=tuple(items[i][1]), b=tuple(items[j][1]))
             for i, j, d in zip(ids_a, ids_b, distances, strict=True)
         ),
-        capped_buckets=capped_buckets(conn, audit.images).get(recipe_id, 0),
+        capped_buckets=capped,
     )
 
 
