@@ -52,6 +52,7 @@ from sqlalchemy.exc import (
 import migrations
 from catalog.errors import (
     BusyError,
+    CatalogError,
     InputError,
     NotFoundError,
     SchemaError,
@@ -240,7 +241,7 @@ def open_catalog(db: str | os.PathLike[str] | None = None, *, create: bool = Tru
         migrate(engine, create=create)
     except DatabaseError as exc:
         engine.dispose()
-        full = storage_error(url, exc) or _timed_out(url, exc) or _not_allowed(url, exc)
+        full = _person_error(url, exc)
         if full is not None:
             raise full from None
         raise SchemaError(
@@ -428,10 +429,16 @@ def writing(engine: Engine) -> Iterator[Connection]:
                     f"{describe(url)}: catalog busy: another process has been "
                     f"writing for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
                 ) from None
-            refused = storage_error(url, exc) or _not_allowed(url, exc) or _timed_out(url, exc)
+            refused = _person_error(url, exc)
             if refused is not None:
                 raise refused from None
             raise
+
+
+def _person_error(url: str, exc: DBAPIError) -> CatalogError | None:
+    """The one-line error a failed statement means for a person (no room, a write the server
+    refuses, a wait cut short by the session's own limit), else None: a bug, raised as is."""
+    return storage_error(url, exc) or _not_allowed(url, exc) or _timed_out(url, exc)
 
 
 _TIMED_OUT = {"55P03": "lock_timeout", "57014": "statement_timeout"}
@@ -618,9 +625,9 @@ def reading(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
         except DBAPIError as exc:
-            busy = _timed_out(str(engine.url), exc)
-            if busy is not None:
-                raise busy from None
+            refused = _person_error(str(engine.url), exc)
+            if refused is not None:
+                raise refused from None
             raise
 
 
