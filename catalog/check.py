@@ -10,8 +10,9 @@ reports how many problems it found with a few examples:
 - ``pair-order``: pairs whose ``image_a >= image_b`` (each pair is stored once, ordered);
 - ``recipes``: each recipe's fingerprint recomputed from its stored parameters, and its name,
   family, radius and threshold columns agreeing with them;
-- ``signatures``: every informative image is signed under every recipe of the catalog (an
-  unsigned one would be missing from near-duplicate findings without a word);
+- ``signatures``: every informative image an item holds is signed under every recipe of the
+  catalog (an unsigned one would be missing from near-duplicate findings without a word; one
+  no item holds is an orphan, and only ``orphans`` names it);
 - ``band-keys``: every signed, informative image has one key per LSH band of its recipe, and no
   low-information image has any (they stay out of the band join);
 - ``digests``: a seeded sample of items is read again from its source files, where those are
@@ -230,10 +231,13 @@ def check_recipes(conn: Connection) -> CheckResult:
 
 
 def check_signatures(conn: Connection) -> CheckResult:
-    # One seek of the signature table's primary key per informative image and recipe.
+    # One seek of the signature table's primary key per informative image and recipe; an
+    # unsigned image no item holds is an orphan (`check_orphans` names it), not a missing
+    # near finding, and the item seek is made only for images found unsigned.
     unsigned = """
         FROM image i WHERE i.low_info = :no AND NOT EXISTS (
-            SELECT 1 FROM signature s WHERE s.recipe_id = :recipe AND s.image_id = i.id)"""
+            SELECT 1 FROM signature s WHERE s.recipe_id = :recipe AND s.image_id = i.id)
+        AND EXISTS (SELECT 1 FROM item t WHERE t.image_id = i.id)"""
     problems = 0
     examples: list[str] = []
     recipes = _rows(conn, "SELECT id, name, params FROM recipe ORDER BY id")
@@ -278,8 +282,8 @@ def check_signatures(conn: Connection) -> CheckResult:
     checked = conn.execute(text("SELECT COUNT(*) FROM image WHERE low_info = :no"), {"no": False})
     return CheckResult(
         name="signatures",
-        description="every informative image signed under every recipe of the catalog, each "
-        "signature of its recipe's length",
+        description="every informative image an item holds signed under every recipe of the "
+        "catalog, each signature of its recipe's length",
         problems=problems,
         examples=tuple(examples[:EXAMPLES]),
         checked=checked.scalar_one() * len(recipes),

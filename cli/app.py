@@ -681,11 +681,11 @@ def check(
 
     Checks SQLite's integrity and foreign keys; orphans (images no item holds; signatures, band
     keys and pairs of missing images or recipes); pairs stored out of order; each recipe's
-    fingerprint recomputed from its stored parameters; every informative image signed under
-    every recipe; one band key per LSH band for every signed informative image; the digests
-    of a seeded sample of items read again from their source files, where those are present
-    and unchanged (same sha256); and each version's stored overlap report against the one
-    computed now.
+    fingerprint recomputed from its stored parameters; every informative image an item holds
+    signed under every recipe; one band key per LSH band for every signed informative image;
+    the digests of a seeded sample of items read again from their source files, where those
+    are present and unchanged (same sha256); and each version's stored overlap report against
+    the one computed now.
 
     Exit codes: 0 all checks pass, 1 a problem was found, 2 usage error (e.g. no catalog).
 

@@ -221,6 +221,15 @@ def test_each_kind_of_damage_is_found(
     assert any(fragment in example for example in found["examples"]), found
 
 
+def test_an_orphan_image_is_one_problem_not_also_an_unsigned_one(catalog: Path) -> None:
+    # An image no item holds has no signature either; it is in no split, so no near finding
+    # misses it, and `orphans` alone names it.
+    _sql(catalog, *DAMAGE["orphan image"][0])
+    results = _results(catalog)
+    assert results["orphans"].problems == 1
+    assert results["signatures"].problems == 0, results["signatures"].examples
+
+
 def test_problems_are_listed_in_the_terminal(runner: CliRunner, catalog: Path) -> None:
     _sql(catalog, "UPDATE recipe SET radius = 0.5 WHERE id = 2")
     result = runner.invoke(app, ["--db", str(catalog), "check"])
