@@ -390,15 +390,36 @@ def migrate(engine: Engine, *, create: bool = True) -> None:
                 f"{name}: no catalog here (an empty database); run `dsaudit ingest` or "
                 "`dsaudit demo` first, or choose another with --db / DSAUDIT_DB"
             )
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Two processes opening a new catalog at once: the second waits here, then finds
-            # the schema made (DDL is transactional on PostgreSQL; SQLite has one writer).
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
-                return
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    # Several processes opening an old or new catalog at once (CI jobs meeting a new dsaudit):
+    # each takes the writer's lock first and waits for the one upgrading, then finds the
+    # schema at the head and goes on. PostgreSQL: an advisory lock (its DDL is
+    # transactional); SQLite: BEGIN IMMEDIATE (`_on_begin`), where a deferred transaction
+    # would fail at once, "database is locked", when it came to write.
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(dsaudit_write=True)
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+                    return
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+    except OperationalError as exc:
+        reason = _reason(exc)
+        name = describe(str(engine.url))
+        if "database is locked" in reason:
+            raise BusyError(
+                f"{name}: catalog busy: it is being upgraded or written by another process, "
+                f"for over {BUSY_TIMEOUT_S:.0f} s; try again when it finishes"
+            ) from None
+        if current and "readonly" in reason:
+            raise SchemaError(
+                f"{name}: written by an older dsaudit (schema revision "
+                f"{', '.join(sorted(current))}); opening it upgrades it, which needs write "
+                "access to it: run any dsaudit command once where it may be written"
+            ) from None
+        raise
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -248,8 +248,9 @@ class RecipeInfo:
     capped_buckets: int | None = 0
     """Buckets over the blow-up guard's cap, summed over the catalog's ingests; None when some
     of them predate schema revision 0008 and kept no count."""
-    largest_bucket: int = 0
-    """The largest bucket any of those ingests met."""
+    largest_bucket: int | None = 0
+    """The largest bucket any of those ingests met; None when ``capped_buckets`` is (an
+    ingest before schema revision 0008 kept no count of its buckets either)."""
 
 
 @dataclass(frozen=True)

@@ -1251,7 +1251,10 @@ def list_recipes(conn: Connection) -> tuple[RecipeInfo, ...]:
                 probability_is_bound=bound,
                 params=row.params,
                 capped_buckets=capped.get(row.id, 0),
-                largest_bucket=largest.get(row.id, 0),
+                # Unknown with the count: an ingest before 0008 met buckets nobody measured.
+                largest_bucket=largest.get(row.id, 0)
+                if capped.get(row.id, 0) is not None
+                else None,
             )
         )
     return tuple(out)

@@ -187,6 +187,9 @@ def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(
     # Unknown, not 0: the versions' ingests may have capped (these did).
     assert [t.capped_buckets for t in api.overlap(capped, ["blobs"]).near] == [None, None]
     assert [r.capped_buckets for r in api.list_recipes(capped)] == [None, None]
+    # The largest bucket too: the downgrade dropped the ingests' (101 images or more), and a
+    # 0 would claim no bucket ever held two images.
+    assert [r.largest_bucket for r in api.list_recipes(capped)] == [None, None]
     assert api.check(capped).ok
     runner = CliRunner()
     data = json.loads(_run(runner, capped, "overlap", "blobs", "--json").stdout)
@@ -203,6 +206,8 @@ def test_down_below_0008_and_back_loses_the_counts_and_nothing_else(
     own = [n["capped_buckets"] for n in printed["near"]]
     assert [t.capped_buckets for t in api.overlap(capped, ["new"]).near] == own
     assert [t.capped_buckets for t in api.overlap(capped, ["new", "plain"]).near] == [None, None]
+    recipes = json.loads(_run(runner, capped, "recipes", "--json").stdout)["recipes"]
+    assert [(r["capped_buckets"], r["largest_bucket"]) for r in recipes] == [(None, None)] * 2
 
 
 @postgres_only

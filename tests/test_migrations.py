@@ -6,6 +6,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -205,6 +207,68 @@ def test_open_creates_and_reopen_is_a_no_op(tmp_path: Path) -> None:
     engine.dispose()
     assert path.exists() and revision is not None
     assert schema_revision(open_catalog(str(path))) == revision
+
+
+def _at_0007(path: Path) -> None:
+    """A catalog at schema revision 0007, as an older dsaudit left it."""
+    engine = open_catalog(str(path))
+    config = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0007")
+    finally:
+        engine.dispose()
+
+
+def test_an_upgrade_waits_for_the_writer_then_finds_its_schema(tmp_path: Path) -> None:
+    # Several CI jobs meeting a new dsaudit open one old catalog at once: one upgrades, the
+    # others wait for its lock. Here a writer holds the lock and commits a change while an
+    # opener waits; a deferred transaction failed then at once ("database is locked": its
+    # snapshot was stale), the writer's lock taken up front waits and reads the new state.
+    path = tmp_path / "c.db"
+    _at_0007(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    found: dict[str, object] = {}
+
+    def open_it() -> None:
+        try:
+            engine = open_catalog(str(path))
+            found["revision"] = schema_revision(engine)
+            engine.dispose()
+        except Exception as exc:  # reported below
+            found["error"] = exc
+
+    opener = threading.Thread(target=open_it)
+    opener.start()
+    time.sleep(1.0)
+    holder.execute("UPDATE alembic_version SET version_num = version_num")
+    holder.execute("COMMIT")
+    holder.close()
+    opener.join(60)
+    assert found == {"revision": SCHEMA_HEAD}
+
+
+def test_an_old_catalog_that_cannot_be_written_says_it_needs_an_upgrade(tmp_path: Path) -> None:
+    # A read-only file (root may write any file, so the refusal is SQLite's message, as a
+    # read-only file gives it to anyone else; checked by hand as another user).
+    path = tmp_path / "c.db"
+    _at_0007(path)
+    from sqlalchemy.exc import OperationalError as Refused
+
+    refused = Refused(
+        "CREATE TABLE", {}, sqlite3.OperationalError("attempt to write a readonly database")
+    )
+    with (
+        mock.patch.object(command, "upgrade", side_effect=refused),
+        pytest.raises(SchemaError) as raised,
+    ):
+        open_catalog(str(path))
+    assert str(raised.value) == (
+        f"{path}: written by an older dsaudit (schema revision 0007); opening it upgrades it, "
+        "which needs write access to it: run any dsaudit command once where it may be written"
+    )
 
 
 def test_newer_schema_is_refused_and_left_alone(catalog_path: Path) -> None:
