@@ -74,6 +74,18 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 """Bidirectional overrides and isolates, which make a name or label print as another."""
 
 
+def escaped(text: str) -> str:
+    """``text`` with each character `unprintable` finds shown as its escape (``\\n``,
+    ``\\x1b``, ``\\u202e``): a file name may hold any of them, and printed raw a newline
+    would make a one-line error two lines and an ESC a terminal command."""
+    import unicodedata
+
+    return "".join(
+        ascii(c)[1:-1] if unicodedata.category(c) in NOT_IN_NAMES or c in BIDI_CONTROLS else c
+        for c in text
+    )
+
+
 def unprintable(text: str) -> str | None:
     """The first character of ``text`` that no name or label may hold (`NOT_IN_NAMES`,
     `BIDI_CONTROLS`: an ESC in a label reached the terminal as a colour code), else None."""

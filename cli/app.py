@@ -36,7 +36,7 @@ from catalog import __version__, api
 from catalog.api import MAX_COUNT
 from catalog.check import CHECK_SCHEMA, DEFAULT_SAMPLE
 from catalog.db import catalog_file
-from catalog.errors import CatalogError, UsageError
+from catalog.errors import CatalogError, UsageError, escaped
 from catalog.model import (
     CONFLICTS_SCHEMA,
     DIFF_SCHEMA,
@@ -89,7 +89,7 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 return function(*a, **kw)
             except CatalogError as exc:
                 # A Text, not markup: file names and messages may hold "[...]".
-                message = Text.assemble(("Error:", "bold red"), f" {exc}")
+                message = Text.assemble(("Error:", "bold red"), f" {escaped(str(exc))}")
                 _stderr().print(message, highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
 

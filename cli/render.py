@@ -12,6 +12,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from catalog.errors import escaped
 from catalog.ingest import IngestResult
 from catalog.loaders import SkippedFile
 from catalog.model import (
@@ -103,7 +104,7 @@ def ingest_result(result: IngestResult) -> RenderableType:
 def skipped_files(total: int, shown: Sequence[SkippedFile]) -> RenderableType:
     """Files left out of a version as undecodable: the count, then the first few with why."""
     lines = [Text(f"{counted(total, 'file')} skipped (could not be decoded):", style="yellow")]
-    lines += [Text(f"  {f.path}: {f.reason}") for f in shown]
+    lines += [Text(f"  {escaped(f.path)}: {f.reason}") for f in shown]
     if total > len(shown):
         lines.append(Text(f"  ... and {total - len(shown):,} more (dsaudit sql: skipped_file)"))
     return Group(*lines)
@@ -300,12 +301,11 @@ def label_conflicts(images: int, items: int, conflicts: Sequence[LabelConflict])
     table.columns[1].no_wrap = True
     for conflict in conflicts:
         for index, item in enumerate(conflict.items):
-            row = "" if item.source_row is None else f"[{item.source_row}]"
             table.add_row(
                 conflict.digest[:12] if index == 0 else "",
                 f"{item.split}#{item.position}",
                 item.label or "",
-                f"{item.source_path.rsplit('/', 1)[-1]}:{item.source_key}{row}",
+                _where(item),
                 end_section=index == len(conflict.items) - 1,
             )
     parts: list[RenderableType] = [_listed(table)]
@@ -345,8 +345,7 @@ def dups(report: DupsReport) -> RenderableType:
     table.columns[0].no_wrap = True
     for group in report.groups:
         shown = [
-            f"{ref.position} {ref.label or ''}  {ref.source_path.rsplit('/', 1)[-1]}:"
-            f"{ref.source_key}" + ("" if ref.source_row is None else f"[{ref.source_row}]")
+            f"{ref.position} {ref.label or ''}  {_where(ref)}"
             for member in group.members[:6]
             for ref in member.items[:3]
         ]
@@ -429,12 +428,11 @@ def diff(report: DiffReport) -> RenderableType:
         )
         before = report.labels_before or ((),) * len(report.relabelled)
         for ref, labels in zip(report.relabelled, before, strict=True):
-            row = "" if ref.source_row is None else f"[{ref.source_row}]"
             relabelled.add_row(
                 f"{ref.split}#{ref.position}",
                 ", ".join(label or "(unlabelled)" for label in labels),
                 ref.label or "",
-                f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}",
+                _where(ref),
             )
         parts.append(_listed(relabelled))
         hidden = report.relabelled_items - len(report.relabelled)
@@ -502,8 +500,10 @@ def picture(rows: Sequence[Sequence[tuple[int, int, int]]]) -> Picture:
 
 
 def _where(ref: ItemRef) -> str:
+    """Where an item was read from: its file's name, array or file path, and row. A folder's
+    file path may hold control characters (`escaped`)."""
     row = "" if ref.source_row is None else f"[{ref.source_row}]"
-    return f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}"
+    return escaped(f"{ref.source_path.rsplit('/', 1)[-1]}:{ref.source_key}{row}")
 
 
 def show(report: ShowReport) -> RenderableType:
@@ -517,7 +517,7 @@ def show(report: ShowReport) -> RenderableType:
     parts: list[RenderableType] = [header]
     if report.preview is not None:
         parts.append(picture(report.preview.rows))
-        parts.append(Text(f"read from {report.preview.source}", style="dim"))
+        parts.append(Text(f"read from {escaped(report.preview.source)}", style="dim"))
     else:
         parts.append(Text(f"(no picture: {report.preview_note})", style="dim"))
     items = _table(

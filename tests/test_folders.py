@@ -10,6 +10,7 @@ import re
 import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -372,6 +373,10 @@ def _empty(path: Path, rng: np.random.Generator) -> None:
     path.write_bytes(b"")
 
 
+def _pipe(path: Path, rng: np.random.Generator) -> None:
+    os.mkfifo(path)  # named like an image; reading it would wait for a writer for ever
+
+
 def _too_wide(path: Path, rng: np.random.Generator) -> None:
     Image.new("L", (70_000, 1)).save(path)  # refused as the same array would be
 
@@ -384,6 +389,7 @@ def _too_wide(path: Path, rng: np.random.Generator) -> None:
         ("cut.png", _truncated, "truncated"),
         ("empty.png", _empty, "cannot be decoded as an image"),
         ("wide.png", _too_wide, "is 1x70000 pixels, over 65535 on a side"),
+        ("pipe.png", _pipe, "not a regular file: a pipe, device or socket"),
     ],
 )
 def test_a_bad_file_stops_the_ingest_or_is_skipped_and_recorded(
@@ -435,6 +441,56 @@ def test_an_unreadable_file_is_named(
         assert ok.exit_code == 0 and "Permission denied" in ok.stdout
     finally:
         locked.chmod(0o644)
+
+
+def test_a_class_folder_that_cannot_be_listed_is_named_not_left_out(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    # os.walk's default drops a folder it cannot list, and its images with it; chmod cannot
+    # refuse root, so the listing's refusal is made here.
+    root = tmp_path / "root"
+    for split in ("train", "test"):
+        save(root / split / "cat" / "0.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    locked = root / "train" / "cat" / "sub"
+    locked.mkdir()
+    real = os.scandir
+
+    def refusing(path):  # type: ignore[no-untyped-def]
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real(path)
+
+    with (
+        mock.patch.object(os, "scandir", refusing),
+        pytest.raises(
+            InputError, match=re.escape(f"{locked}: cannot be listed (Permission denied)")
+        ),
+    ):
+        plan_folder(root)
+
+
+def test_file_names_with_control_characters_print_escaped(
+    tmp_path: Path, runner: CliRunner, rng: np.random.Generator
+) -> None:
+    # A newline in a bad file's name made the one-line error two lines, the second a forged
+    # "Error:"; an ESC in a good one's reached the terminal as a command.
+    root = tmp_path / "root"
+    save(root / "train" / "\x1b[2Jred.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    save(root / "test" / "0.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    bad = root / "train" / "bad\nError: catalog busy.png"
+    bad.write_bytes(b"not a picture")
+    db = tmp_path / "c.db"
+    result = _run(runner, db, "ingest", "d", "v1", str(root))
+    _assert_one_line_error(result, "bad\\nError: catalog busy.png: cannot be decoded")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    skipped = _run(runner, db, "ingest", "d", "v1", str(root), "--skip-bad")
+    assert skipped.exit_code == 0, skipped.output
+    # Folded by rich anywhere in the long path: compared without whitespace.
+    assert "bad\\nError:catalogbusy.png" in "".join(skipped.stdout.split())
+    assert "bad\nError" not in skipped.stdout  # the name's own newline, raw
+    shown = _run(runner, db, "show", "d@v1:train:0")
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.stdout and "\\x1b[2Jred.png" in shown.stdout
 
 
 def test_unreadable_files_are_reported_by_the_decoder(tmp_path: Path) -> None:

@@ -34,10 +34,12 @@ the ingest's chunk budget: memory is bounded by the chunk, never by the folder.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import multiprocessing
 import os
+import stat
 import threading
 import time
 import warnings
@@ -173,10 +175,20 @@ def _why(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
+def _read_file(path: str) -> bytes:
+    """A regular file's bytes. A pipe named like an image would block the read for ever and a
+    device (a link to /dev/zero) never end it, so anything else is an `OSError`; opened
+    without blocking, so that a pipe is looked at, not waited on."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: a pipe, device or socket")
+        return handle.read()
+
+
 def _decode_one(path: str) -> Decoded:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read_file(path)
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})", 0
     sha256 = hashlib.sha256(data).hexdigest()
@@ -197,8 +209,7 @@ def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
 def read_picture(path: str, sha256: str | None = None) -> np.ndarray | None:
     """One file's canonical pixels, or None when it is gone, changed (another sha256) or bad."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read_file(path)
     except OSError:
         return None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
@@ -238,7 +249,9 @@ def _listing(directory: Path) -> tuple[list[str], list[str]]:
             continue
         if entry.is_dir():
             folders.append(_utf8(directory, entry.name))
-        elif _is_image(entry.name) and entry.is_file():
+        elif _is_image(entry.name):
+            # Not only regular files: a pipe or a dangling link named like an image is named
+            # by the decoder (`_read_file`), as in a class folder, not left out unsaid.
             files.append(_utf8(directory, entry.name))
     return files, folders
 
@@ -246,7 +259,15 @@ def _listing(directory: Path) -> tuple[list[str], list[str]]:
 def _images_under(directory: Path) -> list[str]:
     """Image files anywhere under ``directory`` (relative to it, '/'-separated), sorted."""
     found: list[str] = []
-    for parent, folders, names in os.walk(directory, onerror=None):
+
+    def unlisted(exc: OSError) -> None:
+        # A class folder or a folder inside one that cannot be listed would lose its images
+        # without a word (os.walk's default): the audit would miss them.
+        raise InputError(
+            f"{exc.filename or directory}: cannot be listed ({exc.strerror or exc})"
+        ) from None
+
+    for parent, folders, names in os.walk(directory, onerror=unlisted):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         base = Path(parent).relative_to(directory).as_posix()
         prefix = "" if base == "." else f"{base}/"
@@ -366,8 +387,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        with open(f"/proc/{pid}/stat", "rb") as status:
+            return status.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True  # no /proc: the signal check is all there is
 
