@@ -36,7 +36,7 @@ from catalog.db import (
     write_retrying,
 )
 from catalog.errors import UsageError, require_utf8
-from catalog.ingest import IngestResult, ProgressCallback, check_names
+from catalog.ingest import IngestResult, ProgressCallback, check_names, version_committed
 from catalog.ingest import ingest as _ingest
 from catalog.loaders import (
     PlannedSplit,
@@ -212,38 +212,64 @@ def ingest(
     if recipes is not None and not near:
         raise UsageError("recipes were named for an exact-only ingest; drop one of the two")
     check_names(dataset, version, planned)
-    with _engine(db, create=True) as engine:
-        registered: list[int] = []
-        if near and engine.dialect.name == "postgresql":
-            # Recipes are registered in a short transaction of their own: inside the ingest's,
-            # a second ingest into a new catalog would wait for the first one's commit. If the
-            # ingest then fails, they are taken back (`unregister_recipes`).
-            registered = write_retrying(engine, lambda conn: register_recipes(conn, recipes))
-        try:
-            # Retried from the start if it lost a race with another writer (PostgreSQL only).
-            result = write_retrying(
-                engine,
-                lambda conn: _ingest(
-                    conn,
-                    dataset,
-                    version,
-                    planned,
-                    note=note,
-                    parent=parent,
-                    on_progress=on_progress,
-                    recipes=resolve_recipes(conn, recipes, near=near),
-                ),
-            )
-        except BaseException:
-            if registered:
-                with suppress(Exception):  # the ingest's own error is the report
-                    write_retrying(engine, lambda conn: unregister_recipes(conn, registered))
-            raise
-        # The version is committed: a Ctrl-C or SIGTERM (`cli._terminated`) now stops only the
-        # statistics (autovacuum refreshes them later), and the ingest is reported as done.
-        with suppress(KeyboardInterrupt, SystemExit):
-            refresh_statistics(engine)
+    # What `_ingest` returned, and whether its transaction is known to have committed: a
+    # Ctrl-C or SIGTERM (`cli._terminated`) that lands after the commit (in the commit's
+    # return, the statistics, the last connection's close and checkpoint) must not report a
+    # committed version as interrupted, or the same command run again is refused.
+    attempts: list[IngestResult] = []
+    committed = False
+
+    def attempt(conn: Connection) -> IngestResult:
+        result = _ingest(
+            conn,
+            dataset,
+            version,
+            planned,
+            note=note,
+            parent=parent,
+            on_progress=on_progress,
+            recipes=resolve_recipes(conn, recipes, near=near),
+        )
+        attempts.append(result)
         return result
+
+    try:
+        with _engine(db, create=True) as engine:
+            registered: list[int] = []
+            if near and engine.dialect.name == "postgresql":
+                # Recipes are registered in a short transaction of their own: inside the
+                # ingest's, a second ingest into a new catalog would wait for the first one's
+                # commit. If the ingest then fails, they are taken back (`unregister_recipes`).
+                registered = write_retrying(engine, lambda conn: register_recipes(conn, recipes))
+            try:
+                # Retried from the start if it lost a race with another writer (PostgreSQL).
+                write_retrying(engine, attempt)
+                committed = True
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt | SystemExit) and attempts:
+                    committed = _is_committed(engine, attempts[-1])
+                if registered and not committed:
+                    with suppress(Exception):  # the ingest's own error is the report
+                        write_retrying(engine, lambda conn: unregister_recipes(conn, registered))
+                raise
+            # Committed: a signal now stops only the statistics (autovacuum refreshes them
+            # later), and the ingest is reported as done.
+            with suppress(KeyboardInterrupt, SystemExit):
+                refresh_statistics(engine)
+    except (KeyboardInterrupt, SystemExit):
+        if not committed:
+            raise
+    return attempts[-1]
+
+
+def _is_committed(engine: Engine, result: IngestResult) -> bool:
+    """Whether an ingest interrupted at its end had committed its version: asked of the
+    catalog, as the signal may have landed during or just after the commit."""
+    try:
+        with reading(engine) as conn:
+            return version_committed(conn, result)
+    except (DatabaseError, KeyboardInterrupt, SystemExit):
+        return False
 
 
 def _names(value: str | Sequence[str]) -> list[str]:

@@ -491,13 +491,13 @@ def _check_folder_items(
 ) -> int:
     """Recompute the digests of sampled items of one image folder from their own files, where
     those are still there with the sha256 recorded at ingest; returns how many were."""
-    from catalog.loaders.folders import decode  # Pillow loads only for image folders
+    from catalog.loaders.folders import decode, read_regular_file  # Pillow: image folders only
 
     verified = 0
     for item in items:
         file = Path(item.path) / item.key
         try:
-            data = file.read_bytes()
+            data = read_regular_file(str(file))  # a pipe put in its place would block
         except OSError:
             unavailable["whose image file is gone"] += 1
             continue

@@ -222,6 +222,18 @@ DIGEST_LOOKUP = "SELECT digest, id FROM image WHERE digest IN ({marks})"
 holds the id (the rowid); a test reads its plan. PostgreSQL reads each row from the heap."""
 
 
+def version_committed(conn: Connection, result: IngestResult) -> bool:
+    """Whether the version an ingest returned is in the catalog (read on a new transaction
+    after the ingest's: `catalog.api.ingest` asks when a signal landed near its commit)."""
+    dataset, versions = core_table(Dataset), core_table(Version)
+    found = conn.execute(
+        select(dataset.c.name)
+        .join(versions, versions.c.dataset_id == dataset.c.id)
+        .where(versions.c.id == result.version_id, versions.c.tag == result.version)
+    ).scalar_one_or_none()
+    return found == result.dataset
+
+
 def image_ids(conn: Connection, wanted: Sequence[bytes]) -> dict[bytes, int]:
     """Image ids of the digests already in the catalog (absent digests are left out).
 

@@ -12,9 +12,11 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -337,22 +339,45 @@ def ingest(
     planned = api.plan(
         sources or [], split or [], allow_pickle=allow_pickle, labels=labels, skip_bad=skip_bad
     )
-    with _progress() as on_progress:
-        result = api.ingest(
-            ctx.obj,
-            dataset,
-            version,
-            planned,
-            note=note,
-            parent=parent,
-            on_progress=on_progress,
-            near=not exact_only,
-            recipes=recipes,
-        )
-    if as_json:
-        _dump_json(to_json(result, schema="dsaudit.ingest/1"))
-    else:
-        _stdout().print(render.ingest_result(result))
+    with ExitStack() as after:
+        with _progress() as on_progress:
+            result = api.ingest(
+                ctx.obj,
+                dataset,
+                version,
+                planned,
+                note=note,
+                parent=parent,
+                on_progress=on_progress,
+                near=not exact_only,
+                recipes=recipes,
+            )
+            # Committed: a Ctrl-C or SIGTERM no longer stops the ingest from reporting it
+            # (or the same command run again would be refused as a version that exists).
+            after.enter_context(_signals_held())
+        if as_json:
+            _dump_json(to_json(result, schema="dsaudit.ingest/1"))
+        else:
+            _stdout().print(render.ingest_result(result))
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored until the block ends, then their handlers restored (in
+    the main thread only: elsewhere Python sets no handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {number: signal.signal(number, signal.SIG_IGN) for number in _STOPS}
+    try:
+        yield
+    finally:
+        for number, handler in held.items():
+            signal.signal(number, handler)
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a command (`cli._terminated` makes SIGTERM unwind like Ctrl-C)."""
 
 
 @_command("ls")

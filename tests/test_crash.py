@@ -416,3 +416,58 @@ def test_sigkill_mid_folder_ingest_leaves_catalog_unchanged_and_no_workers(
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert api.overlap(str(db), ["big"]).splits[0].items == 3000
+
+
+def _interrupted_after_the_commit(monkeypatch: pytest.MonkeyPatch, signal_like: BaseException):
+    """`write_retrying` that commits the ingest, then meets ``signal_like`` as a Ctrl-C or
+    SIGTERM landing in the commit's return would be met."""
+    import catalog.api
+    from catalog.ingest import IngestResult
+
+    real = catalog.api.write_retrying
+
+    def committed_then_interrupted(engine, work):  # type: ignore[no-untyped-def]
+        result = real(engine, work)
+        if isinstance(result, IngestResult):  # the ingest's own transaction, committed
+            raise signal_like
+        return result
+
+    monkeypatch.setattr(catalog.api, "write_retrying", committed_then_interrupted)
+
+
+@pytest.mark.parametrize("signal_like", [KeyboardInterrupt(), SystemExit(143)], ids=["int", "term"])
+def test_an_interrupt_after_the_commit_reports_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signal_like: BaseException
+) -> None:
+    # Reported interrupted (exit 130 or 143), a committed version made the same command, run
+    # again, fail as a version that exists; it is reported as ingested instead.
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    images = synth.render_letters(40, np.random.default_rng(3))[0]
+    archive = tmp_path / "a.npz"
+    np.savez(archive, x_train=images[:30], x_test=images[25:])
+    _interrupted_after_the_commit(monkeypatch, signal_like)
+    result = api.ingest(str(tmp_path / "c.db"), "d", "v1", archive)
+    assert result.version == "v1" and api.list_catalog(str(tmp_path / "c.db")).datasets
+    shown = CliRunner().invoke(
+        app, ["--db", str(tmp_path / "d.db"), "ingest", "d", "v1", str(archive)]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "Ingested d@v1" in shown.stdout
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # handlers given back
+
+
+def test_an_interrupt_before_the_commit_still_stops_the_ingest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = synth.render_letters(40, np.random.default_rng(3))[0]
+    db = tmp_path / "c.db"
+
+    def stop(_task: str, _advance: int, _total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        api.ingest(str(db), "d", "v1", {"train": images}, on_progress=stop)
+    assert not api.list_catalog(str(db)).datasets

@@ -175,7 +175,7 @@ def _why(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-def _read_file(path: str) -> bytes:
+def read_regular_file(path: str) -> bytes:
     """A regular file's bytes. A pipe named like an image would block the read for ever and a
     device (a link to /dev/zero) never end it, so anything else is an `OSError`; opened
     without blocking, so that a pipe is looked at, not waited on."""
@@ -188,7 +188,7 @@ def _read_file(path: str) -> bytes:
 
 def _decode_one(path: str) -> Decoded:
     try:
-        data = _read_file(path)
+        data = read_regular_file(path)
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})", 0
     sha256 = hashlib.sha256(data).hexdigest()
@@ -209,7 +209,7 @@ def decode_batch(root: str, relatives: Sequence[str]) -> list[Decoded]:
 def read_picture(path: str, sha256: str | None = None) -> np.ndarray | None:
     """One file's canonical pixels, or None when it is gone, changed (another sha256) or bad."""
     try:
-        data = _read_file(path)
+        data = read_regular_file(path)
     except OSError:
         return None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
@@ -251,7 +251,7 @@ def _listing(directory: Path) -> tuple[list[str], list[str]]:
             folders.append(_utf8(directory, entry.name))
         elif _is_image(entry.name):
             # Not only regular files: a pipe or a dangling link named like an image is named
-            # by the decoder (`_read_file`), as in a class folder, not left out unsaid.
+            # by the decoder (`read_regular_file`), as in a class folder, not left out unsaid.
             files.append(_utf8(directory, entry.name))
     return files, folders
 
