@@ -389,7 +389,7 @@ def _too_wide(path: Path, rng: np.random.Generator) -> None:
         ("cut.png", _truncated, "truncated"),
         ("empty.png", _empty, "cannot be decoded as an image"),
         ("wide.png", _too_wide, "is 1x70000 pixels, over 65535 on a side"),
-        ("pipe.png", _pipe, "not a regular file: a pipe, device or socket"),
+        ("pipe.png", _pipe, "not a regular file: a folder, pipe, device or socket"),
     ],
 )
 def test_a_bad_file_stops_the_ingest_or_is_skipped_and_recorded(

@@ -182,7 +182,7 @@ def read_regular_file(path: str) -> bytes:
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file: a pipe, device or socket")
+            raise OSError(errno.EINVAL, "not a regular file: a folder, pipe, device or socket")
         return handle.read()
 
 
